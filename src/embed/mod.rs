@@ -1,0 +1,1 @@
+//! Embeddings through ONNX Runtime: model bundles, the CLIP tokenizer, preprocessing.

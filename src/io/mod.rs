@@ -1,0 +1,1 @@
+//! Reading and writing exchange formats: Parquet/GeoParquet, .npy and JSON vector files.

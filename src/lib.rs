@@ -1,0 +1,11 @@
+//! graftdb: an embedded spatial + vector database for satellite tiles and geotagged ground photos.
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod store;
+pub mod io;
+pub mod embed;
+pub mod ingest;
+
+pub use error::{Error, Result};
+pub use store::record::{Kind, Level, Metric, Photo, PixelRef, Record, RecordId, SpaceDef, Tile};
