@@ -9,3 +9,4 @@ pub mod ingest;
 
 pub use error::{Error, Result};
 pub use store::record::{Kind, Level, Metric, Photo, PixelRef, Record, RecordId, SpaceDef, Tile};
+pub mod geo;

@@ -1,0 +1,386 @@
+//! [`Region`]: the one type that answers containment, intersection and distance.
+//!
+//! No other module does point-in-polygon or haversine; they ask a `Region`.
+
+use geo::{Closest, Contains, Distance, Haversine, HaversineClosestPoint, Intersects};
+use geo::{Coord, LineString, MultiPolygon, Point, Polygon, Rect};
+
+use super::hash;
+use crate::{Error, Kind, Result};
+
+/// Mean Earth radius used for great-circle distances, in km (geo's GRS80 mean radius).
+pub const EARTH_RADIUS_KM: f64 = 6_371.008_8;
+
+/// A spatial filter.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Region {
+    /// `[west, south, east, north]`; `west > east` means the box crosses the antimeridian.
+    BBox([f64; 4]),
+    /// All positions within `km` (great-circle) of a centre.
+    Circle {
+        /// Centre longitude.
+        lon: f64,
+        /// Centre latitude.
+        lat: f64,
+        /// Radius in km.
+        km: f64,
+    },
+    /// A polygon (or several), holes allowed, in WGS84 lon/lat.
+    Polygon(MultiPolygon<f64>),
+    /// A geohash cell given by its textual prefix.
+    Geohash(String),
+}
+
+fn check_lon_lat(at: &str, lon: f64, lat: f64) -> Result<()> {
+    if !lon.is_finite() || !(-180.0..=180.0).contains(&lon) {
+        return Err(Error::invalid(at, format!("longitude {lon} is outside [-180, 180]")));
+    }
+    if !lat.is_finite() || !(-90.0..=90.0).contains(&lat) {
+        return Err(Error::invalid(at, format!("latitude {lat} is outside [-90, 90]")));
+    }
+    Ok(())
+}
+
+/// Validate a position; `at` names where it came from.
+pub fn validate_point(at: &str, lon: f64, lat: f64) -> Result<()> {
+    check_lon_lat(at, lon, lat)
+}
+
+fn ring_is_closed(ls: &LineString<f64>) -> bool {
+    ls.0.len() >= 4 && ls.0.first() == ls.0.last()
+}
+
+impl Region {
+    /// A checked bbox.
+    pub fn bbox(w: f64, s: f64, e: f64, n: f64) -> Result<Region> {
+        check_lon_lat("--bbox", w, s)?;
+        check_lon_lat("--bbox", e, n)?;
+        if s > n {
+            return Err(Error::invalid("--bbox", format!("south {s} is north of north {n}")));
+        }
+        Ok(Region::BBox([w, s, e, n]))
+    }
+
+    /// A checked circle.
+    pub fn circle(lon: f64, lat: f64, km: f64) -> Result<Region> {
+        check_lon_lat("--near", lon, lat)?;
+        if !km.is_finite() || km < 0.0 {
+            return Err(Error::invalid("--radius-km", format!("{km} is not a non-negative distance")));
+        }
+        Ok(Region::Circle { lon, lat, km })
+    }
+
+    /// A checked geohash prefix.
+    pub fn geohash(prefix: &str) -> Result<Region> {
+        hash::decode_prefix(prefix)?;
+        Ok(Region::Geohash(prefix.to_ascii_lowercase()))
+    }
+
+    /// Parse a polygon from WKT (`POLYGON`/`MULTIPOLYGON`) or GeoJSON text (a Polygon,
+    /// MultiPolygon, Feature or FeatureCollection of those). `at` names the source.
+    pub fn parse_polygon(at: &str, text: &str) -> Result<Region> {
+        let t = text.trim_start();
+        let mp: MultiPolygon<f64> = if t.starts_with('{') {
+            let gj: geojson::GeoJson = t.parse().map_err(|e| Error::invalid(at, format!("not valid GeoJSON: {e}")))?;
+            let coll: geo::GeometryCollection<f64> = geojson::quick_collection(&gj)
+                .map_err(|e| Error::invalid(at, format!("GeoJSON: {e}")))?;
+            let mut polys = Vec::new();
+            for g in coll {
+                match g {
+                    geo::Geometry::Polygon(p) => polys.push(p),
+                    geo::Geometry::MultiPolygon(mp) => polys.extend(mp.0),
+                    other => return Err(Error::invalid(at, format!("expected polygons, found {}", geom_name(&other)))),
+                }
+            }
+            // GeoJSON parsing closes rings silently; RFC 7946 requires closed input, checked below on the raw text.
+            check_geojson_rings_closed(at, &gj)?;
+            MultiPolygon(polys)
+        } else {
+            check_wkt_rings_closed(at, t)?;
+            let g: geo::Geometry<f64> = wkt::TryFromWkt::try_from_wkt_str(t)
+                .map_err(|e| Error::invalid(at, format!("not valid WKT: {e}")))?;
+            match g {
+                geo::Geometry::Polygon(p) => MultiPolygon(vec![p]),
+                geo::Geometry::MultiPolygon(mp) => mp,
+                other => return Err(Error::invalid(at, format!("expected POLYGON or MULTIPOLYGON, found {}", geom_name(&other)))),
+            }
+        };
+        if mp.0.is_empty() {
+            return Err(Error::invalid(at, "no polygon found"));
+        }
+        for p in &mp.0 {
+            for ring in std::iter::once(p.exterior()).chain(p.interiors()) {
+                if ring.0.len() < 4 {
+                    return Err(Error::invalid(at, "a polygon ring needs at least 4 positions (3 distinct plus the closing one)"));
+                }
+                for c in &ring.0 {
+                    check_lon_lat(at, c.x, c.y)?;
+                }
+            }
+        }
+        Ok(Region::Polygon(mp))
+    }
+
+    /// Boxes `[w, s, e, n]` with `w <= e` whose union contains the region.
+    pub fn bboxes(&self) -> Vec<[f64; 4]> {
+        match self {
+            Region::BBox([w, s, e, n]) => {
+                if w <= e {
+                    vec![[*w, *s, *e, *n]]
+                } else {
+                    vec![[*w, *s, 180.0, *n], [-180.0, *s, *e, *n]]
+                }
+            }
+            Region::Circle { lon, lat, km } => {
+                let dlat = km / EARTH_RADIUS_KM * 180.0 / std::f64::consts::PI;
+                let s = (lat - dlat).max(-90.0);
+                let n = (lat + dlat).min(90.0);
+                let coslat = lat.abs().max(s.abs()).max(n.abs()).to_radians().cos();
+                if n >= 90.0 || s <= -90.0 || coslat < 1e-9 {
+                    return vec![[-180.0, s, 180.0, n]];
+                }
+                let dlon = (dlat / coslat).min(180.0);
+                let (w, e) = (lon - dlon, lon + dlon);
+                if dlon >= 180.0 {
+                    vec![[-180.0, s, 180.0, n]]
+                } else if w < -180.0 {
+                    vec![[w + 360.0, s, 180.0, n], [-180.0, s, e, n]]
+                } else if e > 180.0 {
+                    vec![[w, s, 180.0, n], [-180.0, s, e - 360.0, n]]
+                } else {
+                    vec![[w, s, e, n]]
+                }
+            }
+            Region::Polygon(mp) => {
+                use geo::BoundingRect;
+                match mp.bounding_rect() {
+                    Some(r) => vec![[r.min().x, r.min().y, r.max().x, r.max().y]],
+                    None => vec![],
+                }
+            }
+            Region::Geohash(h) => hash::decode_bounds(h).map(|b| vec![b]).unwrap_or_default(),
+        }
+    }
+
+    /// Whether a position is in the region, boundary included.
+    pub fn contains_point(&self, lon: f64, lat: f64) -> bool {
+        match self {
+            Region::BBox(_) => self.bboxes().iter().any(|b| b[0] <= lon && lon <= b[2] && b[1] <= lat && lat <= b[3]),
+            Region::Circle { km, .. } => self.distance_km(lon, lat).is_some_and(|d| d <= *km),
+            Region::Polygon(mp) => mp.intersects(&Point::new(lon, lat)),
+            Region::Geohash(h) => match hash::decode_prefix(h) {
+                Ok((z, bits)) => {
+                    let (lo, hi) = hash::prefix_range(z, bits);
+                    let zz = hash::zorder(lon, lat);
+                    lo <= zz && zz <= hi
+                }
+                Err(_) => false,
+            },
+        }
+    }
+
+    /// Whether a footprint (a closed lon/lat ring) intersects the region, boundary included.
+    pub fn intersects_ring(&self, ring: &[[f64; 2]]) -> bool {
+        let poly = ring_polygon(ring);
+        match self {
+            Region::BBox(_) | Region::Geohash(_) => self.bboxes().iter().any(|b| {
+                let r = Rect::new(Coord { x: b[0], y: b[1] }, Coord { x: b[2], y: b[3] });
+                r.intersects(&poly)
+            }),
+            Region::Circle { lon, lat, km } => {
+                let c = Point::new(*lon, *lat);
+                if poly.contains(&c) {
+                    return true;
+                }
+                match poly.exterior().haversine_closest_point(&c) {
+                    Closest::Intersection(_) => true,
+                    Closest::SinglePoint(p) => Haversine.distance(c, p) / 1000.0 <= *km,
+                    Closest::Indeterminate => false,
+                }
+            }
+            Region::Polygon(mp) => mp.intersects(&poly),
+        }
+    }
+
+    /// Great-circle distance in km from the region's centre, for circles.
+    pub fn distance_km(&self, lon: f64, lat: f64) -> Option<f64> {
+        match self {
+            Region::Circle { lon: clon, lat: clat, .. } => {
+                Some(Haversine.distance(Point::new(*clon, *clat), Point::new(lon, lat)) / 1000.0)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A polygon from a closed lon/lat ring.
+pub fn ring_polygon(ring: &[[f64; 2]]) -> Polygon<f64> {
+    Polygon::new(LineString::from(ring.iter().map(|[x, y]| (*x, *y)).collect::<Vec<_>>()), vec![])
+}
+
+fn geom_name(g: &geo::Geometry<f64>) -> &'static str {
+    match g {
+        geo::Geometry::Point(_) => "a point",
+        geo::Geometry::Line(_) | geo::Geometry::LineString(_) | geo::Geometry::MultiLineString(_) => "a line",
+        geo::Geometry::MultiPoint(_) => "points",
+        _ => "another geometry",
+    }
+}
+
+fn check_wkt_rings_closed(at: &str, text: &str) -> Result<()> {
+    let g: wkt::Wkt<f64> = text.parse().map_err(|e| Error::invalid(at, format!("not valid WKT: {e}")))?;
+    let polys: Vec<&wkt::types::Polygon<f64>> = match &g {
+        wkt::Wkt::Polygon(p) => vec![p],
+        wkt::Wkt::MultiPolygon(mp) => mp.polygons().iter().collect(),
+        _ => return Ok(()),
+    };
+    for (pi, p) in polys.iter().enumerate() {
+        for (ri, ring) in p.rings().iter().enumerate() {
+            let cs = ring.coords();
+            let closed = match (cs.first(), cs.last()) {
+                (Some(a), Some(b)) => a.x == b.x && a.y == b.y,
+                _ => false,
+            };
+            if !closed {
+                return Err(Error::invalid(at, format!("polygon {} ring {} does not close (first and last positions differ)", pi + 1, ri + 1)));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_geojson_rings_closed(at: &str, gj: &geojson::GeoJson) -> Result<()> {
+    use geojson::{GeoJson, Value};
+    fn check_rings(at: &str, rings: &[Vec<Vec<f64>>]) -> Result<()> {
+        for (ri, ring) in rings.iter().enumerate() {
+            if ring.first() != ring.last() || ring.len() < 4 {
+                return Err(Error::invalid(at, format!("ring {} does not close (first and last positions differ) or has fewer than 4 positions", ri + 1)));
+            }
+        }
+        Ok(())
+    }
+    fn check_value(at: &str, v: &Value) -> Result<()> {
+        match v {
+            Value::Polygon(rings) => check_rings(at, rings),
+            Value::MultiPolygon(polys) => polys.iter().try_for_each(|r| check_rings(at, r)),
+            _ => Ok(()),
+        }
+    }
+    match gj {
+        GeoJson::Geometry(g) => check_value(at, &g.value),
+        GeoJson::Feature(f) => f.geometry.as_ref().map_or(Ok(()), |g| check_value(at, &g.value)),
+        GeoJson::FeatureCollection(fc) => fc
+            .features
+            .iter()
+            .filter_map(|f| f.geometry.as_ref())
+            .try_for_each(|g| check_value(at, &g.value)),
+    }
+}
+
+/// Everything a query filters on: regions (all must hold), an inclusive time range, a kind.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Filter {
+    /// Regions; a record must match every one.
+    pub regions: Vec<Region>,
+    /// Earliest time, microseconds since the epoch, inclusive.
+    pub from: Option<i64>,
+    /// Latest time, inclusive.
+    pub to: Option<i64>,
+    /// Tiles or photos only.
+    pub kind: Option<Kind>,
+}
+
+impl Filter {
+    /// True when nothing is filtered.
+    pub fn is_empty(&self) -> bool {
+        self.regions.is_empty() && self.from.is_none() && self.to.is_none() && self.kind.is_none()
+    }
+
+    /// Whether a time passes. Records with no time fail any time bound.
+    pub fn time_ok(&self, t: Option<i64>) -> bool {
+        match (self.from, self.to) {
+            (None, None) => true,
+            _ => t.is_some_and(|t| self.from.is_none_or(|f| t >= f) && self.to.is_none_or(|x| t <= x)),
+        }
+    }
+
+    /// Boxes `[w, s, e, n]` (each `w <= e`) whose union contains every matching position:
+    /// the intersection of each region's boxes. `None` means the whole world.
+    pub fn bboxes(&self) -> Option<Vec<[f64; 4]>> {
+        let mut acc: Option<Vec<[f64; 4]>> = None;
+        for r in &self.regions {
+            let bs = r.bboxes();
+            acc = Some(match acc {
+                None => bs,
+                Some(prev) => {
+                    let mut out = Vec::new();
+                    for a in &prev {
+                        for b in &bs {
+                            let c = [a[0].max(b[0]), a[1].max(b[1]), a[2].min(b[2]), a[3].min(b[3])];
+                            if c[0] <= c[2] && c[1] <= c[3] {
+                                out.push(c);
+                            }
+                        }
+                    }
+                    out
+                }
+            });
+        }
+        acc
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn antimeridian_bbox_contains_both_sides() {
+        let r = Region::bbox(170.0, -10.0, -170.0, 10.0).unwrap();
+        assert!(r.contains_point(175.0, 0.0));
+        assert!(r.contains_point(-175.0, 0.0));
+        assert!(r.contains_point(180.0, 10.0));
+        assert!(!r.contains_point(0.0, 0.0));
+    }
+
+    #[test]
+    fn polygon_boundary_and_holes() {
+        let r = Region::parse_polygon("p", "POLYGON((0 0,10 0,10 10,0 10,0 0),(4 4,6 4,6 6,4 6,4 4))").unwrap();
+        assert!(r.contains_point(0.0, 5.0), "boundary included");
+        assert!(r.contains_point(2.0, 2.0));
+        assert!(!r.contains_point(5.0, 5.0), "inside the hole");
+        assert!(r.contains_point(4.0, 5.0), "hole boundary counts as boundary");
+        assert!(!r.contains_point(11.0, 5.0));
+    }
+
+    #[test]
+    fn unclosed_polygon_is_refused() {
+        let e = Region::parse_polygon("q.wkt", "POLYGON((0 0,10 0,10 10,0 10))").unwrap_err().to_string();
+        assert!(e.contains("q.wkt") && e.contains("close"), "{e}");
+        let e = Region::parse_polygon("q.geojson", r#"{"type":"Polygon","coordinates":[[[0,0],[1,0],[1,1],[0,1]]]}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("q.geojson") && e.contains("close"), "{e}");
+    }
+
+    #[test]
+    fn circle_distance_and_antimeridian_boxes() {
+        let r = Region::circle(179.9, 0.0, 50.0).unwrap();
+        assert!(r.contains_point(-179.9, 0.0), "22 km across the antimeridian");
+        assert_eq!(r.bboxes().len(), 2);
+        let d = r.distance_km(-179.9, 0.0).unwrap();
+        assert!((d - 22.24).abs() < 0.05, "{d}");
+        let polar = Region::circle(0.0, 89.9, 100.0).unwrap();
+        assert!(polar.contains_point(180.0, 89.5));
+    }
+
+    #[test]
+    fn tile_footprint_intersection() {
+        let ring = [[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0], [0.0, 0.0]];
+        assert!(Region::bbox(0.5, 0.5, 2.0, 2.0).unwrap().intersects_ring(&ring));
+        assert!(Region::bbox(1.0, 1.0, 2.0, 2.0).unwrap().intersects_ring(&ring), "touching corner");
+        assert!(!Region::bbox(1.1, 1.1, 2.0, 2.0).unwrap().intersects_ring(&ring));
+        assert!(Region::circle(1.5, 0.5, 60.0).unwrap().intersects_ring(&ring), "edge within 55.6 km");
+        assert!(!Region::circle(1.5, 0.5, 50.0).unwrap().intersects_ring(&ring));
+    }
+}
