@@ -1,0 +1,1 @@
+"""Model bundle exporter: see export_bundle.py."""
