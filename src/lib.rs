@@ -10,3 +10,10 @@ pub mod ingest;
 pub use error::{Error, Result};
 pub use store::record::{Kind, Level, Metric, Photo, PixelRef, Record, RecordId, SpaceDef, Tile};
 pub mod geo;
+pub mod index;
+pub mod db;
+pub mod query;
+
+pub use db::{Db, Options, WriteTxn};
+pub use geo::{Filter, Region};
+pub use query::{Explain, Hit, PlanPath, Query, SearchResult};

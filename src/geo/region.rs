@@ -46,10 +46,6 @@ pub fn validate_point(at: &str, lon: f64, lat: f64) -> Result<()> {
     check_lon_lat(at, lon, lat)
 }
 
-fn ring_is_closed(ls: &LineString<f64>) -> bool {
-    ls.0.len() >= 4 && ls.0.first() == ls.0.last()
-}
-
 impl Region {
     /// A checked bbox.
     pub fn bbox(w: f64, s: f64, e: f64, n: f64) -> Result<Region> {
@@ -82,7 +78,7 @@ impl Region {
         let t = text.trim_start();
         let mp: MultiPolygon<f64> = if t.starts_with('{') {
             let gj: geojson::GeoJson = t.parse().map_err(|e| Error::invalid(at, format!("not valid GeoJSON: {e}")))?;
-            let coll: geo::GeometryCollection<f64> = geojson::quick_collection(&gj)
+            let coll = geo::GeometryCollection::<f64>::try_from(&gj)
                 .map_err(|e| Error::invalid(at, format!("GeoJSON: {e}")))?;
             let mut polys = Vec::new();
             for g in coll {

@@ -1,0 +1,745 @@
+//! [`Db`], the one entry type, and its write transaction [`WriteTxn`].
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
+
+use crate::geo::hash;
+use crate::geo::region::validate_point;
+use crate::index::arena::{self, NewRow, RowMeta, Segment, SegmentBuilder};
+use crate::index::{hnsw, scan};
+use crate::query::{self, PlanCounters, Query, SearchResult};
+use crate::store::{codec, FORMAT_VERSION, IDS, KEY_GEO_BITS, KEY_SEQ_MAX, META, RECORDS, SPACES, VECTORS, VECTOR_LOG};
+use crate::{Error, Kind, Level, Metric, Record, RecordId, Result, SpaceDef};
+
+/// The redb file inside a database directory.
+pub const REDB_FILE: &str = "graftdb.redb";
+/// The folder of derived index files inside a database directory.
+pub const INDEX_DIR: &str = "index";
+
+/// Tuning knobs. The defaults are the measured ones (see BENCHMARKS.md).
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Estimated candidates at or below which a filtered query scans exactly.
+    pub exact_threshold: usize,
+    /// Spaces with fewer vectors than this get no HNSW graph (an exact scan is as fast).
+    pub hnsw_min_rows: usize,
+    /// Rows that may wait in the in-memory delta before the arena is rebuilt.
+    pub delta_max: usize,
+    /// Threads for building graphs.
+    pub threads: usize,
+    /// Write derived index files (turn off for read-only media).
+    pub persist_index: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            exact_threshold: 20_000,
+            hnsw_min_rows: 20_000,
+            delta_max: 50_000,
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            persist_index: true,
+        }
+    }
+}
+
+/// The in-memory index state of one space.
+pub(crate) struct SpaceIndex {
+    pub base: Segment,
+    pub delta: Segment,
+    pub hnsw: Option<usearch::Index>,
+    /// Last `vector_log` sequence reflected by base + delta.
+    pub applied: u64,
+    /// Largest half-width or half-height of any tile footprint, degrees.
+    pub max_half_extent: f64,
+}
+
+pub(crate) struct SpaceHandle {
+    pub def: SpaceDef,
+    pub state: RwLock<SpaceIndex>,
+}
+
+impl SpaceHandle {
+    fn stride(&self) -> usize {
+        stride(&self.def)
+    }
+    fn is_patch(&self) -> bool {
+        matches!(self.def.level, Level::Patch { .. })
+    }
+}
+
+fn stride(def: &SpaceDef) -> usize {
+    match def.level {
+        Level::Image => def.dim as usize,
+        Level::Patch { rows, cols } => usize::from(rows) * usize::from(cols) * codec::patch_stride(def.dim as usize),
+    }
+}
+
+fn half_extent(seg: &Segment) -> f64 {
+    seg.bbox.chunks_exact(4).fold(0f64, |m, b| m.max((b[2] - b[0]) / 2.0).max((b[3] - b[1]) / 2.0))
+}
+
+/// An embedded graftdb database: a directory holding one redb file (the store of record)
+/// and derived index files.
+///
+/// One process may write at a time (others get [`Error::Locked`]); any number of readers
+/// proceed during writes and see each commit when it lands.
+///
+/// ```
+/// use graftdb::{Db, Kind, Metric, Level, Photo, Record, RecordId, Query, Filter, Region};
+/// let dir = tempfile::tempdir()?;
+/// let db = Db::create(dir.path().join("demo.graftdb"))?;
+/// db.create_space("clip", 3, Metric::Cos, Level::Image)?;
+/// let mut w = db.begin_write()?;
+/// for (i, (lon, lat)) in [(2.35, 48.85), (-0.12, 51.5), (13.4, 52.5)].into_iter().enumerate() {
+///     let photo = Photo { id: RecordId::Int(i as i64), lon, lat, accuracy: Some(16), time: None,
+///         source: "doc".into(), license: None, url: None, user: None };
+///     let key = w.insert(Record::Photo(photo))?;
+///     w.put_vector("clip", key, &[1.0, i as f32, 0.0])?;
+/// }
+/// w.commit()?;
+/// let q = Query::new("clip", vec![1.0, 0.0, 0.0], 2)
+///     .filter(Filter { regions: vec![Region::bbox(-5.0, 45.0, 10.0, 55.0)?], ..Default::default() });
+/// let res = db.search(&q)?;
+/// assert_eq!(res.hits.len(), 2);
+/// assert_eq!(res.hits[0].id, RecordId::Int(0));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Db {
+    dir: PathBuf,
+    redb: redb::Database,
+    spaces: RwLock<HashMap<String, Arc<SpaceHandle>>>,
+    counters: PlanCounters,
+    opts: Options,
+}
+
+fn builder() -> redb::Builder {
+    let mut b = redb::Builder::new();
+    b.set_concurrency_mode(redb::ConcurrencyMode::MultiWriter);
+    b
+}
+
+fn map_open_err(path: &Path, e: redb::DatabaseError) -> Error {
+    match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => Error::Locked { path: path.into() },
+        redb::DatabaseError::Storage(redb::StorageError::Io(io)) => Error::io(path, io),
+        other => Error::Corrupt { path: path.into(), detail: other.to_string() },
+    }
+}
+
+impl Db {
+    /// Create a new database directory (it must not already hold a database).
+    pub fn create(dir: impl AsRef<Path>) -> Result<Db> {
+        Self::create_with(dir, Options::default())
+    }
+
+    /// [`Db::create`] with options.
+    pub fn create_with(dir: impl AsRef<Path>, opts: Options) -> Result<Db> {
+        let dir = dir.as_ref().to_path_buf();
+        let file = dir.join(REDB_FILE);
+        if file.exists() {
+            return Err(Error::invalid(dir.display().to_string(), "a graftdb database already exists here"));
+        }
+        std::fs::create_dir_all(dir.join(INDEX_DIR)).map_err(|e| Error::io(&dir, e))?;
+        let redb = builder().create(&file).map_err(|e| map_open_err(&file, e))?;
+        let w = redb.begin_write()?;
+        {
+            let mut meta = w.open_table(META)?;
+            meta.insert("format_version", FORMAT_VERSION.to_le_bytes().as_slice())?;
+            w.open_table(SPACES)?;
+            w.open_table(RECORDS)?;
+            w.open_table(IDS)?;
+            w.open_table(VECTORS)?;
+            w.open_table(VECTOR_LOG)?;
+        }
+        w.commit()?;
+        Ok(Db { dir, redb, spaces: RwLock::new(HashMap::new()), counters: PlanCounters::default(), opts })
+    }
+
+    /// Open an existing database directory.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Db> {
+        Self::open_with(dir, Options::default())
+    }
+
+    /// [`Db::open`] with options.
+    pub fn open_with(dir: impl AsRef<Path>, opts: Options) -> Result<Db> {
+        let dir = dir.as_ref().to_path_buf();
+        let file = dir.join(REDB_FILE);
+        if !file.is_file() {
+            return Err(Error::invalid(dir.display().to_string(), format!("not a graftdb database (no {REDB_FILE} inside)")));
+        }
+        let redb = builder().open(&file).map_err(|e| map_open_err(&file, e))?;
+        let db = Db { dir, redb, spaces: RwLock::new(HashMap::new()), counters: PlanCounters::default(), opts };
+        let r = db.redb.begin_read()?;
+        let version = {
+            let meta = r.open_table(META).map_err(|e| Error::Corrupt { path: file.clone(), detail: e.to_string() })?;
+            let v = meta.get("format_version")?.ok_or_else(|| Error::Corrupt { path: file.clone(), detail: "no format version".into() })?;
+            let b: [u8; 4] = v.value().try_into().map_err(|_| Error::Corrupt { path: file.clone(), detail: "bad format version".into() })?;
+            u32::from_le_bytes(b)
+        };
+        if version > FORMAT_VERSION {
+            return Err(Error::FormatTooNew { path: file, found: version, supported: FORMAT_VERSION });
+        }
+        let defs: Vec<SpaceDef> = {
+            let t = r.open_table(SPACES)?;
+            let mut v = Vec::new();
+            for e in t.iter()? {
+                let (_, val) = e?;
+                v.push(decode_space(val.value())?);
+            }
+            v
+        };
+        drop(r);
+        for def in defs {
+            let handle = db.load_space(def);
+            db.refresh(&handle)?;
+            db.spaces_write()?.insert(handle.def.name.clone(), handle);
+        }
+        Ok(db)
+    }
+
+    /// The database directory.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// How many queries took each plan since this handle was opened.
+    pub fn counters(&self) -> &PlanCounters {
+        &self.counters
+    }
+
+    /// The options in force.
+    pub fn options(&self) -> &Options {
+        &self.opts
+    }
+
+    fn spaces_write(&self) -> Result<std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<SpaceHandle>>>> {
+        self.spaces.write().map_err(|_| Error::Index("space table lock poisoned".into()))
+    }
+
+    fn load_space(&self, def: SpaceDef) -> Arc<SpaceHandle> {
+        let st = stride(&def);
+        let patch = matches!(def.level, Level::Patch { .. });
+        let mut idx = SpaceIndex { base: Segment::empty(st), delta: Segment::empty(st), hnsw: None, applied: 0, max_half_extent: 0.0 };
+        // A missing or damaged snapshot is not an error: the arena is rebuilt from redb.
+        if let Ok(m) = self.read_manifest(def.number) {
+            if let Ok((seg, seq)) = arena::read_snapshot(&self.dir.join(INDEX_DIR).join(&m.arena), st, patch) {
+                if seq == m.seq {
+                    let graph = match &m.hnsw {
+                        Some(h) => hnsw::view(&self.dir.join(INDEX_DIR).join(h), def.dim as usize, def.metric).ok(),
+                        None => None,
+                    };
+                    let graph_ok = m.hnsw.is_none() || graph.as_ref().is_some_and(|g| g.size() == seg.len());
+                    if graph_ok {
+                        idx.max_half_extent = half_extent(&seg);
+                        idx.base = seg;
+                        idx.hnsw = graph;
+                        idx.applied = seq;
+                    }
+                }
+            }
+        }
+        Arc::new(SpaceHandle { def, state: RwLock::new(idx) })
+    }
+
+    fn manifest_path(&self, number: u16) -> PathBuf {
+        self.dir.join(INDEX_DIR).join(format!("space-{number}.json"))
+    }
+
+    fn read_manifest(&self, number: u16) -> Result<Manifest> {
+        let p = self.manifest_path(number);
+        let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+        serde_json::from_str(&text).map_err(|e| Error::Corrupt { path: p, detail: e.to_string() })
+    }
+
+    /// Create an embedding space, or return the existing one if it has the same shape.
+    pub fn create_space(&self, name: &str, dim: u32, metric: Metric, level: Level) -> Result<SpaceDef> {
+        if name.is_empty() || name.len() > 64 || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            return Err(Error::invalid("--space", format!("'{name}': a space name is 1–64 characters of letters, digits, '-', '_' or '.'")));
+        }
+        if dim == 0 || dim > 65_536 {
+            return Err(Error::invalid("dim", format!("{dim} is not a dimension in 1..=65536")));
+        }
+        let w = self.try_write()?;
+        let def = {
+            let mut t = w.open_table(SPACES)?;
+            let existing = t.get(name)?.map(|v| decode_space(v.value())).transpose()?;
+            if let Some(old) = existing {
+                if old.dim != dim || old.metric != metric || old.level != level {
+                    return Err(Error::invalid(
+                        "--space",
+                        format!("space '{name}' exists with dim {} metric {} level {:?}; asked for dim {dim} metric {} level {level:?}", old.dim, old.metric.as_str(), old.level, metric.as_str()),
+                    ));
+                }
+                old
+            } else {
+                let mut max = 0u16;
+                for e in t.iter()? {
+                    max = max.max(decode_space(e?.1.value())?.number);
+                }
+                let def = SpaceDef { name: name.into(), number: max + 1, dim, metric, level };
+                let bytes = bincode::serde::encode_to_vec(&def, bincode::config::standard()).map_err(|e| Error::Storage(e.to_string()))?;
+                t.insert(name, bytes.as_slice())?;
+                def
+            }
+        };
+        w.commit()?;
+        let mut spaces = self.spaces_write()?;
+        if !spaces.contains_key(name) {
+            spaces.insert(name.into(), self.load_space(def.clone()));
+        }
+        Ok(def)
+    }
+
+    /// The spaces of the database.
+    pub fn spaces(&self) -> Result<Vec<SpaceDef>> {
+        self.sync_spaces()?;
+        let s = self.spaces.read().map_err(|_| Error::Index("lock poisoned".into()))?;
+        let mut v: Vec<SpaceDef> = s.values().map(|h| h.def.clone()).collect();
+        v.sort_by_key(|d| d.number);
+        Ok(v)
+    }
+
+    /// Pick up spaces created by another process since open.
+    fn sync_spaces(&self) -> Result<()> {
+        let r = self.redb.begin_read()?;
+        let t = r.open_table(SPACES)?;
+        let known = self.spaces.read().map_err(|_| Error::Index("lock poisoned".into()))?.len();
+        if t.len()? as usize == known {
+            return Ok(());
+        }
+        let mut spaces = self.spaces_write()?;
+        for e in t.iter()? {
+            let def = decode_space(e?.1.value())?;
+            if !spaces.contains_key(&def.name) {
+                spaces.insert(def.name.clone(), self.load_space(def));
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn handle(&self, name: &str) -> Result<Arc<SpaceHandle>> {
+        if let Some(h) = self.spaces.read().map_err(|_| Error::Index("lock poisoned".into()))?.get(name) {
+            return Ok(h.clone());
+        }
+        self.sync_spaces()?;
+        self.spaces
+            .read()
+            .map_err(|_| Error::Index("lock poisoned".into()))?
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::UnknownSpace(name.into()))
+    }
+
+    /// The definition of a space.
+    pub fn space(&self, name: &str) -> Result<SpaceDef> {
+        Ok(self.handle(name)?.def.clone())
+    }
+
+    fn try_write(&self) -> Result<redb::WriteTransaction> {
+        match self.redb.try_begin_write() {
+            Ok(w) => Ok(w),
+            Err(redb::TransactionError::WouldBlock) => Err(Error::Locked { path: self.dir.clone() }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Begin the one write transaction. A second concurrent writer, in this process or
+    /// another, gets [`Error::Locked`] at once.
+    pub fn begin_write(&self) -> Result<WriteTxn<'_>> {
+        Ok(WriteTxn { db: self, txn: self.try_write()?, next_in_cell: HashMap::new(), next_seq: HashMap::new(), metas: HashMap::new() })
+    }
+
+    /// Look a record up by id; `kind` narrows the search when ids are shared.
+    pub fn get(&self, kind: Option<Kind>, id: &RecordId) -> Result<Option<(u64, Record)>> {
+        let r = self.redb.begin_read()?;
+        let ids = r.open_table(IDS)?;
+        let recs = r.open_table(RECORDS)?;
+        for k in [Kind::Tile, Kind::Photo] {
+            if kind.is_some_and(|x| x != k) {
+                continue;
+            }
+            if let Some(key) = ids.get(codec::id_key(k, id).as_slice())? {
+                let key = key.value();
+                if let Some(v) = recs.get(key)? {
+                    return Ok(Some((key, codec::decode_record(v.value())?)));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// A record by its internal key.
+    pub fn record(&self, key: u64) -> Result<Option<Record>> {
+        let r = self.redb.begin_read()?;
+        let recs = r.open_table(RECORDS)?;
+        recs.get(key)?.map(|v| codec::decode_record(v.value())).transpose()
+    }
+
+    /// The stored vector of a record in an image-level space.
+    pub fn vector(&self, space: &str, key: u64) -> Result<Option<Vec<f32>>> {
+        let h = self.handle(space)?;
+        let r = self.redb.begin_read()?;
+        let t = r.open_table(VECTORS)?;
+        let Some(v) = t.get((h.def.number, key))? else { return Ok(None) };
+        let (_, payload) = codec::decode_vector_value(v.value())?;
+        let mut out = Vec::new();
+        codec::decode_f32_into(payload, &mut out);
+        Ok(Some(out))
+    }
+
+    /// Run a query. Never returns fewer than `min(k, matches)` hits.
+    pub fn search(&self, q: &Query) -> Result<SearchResult> {
+        let h = self.handle(&q.space)?;
+        self.refresh(&h)?;
+        let state = h.state.read().map_err(|_| Error::Index("lock poisoned".into()))?;
+        let r = self.redb.begin_read()?;
+        let recs = r.open_table(RECORDS)?;
+        query::run(&h.def, &state, q, &recs, &self.opts, &self.counters)
+    }
+
+    /// Bring a space's in-memory index up to the latest commit.
+    pub(crate) fn refresh(&self, h: &SpaceHandle) -> Result<()> {
+        let num = h.def.number;
+        let last = self.last_seq(num)?;
+        {
+            let s = h.state.read().map_err(|_| Error::Index("lock poisoned".into()))?;
+            if s.applied >= last {
+                return Ok(());
+            }
+        }
+        let mut s = h.state.write().map_err(|_| Error::Index("lock poisoned".into()))?;
+        if s.applied >= last {
+            return Ok(());
+        }
+        let lag = (last - s.applied) as usize;
+        if s.delta.len() + lag <= self.opts.delta_max {
+            let r = self.redb.begin_read()?;
+            let log = r.open_table(VECTOR_LOG)?;
+            let vt = r.open_table(VECTORS)?;
+            let mut rows = Vec::with_capacity(lag);
+            let mut applied = s.applied;
+            for e in log.range((num, s.applied + 1)..=(num, u64::MAX))? {
+                let (k, v) = e?;
+                let key = v.value();
+                let val = vt.get((num, key))?.ok_or_else(|| Error::Storage(format!("vector log names key {key} with no vector")))?;
+                rows.push(new_row(h, key, val.value())?);
+                applied = k.value().1;
+            }
+            let patch = h.is_patch();
+            let delta = arena::merge_rows(&s.delta, rows, patch);
+            s.max_half_extent = s.max_half_extent.max(half_extent(&delta));
+            s.delta = delta;
+            s.applied = applied;
+            return Ok(());
+        }
+        self.rebuild(h, &mut s)
+    }
+
+    fn last_seq(&self, num: u16) -> Result<u64> {
+        let r = self.redb.begin_read()?;
+        let log = r.open_table(VECTOR_LOG)?;
+        let last = log.range((num, 0)..=(num, u64::MAX))?.next_back().transpose()?.map_or(0, |(k, _)| k.value().1);
+        Ok(last)
+    }
+
+    /// Rebuild a space's arena from redb in one sequential scan, then its graph, then persist.
+    fn rebuild(&self, h: &SpaceHandle, s: &mut SpaceIndex) -> Result<()> {
+        let num = h.def.number;
+        let r = self.redb.begin_read()?;
+        let vt = r.open_table(VECTORS)?;
+        let log = r.open_table(VECTOR_LOG)?;
+        let last = log.range((num, 0)..=(num, u64::MAX))?.next_back().transpose()?.map_or(0, |(k, _)| k.value().1);
+        let patch = h.is_patch();
+        let mut b = SegmentBuilder::new(h.stride(), 0, patch);
+        let mut buf = Vec::new();
+        for e in vt.range((num, 0)..=(num, u64::MAX))? {
+            let (k, v) = e?;
+            let (meta, payload) = codec::decode_vector_value(v.value())?;
+            if patch {
+                b.push(k.value().1, meta, &[], payload);
+            } else {
+                codec::decode_f32_into(payload, &mut buf);
+                b.push(k.value().1, meta, &buf, &[]);
+            }
+        }
+        drop((vt, log, r));
+        let seg = b.finish();
+        self.install(h, s, seg, last)
+    }
+
+    fn install(&self, h: &SpaceHandle, s: &mut SpaceIndex, seg: Segment, seq: u64) -> Result<()> {
+        let graph = if !h.is_patch() && seg.len() >= self.opts.hnsw_min_rows {
+            Some(hnsw::build(&seg, h.def.dim as usize, h.def.metric, self.opts.threads)?)
+        } else {
+            None
+        };
+        if self.opts.persist_index {
+            // Best effort: a failure here leaves the database correct, only slower to open.
+            let _ = self.persist(h.def.number, &seg, graph.as_ref(), seq, h.is_patch());
+        }
+        s.max_half_extent = half_extent(&seg);
+        s.base = seg;
+        s.delta = Segment::empty(h.stride());
+        s.hnsw = graph;
+        s.applied = seq;
+        Ok(())
+    }
+
+    fn persist(&self, num: u16, seg: &Segment, graph: Option<&usearch::Index>, seq: u64, patch: bool) -> Result<()> {
+        let dir = self.dir.join(INDEX_DIR);
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let old = self.read_manifest(num).ok();
+        let arena_name = format!("space-{num}-{seq}.arena");
+        arena::write_snapshot(&dir.join(&arena_name), seg, seq, patch)?;
+        let hnsw_name = match graph {
+            Some(g) => {
+                let n = format!("space-{num}-{seq}.hnsw");
+                hnsw::save(g, &dir.join(&n))?;
+                Some(n)
+            }
+            None => None,
+        };
+        let m = Manifest { seq, arena: arena_name, hnsw: hnsw_name };
+        let p = self.manifest_path(num);
+        let tmp = p.with_extension(format!("tmp{}", std::process::id()));
+        let text = serde_json::to_vec_pretty(&m).map_err(|e| Error::Index(e.to_string()))?;
+        std::fs::write(&tmp, text).map_err(|e| Error::io(&tmp, e))?;
+        std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| Error::io(&tmp, e))?;
+        std::fs::rename(&tmp, &p).map_err(|e| Error::io(&p, e))?;
+        if let Some(o) = old {
+            if o.arena != m.arena {
+                let _ = std::fs::remove_file(dir.join(o.arena));
+            }
+            if let Some(hn) = o.hnsw.filter(|hn| Some(hn) != m.hnsw.as_ref()) {
+                let _ = std::fs::remove_file(dir.join(hn));
+            }
+        }
+        Ok(())
+    }
+
+    /// Fold every space's delta into a new snapshot and graph, so the next open is fast
+    /// and queries use the graph for everything. Ingest commands call this at the end.
+    pub fn checkpoint(&self) -> Result<()> {
+        for def in self.spaces()? {
+            let h = self.handle(&def.name)?;
+            self.refresh(&h)?;
+            let mut s = h.state.write().map_err(|_| Error::Index("lock poisoned".into()))?;
+            let want_graph = !h.is_patch() && s.base.len() + s.delta.len() >= self.opts.hnsw_min_rows;
+            if s.delta.is_empty() && (s.hnsw.is_some() || !want_graph) && self.read_manifest(def.number).is_ok_and(|m| m.seq == s.applied) {
+                continue;
+            }
+            let merged = arena::merge(&s.base, &s.delta, h.is_patch());
+            let seq = s.applied;
+            self.install(&h, &mut s, merged, seq)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn redb(&self) -> &redb::Database {
+        &self.redb
+    }
+
+    pub(crate) fn space_state(&self, name: &str) -> Result<Arc<SpaceHandle>> {
+        let h = self.handle(name)?;
+        self.refresh(&h)?;
+        Ok(h)
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Manifest {
+    seq: u64,
+    arena: String,
+    hnsw: Option<String>,
+}
+
+fn decode_space(bytes: &[u8]) -> Result<SpaceDef> {
+    bincode::serde::decode_from_slice(bytes, bincode::config::standard())
+        .map(|(d, _)| d)
+        .map_err(|e| Error::Storage(format!("corrupt space definition: {e}")))
+}
+
+fn new_row(h: &SpaceHandle, key: u64, value: &[u8]) -> Result<NewRow> {
+    let (meta, payload) = codec::decode_vector_value(value)?;
+    if h.is_patch() {
+        Ok(NewRow { key, meta, f32s: vec![], bytes: payload.to_vec() })
+    } else {
+        let mut v = Vec::new();
+        codec::decode_f32_into(payload, &mut v);
+        Ok(NewRow { key, meta, f32s: v, bytes: vec![] })
+    }
+}
+
+/// Validate a record's coordinates, times and footprint. `at` names the input.
+pub fn validate_record(at: &str, rec: &Record) -> Result<()> {
+    match rec {
+        Record::Photo(p) => validate_point(at, p.lon, p.lat)?,
+        Record::Tile(t) => {
+            if t.footprint.len() < 4 {
+                return Err(Error::invalid(at, "a tile footprint needs at least 4 positions (a closed ring)"));
+            }
+            if t.footprint.first() != t.footprint.last() {
+                return Err(Error::invalid(at, "the tile footprint does not close (first and last positions differ)"));
+            }
+            for [x, y] in &t.footprint {
+                validate_point(at, *x, *y)?;
+            }
+            if !t.gsd_m.is_finite() || t.gsd_m < 0.0 {
+                return Err(Error::invalid(at, format!("ground sample distance {} is not a non-negative number", t.gsd_m)));
+            }
+        }
+    }
+    if let Record::Photo(p) = rec {
+        if let Some(a) = p.accuracy {
+            if a > 16 {
+                return Err(Error::invalid(at, format!("accuracy {a} is outside 1–16")));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The single write transaction. Nothing is visible to readers until [`WriteTxn::commit`];
+/// dropping it without commit discards everything.
+pub struct WriteTxn<'db> {
+    db: &'db Db,
+    txn: redb::WriteTransaction,
+    next_in_cell: HashMap<u64, u64>,
+    next_seq: HashMap<u16, u64>,
+    metas: HashMap<u64, RowMeta>,
+}
+
+impl WriteTxn<'_> {
+    /// Insert a record; returns its key. Refuses a duplicate id of the same kind.
+    pub fn insert(&mut self, rec: Record) -> Result<u64> {
+        self.insert_at(&format!("record {}", rec.id()), rec)
+    }
+
+    /// [`WriteTxn::insert`], naming the input (`file row N`) in any error.
+    pub fn insert_at(&mut self, at: &str, rec: Record) -> Result<u64> {
+        validate_record(at, &rec)?;
+        let idk = codec::id_key(rec.kind(), rec.id());
+        let mut ids = self.txn.open_table(IDS)?;
+        if ids.get(idk.as_slice())?.is_some() {
+            return Err(Error::DuplicateId { at: at.into(), id: rec.id().to_string() });
+        }
+        let (lon, lat) = rec.point();
+        let cell = hash::zorder(lon, lat) >> (64 - KEY_GEO_BITS);
+        let shift = 64 - KEY_GEO_BITS;
+        let mut recs = self.txn.open_table(RECORDS)?;
+        let next = match self.next_in_cell.get(&cell) {
+            Some(n) => *n,
+            None => {
+                let lo = cell << shift;
+                let hi = lo | KEY_SEQ_MAX;
+                recs.range(lo..=hi)?.next_back().transpose()?.map_or(0, |(k, _)| (k.value() & KEY_SEQ_MAX) + 1)
+            }
+        };
+        if next > KEY_SEQ_MAX {
+            return Err(Error::invalid(at, format!("more than {KEY_SEQ_MAX} records at geohash {}", hash::encode(lon, lat, 8))));
+        }
+        let key = (cell << shift) | next;
+        self.next_in_cell.insert(cell, next + 1);
+        recs.insert(key, codec::encode_record(&rec)?.as_slice())?;
+        ids.insert(idk.as_slice(), key)?;
+        self.metas.insert(key, RowMeta { kind: rec.kind(), time: rec.time(), bbox: rec.bbox() });
+        Ok(key)
+    }
+
+    fn meta_of(&mut self, key: u64) -> Result<RowMeta> {
+        if let Some(m) = self.metas.get(&key) {
+            return Ok(*m);
+        }
+        let recs = self.txn.open_table(RECORDS)?;
+        let rec = recs.get(key)?.ok_or_else(|| Error::NotFound(format!("key {key}")))?;
+        let rec = codec::decode_record(rec.value())?;
+        let m = RowMeta { kind: rec.kind(), time: rec.time(), bbox: rec.bbox() };
+        self.metas.insert(key, m);
+        Ok(m)
+    }
+
+    fn put_raw(&mut self, at: &str, h: &SpaceHandle, key: u64, payload: &[u8]) -> Result<()> {
+        let meta = self.meta_of(key)?;
+        let num = h.def.number;
+        let mut vt = self.txn.open_table(VECTORS)?;
+        if vt.get((num, key))?.is_some() {
+            return Err(Error::invalid(at, format!("already has a vector in space '{}'", h.def.name)));
+        }
+        vt.insert((num, key), codec::encode_vector_value(&meta, payload).as_slice())?;
+        let mut log = self.txn.open_table(VECTOR_LOG)?;
+        let seq = match self.next_seq.get(&num) {
+            Some(s) => *s,
+            None => log.range((num, 0)..=(num, u64::MAX))?.next_back().transpose()?.map_or(1, |(k, _)| k.value().1 + 1),
+        };
+        log.insert((num, seq), key)?;
+        self.next_seq.insert(num, seq + 1);
+        Ok(())
+    }
+
+    /// Store a record's image-level vector in a space. Cosine spaces store it normalised.
+    pub fn put_vector(&mut self, space: &str, key: u64, v: &[f32]) -> Result<()> {
+        self.put_vector_at(&format!("key {key}"), space, key, v)
+    }
+
+    /// [`WriteTxn::put_vector`], naming the input in any error.
+    pub fn put_vector_at(&mut self, at: &str, space: &str, key: u64, v: &[f32]) -> Result<()> {
+        let h = self.db.handle(space)?;
+        if !matches!(h.def.level, Level::Image) {
+            return Err(Error::invalid(at, format!("space '{space}' holds patch grids, not image vectors")));
+        }
+        let v = check_vector(at, &h.def, v)?;
+        self.put_raw(at, &h, key, &codec::encode_f32(&v))
+    }
+
+    /// Store a tile's patch grid (`rows × cols × dim` f32, row-major) in a patch space.
+    pub fn put_patches(&mut self, space: &str, key: u64, grid: &[f32]) -> Result<()> {
+        let at = format!("key {key}");
+        let h = self.db.handle(space)?;
+        let Level::Patch { rows, cols } = h.def.level else {
+            return Err(Error::invalid(&at, format!("space '{space}' is image-level, not patch-level")));
+        };
+        let dim = h.def.dim as usize;
+        let n = usize::from(rows) * usize::from(cols);
+        if grid.len() != n * dim {
+            return Err(Error::invalid(&at, format!("patch grid has {} values, space '{space}' needs {rows}×{cols}×{dim} = {}", grid.len(), n * dim)));
+        }
+        let mut g = Vec::with_capacity(grid.len());
+        for p in grid.chunks_exact(dim) {
+            g.extend(check_vector(&at, &h.def, p)?);
+        }
+        if self.meta_of(key)?.kind != Kind::Tile {
+            return Err(Error::invalid(&at, "patch grids belong to tiles, not photos"));
+        }
+        self.put_raw(&at, &h, key, &codec::encode_patch_grid(&g, dim))
+    }
+
+    /// Make everything durable and visible, atomically.
+    pub fn commit(self) -> Result<()> {
+        self.txn.commit()?;
+        Ok(())
+    }
+
+    /// Discard everything.
+    pub fn abort(self) -> Result<()> {
+        self.txn.abort()?;
+        Ok(())
+    }
+}
+
+fn check_vector(at: &str, def: &SpaceDef, v: &[f32]) -> Result<Vec<f32>> {
+    if v.len() != def.dim as usize {
+        return Err(Error::invalid(at, format!("vector has {} dimensions, space '{}' has {}", v.len(), def.name, def.dim)));
+    }
+    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+        return Err(Error::invalid(at, format!("vector value {} is {} (NaN or infinite)", i, v.get(i).copied().unwrap_or(f32::NAN))));
+    }
+    let mut v = v.to_vec();
+    if def.metric == Metric::Cos && !scan::normalise(&mut v) {
+        return Err(Error::invalid(at, "a zero vector has no direction (cosine space)"));
+    }
+    Ok(v)
+}

@@ -1,0 +1,378 @@
+//! The vector arena of a space: every vector of the space with the few record fields the
+//! planner filters on (key, bbox, time, kind), as columns sorted by record key.
+//!
+//! Because record keys start with the geohash of the record's position, a geohash range of
+//! keys is a contiguous range of rows: counting the candidates of a region is a binary
+//! search, and scanning them reads memory front to back.
+//!
+//! An arena is a [`Segment`] (mapped from a snapshot file, or built in memory) plus a small
+//! in-memory delta of rows committed since; both are sorted by key.
+
+use std::ops::{Deref, Range};
+use std::path::Path;
+use std::sync::Arc;
+
+use memmap2::Mmap;
+
+use crate::{Error, Kind, Result};
+
+/// A column: an owned vector or a window of a mapped snapshot file.
+pub enum Col<T: bytemuck::Pod> {
+    /// Held in memory.
+    Owned(Vec<T>),
+    /// A byte range of a mapped file, checked for alignment and length when mapped.
+    Mapped(Arc<Mmap>, Range<usize>),
+}
+
+impl<T: bytemuck::Pod> Deref for Col<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        match self {
+            Col::Owned(v) => v,
+            // Alignment and length were checked by `Col::mapped`, so this cast cannot fail;
+            // an empty slice is returned if it ever did.
+            Col::Mapped(m, r) => m.get(r.clone()).and_then(|b| bytemuck::try_cast_slice(b).ok()).unwrap_or(&[]),
+        }
+    }
+}
+
+impl<T: bytemuck::Pod> Col<T> {
+    fn mapped(m: &Arc<Mmap>, r: Range<usize>, path: &Path) -> Result<Self> {
+        if r.is_empty() {
+            return Ok(Col::Owned(Vec::new()));
+        }
+        let bytes = m.get(r.clone()).ok_or_else(|| Error::Corrupt { path: path.into(), detail: "snapshot is truncated".into() })?;
+        bytemuck::try_cast_slice::<u8, T>(bytes)
+            .map_err(|e| Error::Corrupt { path: path.into(), detail: format!("misaligned column: {e}") })?;
+        Ok(Col::Mapped(m.clone(), r))
+    }
+}
+
+/// What a row stores besides its vector.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RowMeta {
+    /// Record kind.
+    pub kind: Kind,
+    /// Time, microseconds since the epoch.
+    pub time: Option<i64>,
+    /// `[w, s, e, n]`; a point for photos.
+    pub bbox: [f64; 4],
+}
+
+/// Time column value meaning "no time".
+pub const NO_TIME: i64 = i64::MIN;
+
+/// Sorted rows of one space.
+pub struct Segment {
+    /// Record keys, ascending.
+    pub keys: Col<u64>,
+    /// Times (`NO_TIME` when absent).
+    pub time: Col<i64>,
+    /// Four f64 per row: w, s, e, n.
+    pub bbox: Col<f64>,
+    /// Kind byte per row.
+    pub kind: Col<u8>,
+    /// Image-level spaces: `dim` f32 per row.
+    pub f32s: Col<f32>,
+    /// Patch-level spaces: encoded i8 grids, `row_bytes` per row.
+    pub bytes: Col<u8>,
+    /// Payload elements per row (`dim` for f32, grid bytes for patches).
+    pub stride: usize,
+}
+
+impl Segment {
+    /// An empty in-memory segment.
+    pub fn empty(stride: usize) -> Self {
+        Segment {
+            keys: Col::Owned(vec![]),
+            time: Col::Owned(vec![]),
+            bbox: Col::Owned(vec![]),
+            kind: Col::Owned(vec![]),
+            f32s: Col::Owned(vec![]),
+            bytes: Col::Owned(vec![]),
+            stride,
+        }
+    }
+    /// Rows held.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+    /// True when no rows.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+    /// Row range whose keys lie in `[lo, hi]`.
+    pub fn rows_in(&self, lo: u64, hi: u64) -> Range<usize> {
+        let k: &[u64] = &self.keys;
+        let a = k.partition_point(|&x| x < lo);
+        let b = k.partition_point(|&x| x <= hi);
+        a..b.max(a)
+    }
+    /// Row of a key.
+    pub fn find(&self, key: u64) -> Option<usize> {
+        self.keys.binary_search(&key).ok()
+    }
+    /// The filter fields of a row.
+    pub fn meta(&self, i: usize) -> Option<RowMeta> {
+        let t = *self.time.get(i)?;
+        let b = self.bbox.get(i * 4..i * 4 + 4)?;
+        Some(RowMeta {
+            kind: Kind::from_u8(*self.kind.get(i)?)?,
+            time: (t != NO_TIME).then_some(t),
+            bbox: [b[0], b[1], b[2], b[3]],
+        })
+    }
+    /// The f32 vector of a row (image-level spaces).
+    #[inline]
+    pub fn vector(&self, i: usize) -> &[f32] {
+        self.f32s.get(i * self.stride..(i + 1) * self.stride).unwrap_or(&[])
+    }
+    /// The encoded grid of a row (patch-level spaces).
+    #[inline]
+    pub fn grid(&self, i: usize) -> &[u8] {
+        self.bytes.get(i * self.stride..(i + 1) * self.stride).unwrap_or(&[])
+    }
+}
+
+/// A row to add: key, filter fields, payload.
+pub struct NewRow {
+    /// Record key.
+    pub key: u64,
+    /// Filter fields.
+    pub meta: RowMeta,
+    /// f32 vector (image level) — empty for patch spaces.
+    pub f32s: Vec<f32>,
+    /// Encoded grid (patch level) — empty for image spaces.
+    pub bytes: Vec<u8>,
+}
+
+/// Builds an owned segment from rows given in ascending key order.
+pub struct SegmentBuilder {
+    seg: (Vec<u64>, Vec<i64>, Vec<f64>, Vec<u8>, Vec<f32>, Vec<u8>),
+    stride: usize,
+}
+
+impl SegmentBuilder {
+    /// A builder expecting about `cap` rows.
+    pub fn new(stride: usize, cap: usize, patch: bool) -> Self {
+        let (f, b) = if patch { (0, cap * stride) } else { (cap * stride, 0) };
+        SegmentBuilder {
+            seg: (
+                Vec::with_capacity(cap),
+                Vec::with_capacity(cap),
+                Vec::with_capacity(cap * 4),
+                Vec::with_capacity(cap),
+                Vec::with_capacity(f),
+                Vec::with_capacity(b),
+            ),
+            stride,
+        }
+    }
+    /// Append a row (keys must ascend).
+    pub fn push(&mut self, key: u64, meta: RowMeta, f32s: &[f32], bytes: &[u8]) {
+        let s = &mut self.seg;
+        s.0.push(key);
+        s.1.push(meta.time.unwrap_or(NO_TIME));
+        s.2.extend_from_slice(&meta.bbox);
+        s.3.push(meta.kind.to_u8());
+        s.4.extend_from_slice(f32s);
+        s.5.extend_from_slice(bytes);
+    }
+    /// Append row `i` of another segment.
+    pub fn push_from(&mut self, seg: &Segment, i: usize) {
+        if let (Some(&k), Some(m)) = (seg.keys.get(i), seg.meta(i)) {
+            let f = if seg.f32s.is_empty() { &[][..] } else { seg.vector(i) };
+            let b = if seg.bytes.is_empty() { &[][..] } else { seg.grid(i) };
+            self.push(k, m, f, b);
+        }
+    }
+    /// The segment.
+    pub fn finish(self) -> Segment {
+        let s = self.seg;
+        Segment {
+            keys: Col::Owned(s.0),
+            time: Col::Owned(s.1),
+            bbox: Col::Owned(s.2),
+            kind: Col::Owned(s.3),
+            f32s: Col::Owned(s.4),
+            bytes: Col::Owned(s.5),
+            stride: self.stride,
+        }
+    }
+}
+
+/// Merge two sorted segments (keys are disjoint) into a new owned one.
+pub fn merge(a: &Segment, b: &Segment, patch: bool) -> Segment {
+    let mut out = SegmentBuilder::new(a.stride, a.len() + b.len(), patch);
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() || j < b.len() {
+        let take_a = match (a.keys.get(i), b.keys.get(j)) {
+            (Some(x), Some(y)) => x <= y,
+            (Some(_), None) => true,
+            _ => false,
+        };
+        if take_a {
+            out.push_from(a, i);
+            i += 1;
+        } else {
+            out.push_from(b, j);
+            j += 1;
+        }
+    }
+    out.finish()
+}
+
+/// Sort new rows by key and merge them into `seg`.
+pub fn merge_rows(seg: &Segment, mut rows: Vec<NewRow>, patch: bool) -> Segment {
+    rows.sort_by_key(|r| r.key);
+    let mut b = SegmentBuilder::new(seg.stride, rows.len(), patch);
+    for r in &rows {
+        b.push(r.key, r.meta, &r.f32s, &r.bytes);
+    }
+    merge(seg, &b.finish(), patch)
+}
+
+const MAGIC: &[u8; 8] = b"GRAFTARN";
+const SNAPSHOT_VERSION: u32 = 1;
+const HEADER: usize = 64;
+
+fn align64(x: usize) -> usize {
+    x.div_ceil(64) * 64
+}
+
+fn layout(rows: usize, stride: usize, patch: bool) -> [Range<usize>; 6] {
+    let mut off = HEADER;
+    let mut sec = |bytes: usize| {
+        let r = off..off + bytes;
+        off = align64(off + bytes);
+        r
+    };
+    let keys = sec(rows * 8);
+    let time = sec(rows * 8);
+    let bbox = sec(rows * 32);
+    let kind = sec(rows);
+    let f32s = sec(if patch { 0 } else { rows * stride * 4 });
+    let bytes = sec(if patch { rows * stride } else { 0 });
+    [keys, time, bbox, kind, f32s, bytes]
+}
+
+/// Write a segment as a snapshot file (via a temporary file, fsync, rename).
+pub fn write_snapshot(path: &Path, seg: &Segment, seq: u64, patch: bool) -> Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let rows = seg.len();
+    let lay = layout(rows, seg.stride, patch);
+    let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?);
+    let mut head = [0u8; HEADER];
+    head[0..8].copy_from_slice(MAGIC);
+    head[8..12].copy_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
+    head[12] = u8::from(patch);
+    head[16..24].copy_from_slice(&(rows as u64).to_le_bytes());
+    head[24..32].copy_from_slice(&(seg.stride as u64).to_le_bytes());
+    head[32..40].copy_from_slice(&seq.to_le_bytes());
+    let mut pos = 0usize;
+    let mut put = |f: &mut std::io::BufWriter<std::fs::File>, at: usize, data: &[u8]| -> std::io::Result<()> {
+        if at > pos {
+            f.write_all(&vec![0u8; at - pos])?;
+            pos = at;
+        }
+        f.write_all(data)?;
+        pos += data.len();
+        Ok(())
+    };
+    let io = |e| Error::io(&tmp, e);
+    put(&mut f, 0, &head).map_err(io)?;
+    put(&mut f, lay[0].start, bytemuck::cast_slice(&seg.keys)).map_err(io)?;
+    put(&mut f, lay[1].start, bytemuck::cast_slice(&seg.time)).map_err(io)?;
+    put(&mut f, lay[2].start, bytemuck::cast_slice(&seg.bbox)).map_err(io)?;
+    put(&mut f, lay[3].start, &seg.kind).map_err(io)?;
+    if !patch {
+        put(&mut f, lay[4].start, bytemuck::cast_slice(&seg.f32s)).map_err(io)?;
+    } else {
+        put(&mut f, lay[5].start, &seg.bytes).map_err(io)?;
+    }
+    let file = f.into_inner().map_err(|e| Error::io(&tmp, e.into_error()))?;
+    file.sync_all().map_err(io)?;
+    drop(file);
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+    Ok(())
+}
+
+/// Map a snapshot file. Returns the segment and the log sequence it reflects.
+pub fn read_snapshot(path: &Path, expect_stride: usize, patch: bool) -> Result<(Segment, u64)> {
+    let corrupt = |d: &str| Error::Corrupt { path: path.into(), detail: d.into() };
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    // SAFETY: snapshot files are written once under a temporary name and renamed into
+    // place; graftdb never modifies a snapshot after that, so the mapping is stable.
+    let map = Arc::new(unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?);
+    let head = map.get(..HEADER).ok_or_else(|| corrupt("shorter than its header"))?;
+    if head.get(0..8) != Some(&MAGIC[..]) {
+        return Err(corrupt("not a graftdb arena snapshot"));
+    }
+    let u64_at = |o: usize| head.get(o..o + 8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes).unwrap_or(0);
+    let version = head.get(8..12).and_then(|b| b.try_into().ok()).map(u32::from_le_bytes).unwrap_or(0);
+    if version != SNAPSHOT_VERSION {
+        return Err(corrupt(&format!("snapshot version {version} is not {SNAPSHOT_VERSION}")));
+    }
+    if head.get(12).copied() != Some(u8::from(patch)) {
+        return Err(corrupt("snapshot level does not match its space"));
+    }
+    let rows = usize::try_from(u64_at(16)).map_err(|_| corrupt("row count"))?;
+    let stride = usize::try_from(u64_at(24)).map_err(|_| corrupt("stride"))?;
+    let seq = u64_at(32);
+    if stride != expect_stride {
+        return Err(corrupt(&format!("row size {stride} does not match the space ({expect_stride})")));
+    }
+    let lay = layout(rows, stride, patch);
+    let end = lay.iter().filter(|r| !r.is_empty()).map(|r| r.end).max().unwrap_or(HEADER);
+    if map.len() < end {
+        return Err(corrupt(&format!("truncated: {} bytes, expected {end}", map.len())));
+    }
+    let [k, t, b, kd, f, by] = lay;
+    let seg = Segment {
+        keys: Col::mapped(&map, k, path)?,
+        time: Col::mapped(&map, t, path)?,
+        bbox: Col::mapped(&map, b, path)?,
+        kind: Col::mapped(&map, kd, path)?,
+        f32s: Col::mapped(&map, f, path)?,
+        bytes: Col::mapped(&map, by, path)?,
+        stride,
+    };
+    if !seg.keys.windows(2).all(|w| w[0] < w[1]) {
+        return Err(corrupt("keys are not sorted"));
+    }
+    Ok((seg, seq))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(x: f64) -> RowMeta {
+        RowMeta { kind: Kind::Photo, time: Some(x as i64), bbox: [x, x, x, x] }
+    }
+
+    #[test]
+    fn snapshot_round_trip_and_truncation() {
+        let dir = tempfile::tempdir().unwrap();
+        let rows: Vec<NewRow> = (0..5u64)
+            .rev()
+            .map(|k| NewRow { key: k * 10, meta: meta(k as f64), f32s: vec![k as f32; 3], bytes: vec![] })
+            .collect();
+        let seg = merge_rows(&Segment::empty(3), rows, false);
+        assert_eq!(&*seg.keys, &[0, 10, 20, 30, 40]);
+        assert_eq!(seg.rows_in(10, 30), 1..4);
+        let p = dir.path().join("a.arena");
+        write_snapshot(&p, &seg, 77, false).unwrap();
+        let (back, seq) = read_snapshot(&p, 3, false).unwrap();
+        assert_eq!(seq, 77);
+        assert_eq!(&*back.keys, &*seg.keys);
+        assert_eq!(back.vector(4), &[4.0, 4.0, 4.0]);
+        assert_eq!(back.meta(2), seg.meta(2));
+        let len = std::fs::metadata(&p).unwrap().len();
+        let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+        f.set_len(len - 10).unwrap();
+        let e = read_snapshot(&p, 3, false).err().unwrap().to_string();
+        assert!(e.contains("truncated"), "{e}");
+    }
+}

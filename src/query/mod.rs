@@ -1,0 +1,456 @@
+//! Query planning and execution. Nothing here writes.
+//!
+//! The plan: cover the filter's boxes with geohash key ranges, count the rows inside them
+//! (binary searches over the sorted arena), and pick a path:
+//! - **exact**: at or below `Options::exact_threshold` candidates, or when asked, or with no
+//!   graph: scan the candidate rows in key order, test each exactly, score exactly;
+//! - **hnsw**: above it, usearch's filtered search with the exact filter as predicate, each hit
+//!   re-scored from the arena, plus an exact scan of rows not yet in the graph;
+//! - **hnsw→exact**: when the graph returns fewer than `k` and more rows may match, the query
+//!   falls back to the exact scan. Results are never short.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use crate::db::{Options, SpaceIndex};
+use crate::geo::{hash, Filter, Region};
+use crate::index::arena::{RowMeta, Segment};
+use crate::index::scan::{self, Scored, TopK};
+use crate::store::codec;
+use crate::{Error, Kind, Level, Record, RecordId, Result, SpaceDef};
+
+/// Image-level (one vector per record) or patch-level (best patches of tiles).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QueryLevel {
+    /// Whole records.
+    #[default]
+    Image,
+    /// Patches of tiles.
+    Patch,
+}
+
+/// A k-nearest-neighbour query with filters.
+#[derive(Debug, Clone)]
+pub struct Query {
+    /// Space name.
+    pub space: String,
+    /// Query vector (normalised for cosine spaces by the planner).
+    pub vector: Vec<f32>,
+    /// Results wanted.
+    pub k: usize,
+    /// Space, time and kind filters.
+    pub filter: Filter,
+    /// Force the exact path.
+    pub exact: bool,
+}
+
+impl Query {
+    /// A query with no filter.
+    pub fn new(space: &str, vector: Vec<f32>, k: usize) -> Self {
+        Query { space: space.into(), vector, k, filter: Filter::default(), exact: false }
+    }
+    /// Set the filter.
+    pub fn filter(mut self, f: Filter) -> Self {
+        self.filter = f;
+        self
+    }
+    /// Force the exact path.
+    pub fn exact(mut self, yes: bool) -> Self {
+        self.exact = yes;
+        self
+    }
+}
+
+/// The patch of a patch-level hit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PatchHit {
+    /// Grid row (0 at the top of the tile).
+    pub row: u16,
+    /// Grid column (0 at the left).
+    pub col: u16,
+    /// The patch footprint, a closed lon/lat ring.
+    pub footprint: Vec<[f64; 2]>,
+}
+
+/// One result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hit {
+    /// Internal key.
+    pub key: u64,
+    /// Id as ingested.
+    pub id: RecordId,
+    /// Tile or photo.
+    pub kind: Kind,
+    /// Similarity: cosine for `cos`, dot product for `ip`, −L2² for `l2`.
+    pub score: f32,
+    /// Position (the photo, or the tile's centre).
+    pub lon: f64,
+    /// Position latitude.
+    pub lat: f64,
+    /// 12-character geohash of the position.
+    pub geohash: String,
+    /// Distance from the `--near` centre, km.
+    pub distance_km: Option<f64>,
+    /// Time, microseconds since the epoch.
+    pub time: Option<i64>,
+    /// Tile footprint (closed ring), for tiles.
+    pub footprint: Option<Vec<[f64; 2]>>,
+    /// The patch, for patch-level hits.
+    pub patch: Option<PatchHit>,
+}
+
+/// Which path a query took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlanPath {
+    /// Exact scan of the candidates.
+    Exact,
+    /// Filtered HNSW.
+    Hnsw,
+    /// Filtered HNSW came up short; exact scan followed.
+    HnswThenExact,
+    /// Exact scan of patch grids.
+    PatchExact,
+}
+
+impl PlanPath {
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PlanPath::Exact => "exact",
+            PlanPath::Hnsw => "hnsw",
+            PlanPath::HnswThenExact => "hnsw->exact",
+            PlanPath::PatchExact => "patch-exact",
+        }
+    }
+}
+
+/// What the planner did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Explain {
+    /// Path taken.
+    pub path: PlanPath,
+    /// Rows in the space.
+    pub rows: u64,
+    /// Candidate rows inside the cover (an over-estimate of matches).
+    pub estimate: u64,
+    /// Key ranges in the cover.
+    pub ranges: usize,
+    /// Rows tested against the filter.
+    pub tested: u64,
+    /// Rows that matched the filter among those tested.
+    pub matched: u64,
+    /// Threshold in force.
+    pub exact_threshold: u64,
+    /// Rows not yet in the graph, scanned exactly.
+    pub unindexed: u64,
+    /// Microseconds spent.
+    pub micros: u64,
+}
+
+/// Hits and how they were found.
+#[derive(Debug, Clone)]
+pub struct SearchResult {
+    /// Best first.
+    pub hits: Vec<Hit>,
+    /// The plan.
+    pub explain: Explain,
+}
+
+/// Counts of paths taken, for tests and `stats`.
+#[derive(Debug, Default)]
+pub struct PlanCounters {
+    /// Exact scans.
+    pub exact: AtomicU64,
+    /// Graph searches that filled k.
+    pub hnsw: AtomicU64,
+    /// Graph searches that fell back to exact.
+    pub fallback: AtomicU64,
+    /// Patch scans.
+    pub patch: AtomicU64,
+}
+
+impl PlanCounters {
+    /// `(exact, hnsw, fallback, patch)`.
+    pub fn snapshot(&self) -> (u64, u64, u64, u64) {
+        (
+            self.exact.load(Ordering::Relaxed),
+            self.hnsw.load(Ordering::Relaxed),
+            self.fallback.load(Ordering::Relaxed),
+            self.patch.load(Ordering::Relaxed),
+        )
+    }
+}
+
+type Records<'a> = redb::ReadOnlyTable<u64, &'static [u8]>;
+
+/// Row filter: the exact test of a row's fields against the query filter.
+struct Matcher<'a> {
+    filter: &'a Filter,
+    boxes: Option<Vec<[f64; 4]>>,
+    recs: &'a Records<'a>,
+}
+
+impl Matcher<'_> {
+    fn matches(&self, key: u64, m: &RowMeta) -> bool {
+        if self.filter.kind.is_some_and(|k| k != m.kind) || !self.filter.time_ok(m.time) {
+            return false;
+        }
+        if self.filter.regions.is_empty() {
+            return true;
+        }
+        match m.kind {
+            Kind::Photo => self.filter.regions.iter().all(|r| r.contains_point(m.bbox[0], m.bbox[1])),
+            Kind::Tile => {
+                let b = m.bbox;
+                let near = self.boxes.as_ref().is_none_or(|bs| bs.iter().any(|c| b[0] <= c[2] && b[2] >= c[0] && b[1] <= c[3] && b[3] >= c[1]));
+                if !near {
+                    return false;
+                }
+                match footprint(self.recs, key) {
+                    Some(ring) => self.filter.regions.iter().all(|r| r.intersects_ring(&ring)),
+                    None => false,
+                }
+            }
+        }
+    }
+}
+
+fn footprint(recs: &Records<'_>, key: u64) -> Option<Vec<[f64; 2]>> {
+    let v = recs.get(key).ok()??;
+    match codec::decode_record(v.value()).ok()? {
+        Record::Tile(t) => Some(t.footprint),
+        Record::Photo(_) => None,
+    }
+}
+
+/// Key ranges covering the filter, expanded by the largest tile half-extent.
+fn cover(filter: &Filter, expand: f64) -> Vec<(u64, u64)> {
+    let Some(boxes) = filter.bboxes() else { return vec![(0, u64::MAX)] };
+    let mut all = Vec::new();
+    for b in boxes {
+        let e = [(b[0] - expand).max(-180.0), (b[1] - expand).max(-90.0), (b[2] + expand).min(180.0), (b[3] + expand).min(90.0)];
+        all.extend(hash::cover_bbox(e, 64, 40));
+    }
+    all.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::with_capacity(all.len());
+    for (lo, hi) in all {
+        match merged.last_mut() {
+            Some(l) if lo <= l.1.saturating_add(1) => l.1 = l.1.max(hi),
+            _ => merged.push((lo, hi)),
+        }
+    }
+    merged
+}
+
+fn scan_exact(def: &SpaceDef, seg: &Segment, ranges: &[(u64, u64)], m: &Matcher<'_>, q: &[f32], top: &mut TopK<()>, tested: &mut u64, matched: &mut u64) {
+    for &(lo, hi) in ranges {
+        for i in seg.rows_in(lo, hi) {
+            let (Some(&key), Some(meta)) = (seg.keys.get(i), seg.meta(i)) else { continue };
+            *tested += 1;
+            if !m.matches(key, &meta) {
+                continue;
+            }
+            *matched += 1;
+            let s = scan::score(def.metric, q, seg.vector(i));
+            if s >= top.threshold() {
+                top.push(Scored { score: s, key, extra: () });
+            }
+        }
+    }
+}
+
+/// Execute a query against a space's index.
+pub(crate) fn run(def: &SpaceDef, st: &SpaceIndex, q: &Query, recs: &Records<'_>, opts: &Options, counters: &PlanCounters) -> Result<SearchResult> {
+    let t0 = Instant::now();
+    if q.vector.len() != def.dim as usize {
+        return Err(Error::invalid("--vector", format!("query has {} dimensions, space '{}' has {}", q.vector.len(), def.name, def.dim)));
+    }
+    if let Some(i) = q.vector.iter().position(|x| !x.is_finite()) {
+        return Err(Error::invalid("--vector", format!("value {i} is NaN or infinite")));
+    }
+    let mut qv = q.vector.clone();
+    if def.metric == crate::Metric::Cos && !scan::normalise(&mut qv) {
+        return Err(Error::invalid("--vector", "a zero vector has no direction (cosine space)"));
+    }
+    let ranges = cover(&q.filter, st.max_half_extent);
+    let est: u64 = ranges.iter().map(|&(lo, hi)| (st.base.rows_in(lo, hi).len() + st.delta.rows_in(lo, hi).len()) as u64).sum();
+    let m = Matcher { filter: &q.filter, boxes: q.filter.bboxes(), recs };
+    let mut ex = Explain {
+        path: PlanPath::Exact,
+        rows: (st.base.len() + st.delta.len()) as u64,
+        estimate: est,
+        ranges: ranges.len(),
+        tested: 0,
+        matched: 0,
+        exact_threshold: opts.exact_threshold as u64,
+        unindexed: st.delta.len() as u64,
+        micros: 0,
+    };
+    if let Level::Patch { rows, cols } = def.level {
+        let hits = run_patch(def, st, &ranges, &m, &qv, q.k, rows, cols, &mut ex)?;
+        counters.patch.fetch_add(1, Ordering::Relaxed);
+        ex.path = PlanPath::PatchExact;
+        ex.micros = t0.elapsed().as_micros() as u64;
+        return Ok(SearchResult { hits: finish(hits, recs, &q.filter)?, explain: ex });
+    }
+    let mut top = TopK::new(q.k);
+    let use_graph = !q.exact && st.hnsw.is_some() && est as usize > opts.exact_threshold && q.k > 0;
+    if use_graph {
+        if let Some(g) = &st.hnsw {
+            let want = q.k + q.k / 2 + 10;
+            let sel = (est as f64 / st.base.len().max(1) as f64).clamp(1e-6, 1.0);
+            // Lower selectivity needs a wider beam for the walk to meet enough passing nodes.
+            let ef = ((64.0 / sel.sqrt()) as usize).clamp(want.max(64), 1024);
+            g.change_expansion_search(ef);
+            let unfiltered = q.filter.is_empty();
+            let res = if unfiltered {
+                g.search(&qv, want)
+            } else {
+                g.filtered_search(&qv, want, |key| st.base.find(key).and_then(|i| st.base.meta(i)).is_some_and(|mm| m.matches(key, &mm)))
+            }
+            .map_err(|e| Error::Index(e.to_string()))?;
+            for key in res.keys {
+                if let Some(i) = st.base.find(key) {
+                    let s = scan::score(def.metric, &qv, st.base.vector(i));
+                    top.push(Scored { score: s, key, extra: () });
+                }
+            }
+            let (mut t, mut mm) = (0, 0);
+            scan_exact(def, &st.delta, &ranges, &m, &qv, &mut top, &mut t, &mut mm);
+            ex.tested += t;
+            ex.matched += mm;
+            ex.path = PlanPath::Hnsw;
+        }
+        if top.len() < q.k && (top.len() as u64) < est {
+            ex.path = PlanPath::HnswThenExact;
+            top = TopK::new(q.k);
+        }
+    }
+    match ex.path {
+        PlanPath::Exact | PlanPath::HnswThenExact => {
+            let (mut t, mut mm) = (0, 0);
+            scan_exact(def, &st.base, &ranges, &m, &qv, &mut top, &mut t, &mut mm);
+            scan_exact(def, &st.delta, &ranges, &m, &qv, &mut top, &mut t, &mut mm);
+            ex.tested += t;
+            ex.matched += mm;
+        }
+        _ => {}
+    }
+    match ex.path {
+        PlanPath::Exact => counters.exact.fetch_add(1, Ordering::Relaxed),
+        PlanPath::Hnsw => counters.hnsw.fetch_add(1, Ordering::Relaxed),
+        _ => counters.fallback.fetch_add(1, Ordering::Relaxed),
+    };
+    let hits: Vec<(Scored<()>, Option<PatchHit>)> = top.into_sorted().into_iter().map(|s| (s, None)).collect();
+    ex.micros = t0.elapsed().as_micros() as u64;
+    Ok(SearchResult { hits: finish(hits, recs, &q.filter)?, explain: ex })
+}
+
+/// Bilinear point inside a tile footprint whose ring starts at the upper-left pixel corner
+/// and runs UL, UR, LR, LL. `u` runs across columns, `v` down rows, both in [0, 1].
+fn bilinear(c: &[[f64; 2]; 4], u: f64, v: f64) -> [f64; 2] {
+    let top = [c[0][0] + (c[1][0] - c[0][0]) * u, c[0][1] + (c[1][1] - c[0][1]) * u];
+    let bot = [c[3][0] + (c[2][0] - c[3][0]) * u, c[3][1] + (c[2][1] - c[3][1]) * u];
+    [top[0] + (bot[0] - top[0]) * v, top[1] + (bot[1] - top[1]) * v]
+}
+
+/// The footprint of patch (row, col) of a `rows × cols` grid over a tile footprint.
+pub fn patch_footprint(ring: &[[f64; 2]], rows: u16, cols: u16, row: u16, col: u16) -> Vec<[f64; 2]> {
+    let corners: [[f64; 2]; 4] = match ring {
+        [a, b, c, d, ..] if ring.len() == 5 => [*a, *b, *c, *d],
+        _ => {
+            let mut bb = [f64::INFINITY, f64::INFINITY, f64::NEG_INFINITY, f64::NEG_INFINITY];
+            for [x, y] in ring {
+                bb = [bb[0].min(*x), bb[1].min(*y), bb[2].max(*x), bb[3].max(*y)];
+            }
+            [[bb[0], bb[3]], [bb[2], bb[3]], [bb[2], bb[1]], [bb[0], bb[1]]]
+        }
+    };
+    let (r, c) = (f64::from(rows.max(1)), f64::from(cols.max(1)));
+    let (u0, u1) = (f64::from(col) / c, f64::from(col + 1) / c);
+    let (v0, v1) = (f64::from(row) / r, f64::from(row + 1) / r);
+    let p = |u, v| bilinear(&corners, u, v);
+    vec![p(u0, v0), p(u1, v0), p(u1, v1), p(u0, v1), p(u0, v0)]
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_patch(def: &SpaceDef, st: &SpaceIndex, ranges: &[(u64, u64)], m: &Matcher<'_>, q: &[f32], k: usize, rows: u16, cols: u16, ex: &mut Explain) -> Result<Vec<(Scored<()>, Option<PatchHit>)>> {
+    let dim = def.dim as usize;
+    let n = usize::from(rows) * usize::from(cols);
+    let mut top: TopK<u32> = TopK::new(k);
+    for seg in [&st.base, &st.delta] {
+        for &(lo, hi) in ranges {
+            for i in seg.rows_in(lo, hi) {
+                let (Some(&key), Some(meta)) = (seg.keys.get(i), seg.meta(i)) else { continue };
+                ex.tested += 1;
+                if !m.matches(key, &meta) {
+                    continue;
+                }
+                ex.matched += 1;
+                let grid = seg.grid(i);
+                // A tile on the region's edge: only its patches that touch the region count.
+                let ring = if m.filter.regions.is_empty() { None } else { footprint(m.recs, key) };
+                let edge = ring.as_ref().filter(|_| {
+                    let b = meta.bbox;
+                    !m.filter.regions.iter().all(|r| [(b[0], b[1]), (b[0], b[3]), (b[2], b[1]), (b[2], b[3])].iter().all(|&(x, y)| r.contains_point(x, y)) && !matches!(r, Region::Polygon(_)))
+                });
+                for p in 0..n {
+                    let Some(s) = codec::patch_dot(grid, dim, p, q) else { break };
+                    if s < top.threshold() {
+                        continue;
+                    }
+                    if let Some(ring) = edge {
+                        let pf = patch_footprint(ring, rows, cols, (p / usize::from(cols)) as u16, (p % usize::from(cols)) as u16);
+                        if !m.filter.regions.iter().all(|r| r.intersects_ring(&pf)) {
+                            continue;
+                        }
+                    }
+                    top.push(Scored { score: s, key, extra: p as u32 });
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for s in top.into_sorted() {
+        let ring = footprint(m.recs, s.key).unwrap_or_default();
+        let (row, col) = ((s.extra as usize / usize::from(cols)) as u16, (s.extra as usize % usize::from(cols)) as u16);
+        let fp = patch_footprint(&ring, rows, cols, row, col);
+        out.push((Scored { score: s.score, key: s.key, extra: () }, Some(PatchHit { row, col, footprint: fp })));
+    }
+    Ok(out)
+}
+
+fn finish(hits: Vec<(Scored<()>, Option<PatchHit>)>, recs: &Records<'_>, filter: &Filter) -> Result<Vec<Hit>> {
+    let circle = filter.regions.iter().find(|r| matches!(r, Region::Circle { .. }));
+    let mut out = Vec::with_capacity(hits.len());
+    for (s, patch) in hits {
+        let v = recs.get(s.key)?.ok_or_else(|| Error::Storage(format!("index names key {} with no record", s.key)))?;
+        let rec = codec::decode_record(v.value())?;
+        let (lon, lat) = match &patch {
+            Some(p) => {
+                let n = (p.footprint.len().max(2) - 1) as f64;
+                let sx: f64 = p.footprint.iter().take(p.footprint.len().saturating_sub(1)).map(|c| c[0]).sum();
+                let sy: f64 = p.footprint.iter().take(p.footprint.len().saturating_sub(1)).map(|c| c[1]).sum();
+                (sx / n, sy / n)
+            }
+            None => rec.point(),
+        };
+        out.push(Hit {
+            key: s.key,
+            id: rec.id().clone(),
+            kind: rec.kind(),
+            score: s.score,
+            lon,
+            lat,
+            geohash: hash::encode(lon, lat, 12),
+            distance_km: circle.and_then(|c| c.distance_km(lon, lat)),
+            time: rec.time(),
+            footprint: match &rec {
+                Record::Tile(t) => Some(t.footprint.clone()),
+                Record::Photo(_) => None,
+            },
+            patch,
+        });
+    }
+    Ok(out)
+}
