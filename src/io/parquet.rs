@@ -206,6 +206,8 @@ impl ParquetVectorReader {
             time: time.map(pos),
             geometry: geometry.map(pos),
         };
+        let used_names: Vec<&str> = used.iter().filter_map(|i| names.get(*i).copied()).collect();
+        check_codecs(builder.metadata(), &used_names, &at)?;
         let num_rows = u64::try_from(builder.metadata().file_metadata().num_rows()).unwrap_or(0);
         let mask = ProjectionMask::roots(builder.parquet_schema(), used.iter().copied());
         let reader = builder
@@ -260,8 +262,8 @@ impl ParquetVectorReader {
                         return Err(Error::Corrupt {
                             path: self.path.clone(),
                             detail: format!(
-                                "reading rows after row {} (1-based): {e}",
-                                self.rows_before
+                                "reading from row {} (1-based) on: {e}",
+                                self.rows_before + 1
                             ),
                         })
                     }
@@ -300,6 +302,33 @@ impl ParquetVectorReader {
         }
         Ok(if out.is_empty() { None } else { Some(out) })
     }
+}
+
+/// Refuses, up front, columns compressed with a codec this build does not decode
+/// (Brotli, LZO), rather than failing part-way through the file.
+fn check_codecs(meta: &parquet::file::metadata::ParquetMetaData, used: &[&str], at: &str) -> Result<()> {
+    use parquet::basic::Compression;
+    for rg in meta.row_groups() {
+        for c in rg.columns() {
+            let root = c.column_path().parts().first().map(String::as_str).unwrap_or("");
+            if !used.contains(&root) {
+                continue;
+            }
+            let name = match c.compression() {
+                Compression::BROTLI(_) => "Brotli",
+                Compression::LZO => "LZO",
+                _ => continue,
+            };
+            return Err(Error::invalid(
+                at,
+                format!(
+                    "column '{root}' is compressed with {name}, which graftdb does not read; \
+                     rewrite the file with zstd, snappy, gzip or lz4 compression"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The primary geometry column named by GeoParquet `geo` metadata, if any. Rejects a
