@@ -12,8 +12,10 @@ pub use store::record::{Kind, Level, Metric, Photo, PixelRef, Record, RecordId, 
 pub mod geo;
 pub mod index;
 pub mod db;
+pub mod maint;
 pub mod query;
 
 pub use db::{Db, Options, WriteTxn};
+pub use maint::{DbStats, JoinPair, JoinStats};
 pub use geo::{Filter, Region};
 pub use query::{Explain, Hit, PlanPath, Query, SearchResult};

@@ -1,0 +1,300 @@
+//! Whole-database operations: the photo→tile spatial join, statistics, the integrity check,
+//! and iteration over all records (for export).
+
+use std::collections::HashSet;
+
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
+use rstar::primitives::{GeomWithData, Rectangle};
+use rstar::RTree;
+
+use crate::db::{Db, INDEX_DIR};
+use crate::geo::Region;
+use crate::store::{codec, IDS, RECORDS, VECTORS, VECTOR_LOG};
+use crate::{Error, Kind, Level, Record, Result, SpaceDef};
+
+/// One pair of the spatial join.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JoinPair {
+    /// The photo.
+    pub photo: Record,
+    /// Photo key.
+    pub photo_key: u64,
+    /// The tile whose footprint holds the photo (boundary included).
+    pub tile: Record,
+    /// Tile key.
+    pub tile_key: u64,
+}
+
+/// Totals of a join.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct JoinStats {
+    /// Tiles indexed.
+    pub tiles: u64,
+    /// Photos probed.
+    pub photos: u64,
+    /// Pairs emitted.
+    pub pairs: u64,
+    /// Photos in no tile.
+    pub unmatched_photos: u64,
+}
+
+/// Statistics of a database.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DbStats {
+    /// Tiles stored.
+    pub tiles: u64,
+    /// Photos stored.
+    pub photos: u64,
+    /// Per space.
+    pub spaces: Vec<SpaceStats>,
+    /// Bytes of the redb file.
+    pub redb_bytes: u64,
+    /// Bytes of derived index files.
+    pub index_bytes: u64,
+    /// Disk bytes per record (all files / records).
+    pub bytes_per_record: f64,
+}
+
+/// Statistics of one space.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SpaceStats {
+    /// Name.
+    pub name: String,
+    /// Dimension.
+    pub dim: u32,
+    /// Metric.
+    pub metric: String,
+    /// `image` or `patch RxC`.
+    pub level: String,
+    /// Vectors (or grids) stored.
+    pub vectors: u64,
+    /// Rows in the snapshot.
+    pub snapshot_rows: u64,
+    /// Rows in the in-memory delta.
+    pub delta_rows: u64,
+    /// Whether a graph is loaded.
+    pub graph: bool,
+    /// Bytes one stored vector or grid costs in redb (payload + 48-byte header).
+    pub value_bytes: u64,
+}
+
+fn dir_size(p: &std::path::Path) -> u64 {
+    std::fs::read_dir(p).map_or(0, |rd| rd.filter_map(|e| e.ok()).filter_map(|e| e.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum())
+}
+
+impl Db {
+    /// Every record, in key order (geohash order).
+    pub fn for_each_record(&self, mut f: impl FnMut(u64, Record) -> Result<()>) -> Result<()> {
+        let r = self.redb().begin_read()?;
+        let t = r.open_table(RECORDS)?;
+        for e in t.iter()? {
+            let (k, v) = e?;
+            f(k.value(), codec::decode_record(v.value())?)?;
+        }
+        Ok(())
+    }
+
+    /// Which photos fall in which tiles: an R-tree over tile footprints' boxes, then the
+    /// exact point-in-footprint test (boundary included). Pairs come in photo key order.
+    pub fn join(&self, mut f: impl FnMut(JoinPair) -> Result<()>) -> Result<JoinStats> {
+        let mut tiles: Vec<(u64, Record, Region)> = Vec::new();
+        let mut boxes = Vec::new();
+        self.for_each_record(|k, rec| {
+            if let Record::Tile(t) = &rec {
+                let b = rec.bbox();
+                let ring = t.footprint.iter().map(|[x, y]| format!("{x} {y}")).collect::<Vec<_>>().join(",");
+                let region = Region::parse_polygon(&format!("tile {}", t.id), &format!("POLYGON(({ring}))"))?;
+                boxes.push(GeomWithData::new(Rectangle::from_corners([b[0], b[1]], [b[2], b[3]]), tiles.len()));
+                tiles.push((k, rec, region));
+            }
+            Ok(())
+        })?;
+        let tree = RTree::bulk_load(boxes);
+        let mut st = JoinStats { tiles: tiles.len() as u64, ..Default::default() };
+        self.for_each_record(|k, rec| {
+            if let Record::Photo(p) = &rec {
+                st.photos += 1;
+                let mut any = false;
+                for g in tree.locate_all_at_point(&[p.lon, p.lat]) {
+                    if let Some((tk, tile, region)) = tiles.get(g.data) {
+                        if region.contains_point(p.lon, p.lat) {
+                            any = true;
+                            st.pairs += 1;
+                            f(JoinPair { photo: rec.clone(), photo_key: k, tile: tile.clone(), tile_key: *tk })?;
+                        }
+                    }
+                }
+                if !any {
+                    st.unmatched_photos += 1;
+                }
+            }
+            Ok(())
+        })?;
+        Ok(st)
+    }
+
+    /// Counts and sizes.
+    pub fn stats(&self) -> Result<DbStats> {
+        let (mut tiles, mut photos) = (0u64, 0u64);
+        self.for_each_record(|_, r| {
+            match r.kind() {
+                Kind::Tile => tiles += 1,
+                Kind::Photo => photos += 1,
+            }
+            Ok(())
+        })?;
+        let r = self.redb().begin_read()?;
+        let vt = r.open_table(VECTORS)?;
+        let mut spaces = Vec::new();
+        for def in self.spaces()? {
+            let n = vt.range((def.number, 0)..=(def.number, u64::MAX))?.count() as u64;
+            let h = self.space_state(&def.name)?;
+            let s = h.state.read().map_err(|_| Error::Index("lock poisoned".into()))?;
+            let payload = match def.level {
+                Level::Image => def.dim as u64 * 4,
+                Level::Patch { rows, cols } => u64::from(rows) * u64::from(cols) * codec::patch_stride(def.dim as usize) as u64,
+            };
+            spaces.push(SpaceStats {
+                name: def.name.clone(),
+                dim: def.dim,
+                metric: def.metric.as_str().into(),
+                level: match def.level {
+                    Level::Image => "image".into(),
+                    Level::Patch { rows, cols } => format!("patch {rows}x{cols}"),
+                },
+                vectors: n,
+                snapshot_rows: s.base.len() as u64,
+                delta_rows: s.delta.len() as u64,
+                graph: s.hnsw.is_some(),
+                value_bytes: payload + codec::VECTOR_HEADER as u64,
+            });
+        }
+        let redb_bytes = std::fs::metadata(self.path().join(crate::db::REDB_FILE)).map_or(0, |m| m.len());
+        let index_bytes = dir_size(&self.path().join(INDEX_DIR));
+        let total = tiles + photos;
+        Ok(DbStats {
+            tiles,
+            photos,
+            spaces,
+            redb_bytes,
+            index_bytes,
+            bytes_per_record: if total == 0 { 0.0 } else { (redb_bytes + index_bytes) as f64 / total as f64 },
+        })
+    }
+
+    /// Check redb, the vector arenas, the graphs and an R-tree of all records against each
+    /// other. Returns the problems found (empty when healthy).
+    pub fn check(&self) -> Result<Vec<String>> {
+        let mut problems = Vec::new();
+        let r = self.redb().begin_read()?;
+        let recs = r.open_table(RECORDS)?;
+        let ids = r.open_table(IDS)?;
+        let vt = r.open_table(VECTORS)?;
+        let log = r.open_table(VECTOR_LOG)?;
+        // Records and ids agree both ways; an R-tree over all records finds each at its box.
+        let mut entries = Vec::new();
+        let mut metas = std::collections::HashMap::new();
+        for e in recs.iter()? {
+            let (k, v) = e?;
+            let k = k.value();
+            match codec::decode_record(v.value()) {
+                Ok(rec) => {
+                    let b = rec.bbox();
+                    if !b.iter().all(|x| x.is_finite()) {
+                        problems.push(format!("record key {k}: non-finite bounds"));
+                        continue;
+                    }
+                    match ids.get(codec::id_key(rec.kind(), rec.id()).as_slice())? {
+                        Some(x) if x.value() == k => {}
+                        _ => problems.push(format!("record {} (key {k}) has no matching id entry", rec.id())),
+                    }
+                    entries.push(GeomWithData::new(Rectangle::from_corners([b[0], b[1]], [b[2], b[3]]), k));
+                    metas.insert(k, (rec.kind(), rec.time(), b));
+                }
+                Err(e) => problems.push(format!("record key {k}: {e}")),
+            }
+        }
+        if ids.len()? != recs.len()? {
+            problems.push(format!("{} ids but {} records", ids.len()?, recs.len()?));
+        }
+        let tree = RTree::bulk_load(entries);
+        for (k, (_, _, b)) in &metas {
+            let found = tree.locate_all_at_point(&[b[0], b[1]]).any(|g| g.data == *k);
+            if !found {
+                problems.push(format!("R-tree does not find key {k} at its position"));
+            }
+        }
+        if tree.size() != metas.len() {
+            problems.push(format!("R-tree holds {} of {} records", tree.size(), metas.len()));
+        }
+        for def in self.spaces()? {
+            problems.extend(self.check_space(&def, &vt, &log, &metas)?);
+        }
+        Ok(problems)
+    }
+
+    fn check_space(
+        &self,
+        def: &SpaceDef,
+        vt: &redb::ReadOnlyTable<(u16, u64), &'static [u8]>,
+        log: &redb::ReadOnlyTable<(u16, u64), u64>,
+        metas: &std::collections::HashMap<u64, (Kind, Option<i64>, [f64; 4])>,
+    ) -> Result<Vec<String>> {
+        let mut p = Vec::new();
+        let num = def.number;
+        let mut stored: Vec<(u64, Vec<u8>)> = Vec::new();
+        for e in vt.range((num, 0)..=(num, u64::MAX))? {
+            let (k, v) = e?;
+            let key = k.value().1;
+            match codec::decode_vector_value(v.value()) {
+                Ok((m, payload)) => {
+                    match metas.get(&key) {
+                        None => p.push(format!("space {}: vector for missing record key {key}", def.name)),
+                        Some((kind, time, b)) => {
+                            if *kind != m.kind || *time != m.time || *b != m.bbox {
+                                p.push(format!("space {}: vector header of key {key} disagrees with its record", def.name));
+                            }
+                        }
+                    }
+                    stored.push((key, payload.to_vec()));
+                }
+                Err(e) => p.push(format!("space {}: key {key}: {e}", def.name)),
+            }
+        }
+        let logged: HashSet<u64> = log.range((num, 0)..=(num, u64::MAX))?.filter_map(|e| e.ok()).map(|(_, v)| v.value()).collect();
+        if logged.len() != stored.len() || stored.iter().any(|(k, _)| !logged.contains(k)) {
+            p.push(format!("space {}: vector log ({}) and vectors ({}) disagree", def.name, logged.len(), stored.len()));
+        }
+        let h = self.space_state(&def.name)?;
+        let s = h.state.read().map_err(|_| Error::Index("lock poisoned".into()))?;
+        let rows = s.base.len() + s.delta.len();
+        if rows != stored.len() {
+            p.push(format!("space {}: index holds {rows} rows, redb {} vectors", def.name, stored.len()));
+        }
+        let patch = matches!(def.level, Level::Patch { .. });
+        for (key, payload) in &stored {
+            let found = [&s.base, &s.delta].into_iter().find_map(|seg| seg.find(*key).map(|i| (seg, i)));
+            match found {
+                None => p.push(format!("space {}: key {key} missing from the index", def.name)),
+                Some((seg, i)) => {
+                    let same = if patch { seg.grid(i) == payload.as_slice() } else { bytemuck::cast_slice::<f32, u8>(seg.vector(i)) == payload.as_slice() };
+                    if !same {
+                        p.push(format!("space {}: key {key}: index vector differs from redb", def.name));
+                    }
+                }
+            }
+        }
+        if let Some(g) = &s.hnsw {
+            if g.size() != s.base.len() {
+                p.push(format!("space {}: graph holds {} vectors, snapshot {}", def.name, g.size(), s.base.len()));
+            }
+            for &k in s.base.keys.iter() {
+                if !g.contains(k) {
+                    p.push(format!("space {}: graph lacks key {k}", def.name));
+                    break;
+                }
+            }
+        }
+        Ok(p)
+    }
+}
