@@ -1,0 +1,222 @@
+//! The `graftdb` command line: raw flags (clap) → checked values → library calls.
+//! Nothing here reaches below the public API of the library.
+
+pub mod args;
+pub mod output;
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+
+use args::{Cli, Command, IngestCmd, QueryArgs};
+use graftdb::io::geoparquet::{ExportGeom, ExportRow, GeoParquetWriter};
+use graftdb::io::parquet::ParquetVectorReader;
+use graftdb::{Db, Filter, Kind, Level, Metric, Photo, PixelRef, Query, Record, Region, Tile};
+
+/// Run a parsed command line.
+pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
+    match cli.command {
+        Command::Create { db } => {
+            Db::create(&db)?;
+            writeln!(out, "created {}", db.display())?;
+        }
+        Command::Ingest(IngestCmd::Vectors { db, file, space, kind, metric, batch }) => ingest_vectors(&db, &file, &space, kind, metric, batch, out)?,
+        Command::Query(q) => query(&q, out)?,
+        Command::Join { db, out: path } => join(&db, path.as_deref(), out)?,
+        Command::Stats { db } => {
+            let db = Db::open(&db)?;
+            let s = db.stats()?;
+            writeln!(out, "{}", serde_json::to_string_pretty(&s)?)?;
+        }
+        Command::Check { db } => {
+            let d = Db::open(&db)?;
+            let problems = d.check()?;
+            if problems.is_empty() {
+                writeln!(out, "{}: ok", db.display())?;
+            } else {
+                for p in &problems {
+                    writeln!(out, "{p}")?;
+                }
+                bail!("{}: {} problem(s) found", db.display(), problems.len());
+            }
+        }
+        Command::Export { db, out: path } => export(&db, &path, out)?,
+    }
+    Ok(())
+}
+
+fn ingest_vectors(db: &Path, file: &Path, space: &str, kind: Kind, metric: Metric, batch: usize, out: &mut dyn Write) -> Result<()> {
+    let db = Db::open(db)?;
+    let mut reader = ParquetVectorReader::open(file)?;
+    let dim = reader.dim().with_context(|| format!("{}: the file has no rows", file.display()))?;
+    let dim32 = u32::try_from(dim).context("dimension too large")?;
+    db.create_space(space, dim32, metric, Level::Image)?;
+    let t0 = std::time::Instant::now();
+    let source = file.file_name().map_or_else(|| "parquet".to_string(), |s| s.to_string_lossy().into_owned());
+    // One transaction for the whole file: a bad row anywhere leaves the database as it was.
+    let mut w = db.begin_write()?;
+    let mut n = 0u64;
+    while let Some(rows) = reader.next_batch(batch.max(1))? {
+        for row in rows {
+            let at = format!("{} row {}", file.display(), n + 1);
+            let rec = match kind {
+                Kind::Photo => Record::Photo(Photo { id: row.id, lon: row.lon, lat: row.lat, accuracy: None, time: row.time, source: source.clone(), license: None, url: None, user: None }),
+                Kind::Tile => Record::Tile(Tile {
+                    id: row.id,
+                    footprint: row.footprint.unwrap_or_else(|| vec![[row.lon, row.lat]; 5]),
+                    source: source.clone(),
+                    gsd_m: 0.0,
+                    time: row.time,
+                    cloud_cover: None,
+                    pixels: PixelRef::None,
+                }),
+            };
+            let key = w.insert_at(&at, rec)?;
+            w.put_vector_at(&at, space, key, &row.embedding)?;
+            n += 1;
+        }
+    }
+    w.commit()?;
+    let ingest_s = t0.elapsed().as_secs_f64();
+    db.checkpoint()?;
+    writeln!(
+        out,
+        "ingested {n} {}s into space '{space}' (dim {dim}, {}) in {:.2}s ({:.0} records/s); index built in {:.2}s",
+        kind.as_str(),
+        metric.as_str(),
+        ingest_s,
+        n as f64 / ingest_s.max(1e-9),
+        t0.elapsed().as_secs_f64() - ingest_s
+    )?;
+    Ok(())
+}
+
+fn build_filter(q: &QueryArgs) -> Result<Filter> {
+    let mut f = Filter { kind: q.kind, ..Default::default() };
+    if let Some(b) = &q.bbox {
+        let v = args::parse_floats("--bbox", b, 4)?;
+        f.regions.push(Region::bbox(v[0], v[1], v[2], v[3])?);
+    }
+    match (&q.near, q.radius_km) {
+        (Some(n), Some(r)) => {
+            let v = args::parse_floats("--near", n, 2)?;
+            f.regions.push(Region::circle(v[1], v[0], r)?);
+        }
+        (Some(_), None) => bail!("--near needs --radius-km"),
+        (None, Some(_)) => bail!("--radius-km needs --near LAT,LON"),
+        (None, None) => {}
+    }
+    if let Some(p) = &q.polygon {
+        let path = Path::new(p);
+        let (at, text) = if path.is_file() {
+            (p.clone(), std::fs::read_to_string(path).with_context(|| format!("{p}: cannot read"))?)
+        } else {
+            ("--polygon".to_string(), p.clone())
+        };
+        f.regions.push(Region::parse_polygon(&at, &text)?);
+    }
+    if let Some(g) = &q.geohash {
+        f.regions.push(Region::geohash(g)?);
+    }
+    f.from = q.from.as_deref().map(|t| args::parse_time("--from", t, false)).transpose()?;
+    f.to = q.to.as_deref().map(|t| args::parse_time("--to", t, true)).transpose()?;
+    if let (Some(a), Some(b)) = (f.from, f.to) {
+        if a > b {
+            bail!("--from is after --to");
+        }
+    }
+    Ok(f)
+}
+
+fn query(q: &QueryArgs, out: &mut dyn Write) -> Result<()> {
+    let db = Db::open(&q.db)?;
+    let def = db.space(&q.space)?;
+    let filter = build_filter(q)?;
+    match (q.level, def.level) {
+        (args::LevelArg::Patch, Level::Image) => bail!("--level patch: space '{}' is image-level; use a patch-level space", q.space),
+        (args::LevelArg::Image, Level::Patch { .. }) => bail!("--level image: space '{}' is patch-level; add --level patch", q.space),
+        _ => {}
+    }
+    if q.k == 0 {
+        bail!("-k must be at least 1");
+    }
+    let (rows, dim, data) = match (&q.vector, &q.vectors) {
+        (Some(v), None) if v == "-" => graftdb::io::vecfile::read_vectors_reader("<stdin>", std::io::stdin().lock())?,
+        (Some(v), None) => graftdb::io::vecfile::read_vectors(Path::new(v))?,
+        (None, Some(v)) => graftdb::io::vecfile::read_vectors(Path::new(v))?,
+        _ => bail!("give exactly one of --vector FILE|- or --vectors FILE"),
+    };
+    if q.vector.is_some() && rows != 1 {
+        bail!("--vector holds {rows} vectors; use --vectors for a batch");
+    }
+    let batch = q.vectors.is_some();
+    for i in 0..rows {
+        let v = data.get(i * dim..(i + 1) * dim).context("vector file shorter than its shape")?.to_vec();
+        let query = Query::new(&q.space, v, q.k).filter(filter.clone()).exact(q.exact);
+        let res = db.search(&query)?;
+        if batch {
+            writeln!(out, "{}", serde_json::to_string(&output::hits_json(&res.hits))?)?;
+        } else {
+            output::print(out, q.format, &res.hits)?;
+        }
+        if q.explain {
+            eprintln!("{}", output::explain_line(&res.explain));
+        }
+    }
+    Ok(())
+}
+
+fn join(db: &Path, path: Option<&Path>, out: &mut dyn Write) -> Result<()> {
+    let db = Db::open(db)?;
+    let mut file: Box<dyn Write> = match path {
+        Some(p) => Box::new(std::io::BufWriter::new(std::fs::File::create(p).with_context(|| format!("{}: cannot create", p.display()))?)),
+        None => Box::new(std::io::sink()),
+    };
+    let to_stdout = path.is_none();
+    let st = db.join(|pair| {
+        let line = serde_json::json!({
+            "photo_id": pair.photo.id().to_json(),
+            "tile_id": pair.tile.id().to_json(),
+            "photo_lon": pair.photo.point().0,
+            "photo_lat": pair.photo.point().1,
+        });
+        if to_stdout {
+            writeln!(out, "{line}").map_err(|e| graftdb::Error::io("<stdout>", e))?;
+        } else {
+            writeln!(file, "{line}").map_err(|e| graftdb::Error::io("join output", e))?;
+        }
+        Ok(())
+    })?;
+    file.flush()?;
+    eprintln!("{} tiles, {} photos, {} pairs, {} photos in no tile", st.tiles, st.photos, st.pairs, st.unmatched_photos);
+    Ok(())
+}
+
+fn export(db: &Path, path: &Path, out: &mut dyn Write) -> Result<()> {
+    let db = Db::open(db)?;
+    let spaces: Vec<_> = db.spaces()?.into_iter().filter(|s| matches!(s.level, Level::Image)).collect();
+    let cols: Vec<(String, usize)> = spaces.iter().map(|s| (s.name.clone(), s.dim as usize)).collect();
+    let mut w = GeoParquetWriter::create(path, &cols)?;
+    let mut buf = Vec::new();
+    db.for_each_record(|key, rec| {
+        let mut vs = Vec::with_capacity(spaces.len());
+        for s in &spaces {
+            vs.push(db.vector(&s.name, key)?);
+        }
+        let (geometry, extra) = match &rec {
+            Record::Photo(p) => (ExportGeom::Point(p.lon, p.lat), serde_json::json!({"source": p.source, "accuracy": p.accuracy, "license": p.license, "url": p.url, "user": p.user})),
+            Record::Tile(t) => (ExportGeom::Polygon(t.footprint.clone()), serde_json::json!({"source": t.source, "gsd_m": t.gsd_m, "cloud_cover": t.cloud_cover})),
+        };
+        buf.push(ExportRow { id: rec.id().clone(), kind: rec.kind(), time: rec.time(), geometry, space_vectors: vs, extra });
+        if buf.len() >= 4096 {
+            w.write_batch(&buf)?;
+            buf.clear();
+        }
+        Ok(())
+    })?;
+    w.write_batch(&buf)?;
+    let n = w.finish()?;
+    writeln!(out, "exported {n} records to {} (GeoParquet 1.1)", path.display())?;
+    Ok(())
+}
