@@ -73,6 +73,8 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("--licence", default=None)
     x.add_argument("--tol", type=float, default=1e-4)
     x.add_argument("--overwrite", action="store_true")
+    x.add_argument("--exporter", choices=["auto", "dynamo", "torchscript"], default="auto",
+                   help="auto = dynamo when onnxscript is installed, else torchscript")
 
     s = sub.add_parser("synth", help="write a synthetic graft-pairs dataset (for tests/demos)")
     s.add_argument("--out", required=True)
@@ -113,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "export":
             from .export import export
             res = export(args.ckpt, args.to, args.text_from, args.name, args.licence,
-                         args.tol, args.overwrite)
+                         args.tol, args.overwrite, args.exporter)
         else:
             from .synth import make_synthetic
             make_synthetic(args.out, args.train, args.test, args.dim, args.seed)

@@ -4,6 +4,7 @@ The ONNX graph takes ``pixels`` float32 [N, 3, S, S] (RGB, CLIP mean/std normali
 for the shipped architectures) and returns ``embedding`` [N, D] and ``patches`` [N, G*G, D]
 (G = 14), both L2-normalised; N is dynamic. Traced with a batch of 2 (a batch of 1 would
 freeze N), fast-path attention off, weights inside the one file (no ``.onnx.data``).
+The dynamo exporter is used when ``onnxscript`` is installed, else the classic one.
 
 Text encoder, tokenizer vocabulary and bundle.json come from ``--text-from`` (a base bundle);
 bundle.json's name/licence/source are updated and a ``graft`` block is added. Without
@@ -13,6 +14,8 @@ The export is checked against PyTorch in ONNX Runtime (max abs difference <= ``t
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import shutil
 import warnings
@@ -40,31 +43,36 @@ class _Wrapper(torch.nn.Module):
         return emb, patches
 
 
-def export_onnx(model: GraftModel, path: Path, opset: int = 18) -> str:
-    """Export; returns which exporter was used ("dynamo" or "torchscript")."""
+def export_onnx(model: GraftModel, path: Path, exporter: str = "auto", opset: int = 18) -> str:
+    """Export; returns the exporter used: "dynamo" (needs onnxscript; graph left unoptimised
+    so initializers keep their PyTorch names and ``fit --base BUNDLE`` can load them back;
+    ONNX Runtime folds the graph itself at load) or "torchscript" (the classic exporter)."""
     torch.backends.mha.set_fastpath_enabled(False)
     model = model.float().eval()
     w = _Wrapper(model).eval()
     ex = torch.randn(2, 3, model.image_size, model.image_size)
-    try:
-        import onnxscript  # noqa: F401  (the dynamo exporter needs it)
-        have_dynamo = True
-    except ImportError:
-        have_dynamo = False
-    with warnings.catch_warnings():
+    if exporter == "auto":
+        try:
+            import onnxscript  # noqa: F401
+            exporter = "dynamo"
+        except ImportError:
+            exporter = "torchscript"
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        if have_dynamo:
+        if exporter == "dynamo":
             from torch.export import Dim
-            torch.onnx.export(w, (ex,), str(path), dynamo=True, external_data=False,
+            torch.onnx.export(w, (ex,), str(path), dynamo=True, external_data=False, optimize=False,
                               input_names=["pixels"], output_names=["embedding", "patches"],
                               dynamic_shapes={"pixels": {0: Dim("N")}}, opset_version=opset,
                               verbose=False)
-            return "dynamo"
-        torch.onnx.export(w, (ex,), str(path), dynamo=False, input_names=["pixels"],
-                          output_names=["embedding", "patches"], opset_version=opset,
-                          dynamic_axes={"pixels": {0: "N"}, "embedding": {0: "N"},
-                                        "patches": {0: "N"}})
-        return "torchscript"
+        elif exporter == "torchscript":
+            torch.onnx.export(w, (ex,), str(path), dynamo=False, input_names=["pixels"],
+                              output_names=["embedding", "patches"], opset_version=opset,
+                              dynamic_axes={"pixels": {0: "N"}, "embedding": {0: "N"},
+                                            "patches": {0: "N"}})
+        else:
+            raise ExportError(f"unknown exporter {exporter!r}")
+    return exporter
 
 
 def verify_onnx(model: GraftModel, path: Path, batch: int = 3, seed: int = 0) -> float:
@@ -84,7 +92,8 @@ def verify_onnx(model: GraftModel, path: Path, batch: int = 3, seed: int = 0) ->
 
 
 def export(ckpt: str, to: str, text_from: str | None = None, name: str | None = None,
-           licence: str | None = None, tol: float = 1e-4, overwrite: bool = False) -> dict:
+           licence: str | None = None, tol: float = 1e-4, overwrite: bool = False,
+           exporter: str = "auto") -> dict:
     model, ck = load_checkpoint_model(ckpt)
     dst = Path(to)
     if dst.exists() and any(dst.iterdir()) and not overwrite:
@@ -104,7 +113,7 @@ def export(ckpt: str, to: str, text_from: str | None = None, name: str | None = 
             elif f.is_dir():
                 shutil.copytree(f, dst / f.name, dirs_exist_ok=True)
     image_path = dst / "image.onnx"
-    exporter = export_onnx(model, image_path)
+    exporter = export_onnx(model, image_path, exporter)
     diff = verify_onnx(model, image_path)
     if not diff <= tol:
         raise ExportError(f"{image_path}: ONNX differs from PyTorch by {diff:.3g} (> {tol})")
