@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Set up everything the tests need on a fresh machine, then run every test:
+# Rust unit, integration and doc tests, the benchmarks compiled (not run), and the Python
+# tests of the exporter and the trainer. CI runs exactly this (see .ci/run).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+bash tools/setup.sh
+
+echo "== cargo build (all targets) and benchmarks compiled, not run"
+cargo build --all-targets
+cargo bench --no-run
+
+echo "== cargo test"
+cargo test
+
+if [ -x .venv-torch/bin/python ]; then
+    .venv-torch/bin/python -m pip install -q pytest >/dev/null 2>&1 || true
+    for d in tools/train/tests tools/export/tests; do
+        if [ -d "$d" ]; then
+            echo "== pytest $d"
+            (cd "$(dirname "$d")" && ../../.venv-torch/bin/python -m pytest -q tests)
+        fi
+    done
+fi
