@@ -1,0 +1,5 @@
+import sys
+
+from .export_bundle import main
+
+sys.exit(main())
