@@ -105,7 +105,7 @@ class GraftPairs(torch.utils.data.Dataset):
         self.samples: list[SampleRef] = []
         for rel in shards:
             self.samples.extend(index_shard(self.root / rel))
-        self._fh: dict[Path, object] = {}
+        self._fh: dict[Path, int] = {}
         self.samples = [ref for ref in self.samples if json.loads(self._read(ref, "json")).get("photos")]
         self._mean = torch.tensor(CLIP_MEAN).view(3, 1, 1)
         self._std = torch.tensor(CLIP_STD).view(3, 1, 1)
@@ -113,21 +113,29 @@ class GraftPairs(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getstate__(self):  # file handles do not travel to DataLoader workers
+    def __getstate__(self):  # file descriptors do not travel to DataLoader workers
         d = dict(self.__dict__)
         d["_fh"] = {}
         return d
 
     def _read(self, ref: SampleRef, ext: str) -> bytes:
-        fh = self._fh.get(ref.shard)
-        if fh is None:
-            fh = self._fh[ref.shard] = open(ref.shard, "rb")
+        # os.pread: no shared file offset, so forked DataLoader workers that inherited our
+        # descriptors cannot race each other's seek/read.
+        fd = self._fh.get(ref.shard)
+        if fd is None:
+            fd = self._fh[ref.shard] = os.open(ref.shard, os.O_RDONLY)
         off, size = ref.members[ext]
-        fh.seek(off)
-        data = fh.read(size)
+        data = os.pread(fd, size, off)
         if len(data) != size:
             raise DataError(f"{ref.shard}: member {ref.key}.{ext} is truncated")
         return data
+
+    def __del__(self):
+        for fd in getattr(self, "_fh", {}).values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
     def __getitem__(self, i: int) -> dict:
         ref = self.samples[i]

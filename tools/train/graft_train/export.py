@@ -6,15 +6,18 @@ for the shipped architectures) and returns ``embedding`` [N, D] and ``patches`` 
 freeze N), fast-path attention off, weights inside the one file (no ``.onnx.data``).
 The dynamo exporter is used when ``onnxscript`` is installed, else the classic one.
 
-Text encoder, tokenizer vocabulary and bundle.json come from ``--text-from`` (a base bundle);
-bundle.json's name/licence/source are updated and a ``graft`` block is added. Without
-``--text-from`` the bundle holds only the image encoder and a minimal bundle.json.
+The bundle follows schema/bundle.md (the format tools/export writes and src/embed/bundle.rs
+reads). Text encoder, tokenizer vocabulary and the test image come from ``--text-from`` (a
+base bundle); bundle.json is the base's with name, family, weights, licence, source,
+normalized and the image tower's fields replaced. Without a base bundle the result is an
+image-only bundle (``text_model`` null) with OpenCLIP's vocabulary.
 The export is checked against PyTorch in ONNX Runtime (max abs difference <= ``tol``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import shutil
@@ -24,7 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .model import GraftModel, ModelError, load_checkpoint_model
+from .data import CLIP_MEAN, CLIP_STD
+from .model import GraftModel, load_checkpoint_model
 
 TEXT_SKIP = {"image.onnx", "image.onnx.data", "bundle.json"}
 
@@ -91,51 +95,153 @@ def verify_onnx(model: GraftModel, path: Path, batch: int = 3, seed: int = 0) ->
     return float(max(np.abs(o_emb - emb.numpy()).max(), np.abs(o_patches - patches.numpy()).max()))
 
 
+BUNDLE_FORMAT = "graftdb.model-bundle"
+BUNDLE_VERSION = 1
+VOCAB = "bpe_simple_vocab_16e6.txt.gz"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _openclip_vocab() -> Path:
+    import open_clip
+    p = Path(open_clip.__file__).parent / VOCAB
+    if not p.exists():
+        raise ExportError(f"{p}: the CLIP vocabulary is not in this open_clip install")
+    return p
+
+
 def export(ckpt: str, to: str, text_from: str | None = None, name: str | None = None,
            licence: str | None = None, tol: float = 1e-4, overwrite: bool = False,
            exporter: str = "auto") -> dict:
+    """Write a graftdb model bundle (schema/bundle.md) holding the trained image tower.
+
+    ``text_from`` (default: the bundle the run started from, if ``fit --base`` was one and
+    it still exists) supplies text.onnx, the vocabulary, the tokenizer block and the test
+    image; its ``dim`` must equal the model's. The test image's reference outputs
+    (test/embedding.npy, test/patches.npy) are recomputed with the trained model.
+    """
     model, ck = load_checkpoint_model(ckpt)
+    model = model.float().eval()
+    cfg = ck["config"]
+    base_info = cfg.get("base_info", {})
+    if text_from is None and base_info.get("base") and (Path(base_info["base"]) / "bundle.json").exists():
+        text_from = base_info["base"]
     dst = Path(to)
-    if dst.exists() and any(dst.iterdir()) and not overwrite:
-        raise ExportError(f"{dst}: exists and is not empty (pass --overwrite)")
+    if dst.exists() and any(dst.iterdir()):
+        if not overwrite:
+            raise ExportError(f"{dst}: exists and is not empty (pass --overwrite)")
+        shutil.rmtree(dst)
     dst.mkdir(parents=True, exist_ok=True)
-    base_bundle: dict = {}
+
+    base: dict = {}
+    src = None
     if text_from:
         src = Path(text_from)
-        if not (src / "bundle.json").exists():
-            raise ExportError(f"{src}: not a bundle (no bundle.json)")
-        base_bundle = json.loads((src / "bundle.json").read_text())
+        try:
+            base = json.loads((src / "bundle.json").read_text())
+        except FileNotFoundError:
+            raise ExportError(f"{src}: not a bundle (no bundle.json)") from None
+        if base.get("dim") is not None and int(base["dim"]) != model.dim:
+            raise ExportError(f"{src}: bundle dim {base['dim']} != model dim {model.dim}; the "
+                              "text tower must embed into the space the photos came from")
         for f in src.iterdir():
-            if f.name in TEXT_SKIP:
+            if f.name in TEXT_SKIP or f.name == "test":
                 continue
             if f.is_file():
                 shutil.copy2(f, dst / f.name)
             elif f.is_dir():
                 shutil.copytree(f, dst / f.name, dirs_exist_ok=True)
+    tok = dict(base["tokenizer"]) if isinstance(base.get("tokenizer"), dict) else {}
+    if not tok:
+        shutil.copy2(_openclip_vocab(), dst / VOCAB)
+        tok = {"kind": "clip-bpe", "vocab": VOCAB, "vocab_sha256": _sha256(dst / VOCAB),
+               "start_id": 49406, "end_id": 49407, "context_length": 77, "clean": "lower",
+               "licence": "MIT (OpenAI CLIP)"}
+
     image_path = dst / "image.onnx"
     exporter = export_onnx(model, image_path, exporter)
-    diff = verify_onnx(model, image_path)
-    if not diff <= tol:
-        raise ExportError(f"{image_path}: ONNX differs from PyTorch by {diff:.3g} (> {tol})")
+    verification = {"random_batch_n": 3, "tolerance": tol}
+    worst = verify_onnx(model, image_path)
+    verification["random_batch_max_abs"] = worst
 
-    cfg = ck["config"]
-    base_name = base_bundle.get("name") or cfg.get("base_info", {}).get("bundle_name") or cfg["model"]["arch"]
-    lic_key = "license" if "license" in base_bundle and "licence" not in base_bundle else "licence"
-    base_lic = base_bundle.get("licence", base_bundle.get("license"))
-    bundle = dict(base_bundle)
-    bundle["name"] = name or f"{base_name}-graft-{cfg['args'].get('level', 'both')}"
-    bundle[lic_key] = licence or base_lic or "unknown (set --licence)"
-    bundle["source"] = (f"graft_train fine-tune of {base_bundle.get('source') or base_name} "
-                        f"(weights: {cfg.get('base_info', {}).get('weights')}), step {ck['step']}")
-    if not base_bundle:
-        bundle.update({"image": "image.onnx", "text": None,
-                       "embedding_dim": cfg["model"]["dim"], "image_size": cfg["model"]["image_size"]})
-    bundle["graft"] = {"level": cfg["args"].get("level"), "arch": cfg["model"]["arch"],
-                       "step": ck["step"], "tau": cfg["args"].get("tau"),
-                       "outputs": {"embedding": ["N", cfg["model"]["dim"]],
-                                   "patches": ["N", cfg["model"]["grid"] ** 2, cfg["model"]["dim"]]},
-                       "patch_px": cfg["model"]["image_size"] // cfg["model"]["grid"],
-                       "normalised": True, "onnx_max_abs_diff": diff, "exporter": exporter}
-    (dst / "bundle.json").write_text(json.dumps(bundle, indent=2))
-    return {"bundle": str(dst), "image_onnx": str(image_path), "max_abs_diff": diff,
+    # Test image: keep the base bundle's input, recompute the reference outputs.
+    test: dict = {}
+    (dst / "test").mkdir(exist_ok=True)
+    btest = base.get("test") or {}
+    if src is not None and btest.get("pixels") and (src / btest["pixels"]).exists():
+        pixels = np.load(src / btest["pixels"]).astype(np.float32)
+        for key in ("image", "pixels", "texts", "tokens", "text_embedding"):
+            if btest.get(key) and (src / btest[key]).exists():
+                (dst / btest[key]).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src / btest[key], dst / btest[key])
+                test[key] = btest[key]
+    else:
+        g = torch.Generator().manual_seed(0)
+        pixels = torch.randn(1, 3, model.image_size, model.image_size, generator=g).numpy()
+        np.save(dst / "test" / "pixels.npy", pixels)
+        test["pixels"] = "test/pixels.npy"
+    with torch.no_grad():
+        ref_emb, ref_patches = model(torch.from_numpy(pixels))
+    np.save(dst / "test" / "embedding.npy", ref_emb.numpy().astype(np.float32))
+    np.save(dst / "test" / "patches.npy", ref_patches.numpy().astype(np.float32))
+    test["embedding"], test["patches"] = "test/embedding.npy", "test/patches.npy"
+    import onnxruntime as ort
+    sess = ort.InferenceSession(str(image_path), providers=["CPUExecutionProvider"])
+    o_emb, o_patches = sess.run(["embedding", "patches"], {"pixels": pixels})
+    verification["test_image_embedding_max_abs"] = float(np.abs(o_emb - ref_emb.numpy()).max())
+    verification["test_image_patches_max_abs"] = float(np.abs(o_patches - ref_patches.numpy()).max())
+    worst = max(worst, verification["test_image_embedding_max_abs"],
+                verification["test_image_patches_max_abs"])
+    verification["passed"] = worst <= tol
+    if not worst <= tol:
+        raise ExportError(f"{image_path}: ONNX differs from PyTorch by {worst:.3g} (> {tol})")
+
+    mcfg, args = cfg["model"], cfg["args"]
+    level = args.get("level", "both")
+    base_name = base.get("name") or base_info.get("bundle_name") or mcfg["arch"]
+    base_random = bool(base.get("random_weights", False))
+    synthetic = bool(cfg.get("data", {}).get("synthetic", False))
+    weights_src = base_info.get("weights")
+    bundle = dict(base)
+    bundle.update({
+        "format": BUNDLE_FORMAT,
+        "format_version": BUNDLE_VERSION,
+        "name": name or f"{base_name}-graft-{level}",
+        "family": "graft",
+        "arch": mcfg["arch"],
+        "weights": {"kind": "graft-train", "checkpoint": Path(ckpt).name, "step": ck["step"],
+                    "level": level, "initial_image_weights": weights_src,
+                    "text_weights": (base.get("weights") if base else None)},
+        # Meaningless embeddings: trained on synthetic data, or the text tower is random.
+        "random_weights": base_random or synthetic,
+        "licence": licence or base.get("licence") or "unknown: pass --licence",
+        "source": (f"graft_train fine-tune (GRAFT {level}-level loss, tau {args.get('tau')}) of "
+                   f"{base_name} image tower (start: {weights_src}), {ck['step']} steps"
+                   + (f"; text tower and tokenizer from {base_name}" if base else "")),
+        "dim": mcfg["dim"],
+        "normalized": True,
+        "image_size": mcfg["image_size"],
+        "patch_size": mcfg["image_size"] // mcfg["grid"],
+        "patch_grid": [mcfg["grid"], mcfg["grid"]],
+        "mean": list(CLIP_MEAN),
+        "std": list(CLIP_STD),
+        "resize": "shortest", "interpolation": "bicubic", "crop": "center",
+        "image_model": {"file": "image.onnx", "input": "pixels", "embedding": "embedding",
+                        "patches": "patches"},
+        "text_model": base.get("text_model"),
+        "context_length": base.get("context_length", 77),
+        "tokenizer": tok,
+        "test": test,
+        "verification": verification,
+        "exporter": {"tool": "tools/train (python -m graft_train export)", "onnx_exporter": exporter,
+                     "torch": torch.__version__},
+    })
+    (dst / "bundle.json").write_text(json.dumps(bundle, ensure_ascii=False, indent=2) + "\n")
+    return {"bundle": str(dst), "image_onnx": str(image_path), "max_abs_diff": worst,
             "exporter": exporter, "bytes": image_path.stat().st_size}

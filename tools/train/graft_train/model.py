@@ -189,8 +189,9 @@ def build_model(base: str | None, base_arch: str | None, dim: int, seed: int = 0
     """Build the model for ``fit``: returns (model, info about where weights came from).
 
     ``base`` may be: None (random init of ``base_arch``); a graftdb bundle directory
-    (bundle.json + image.onnx; weights are copied from image.onnx when its initializer
-    names match the OpenCLIP tower, else random init of ``base_arch``); one of our own
+    (bundle.json + image.onnx; architecture = ``base_arch`` or bundle.json's ``arch``;
+    weights are copied from image.onnx when its initializer names match the OpenCLIP tower,
+    as in bundles written by our own ``export``, else random init with a warning); one of our own
     checkpoints (arch taken from it); or an OpenCLIP/OpenAI CLIP state_dict or .pt file
     (``base_arch`` names its architecture, default ViT-B-16).
     """
@@ -202,22 +203,28 @@ def build_model(base: str | None, base_arch: str | None, dim: int, seed: int = 0
         return GraftModel(arch, dim), info
     p = Path(base)
     if is_bundle(p):
-        arch = base_arch or "ViT-B-16"
-        model = GraftModel(arch, dim)
         try:
             bj = json.loads((p / "bundle.json").read_text())
         except json.JSONDecodeError as e:
             raise ModelError(f"{p / 'bundle.json'}: not valid JSON ({e})") from None
+        if bj.get("dim") is not None and int(bj["dim"]) != dim:
+            raise ModelError(f"{p}: bundle dim {bj['dim']} != data embedding_dim {dim}; the "
+                             "photos must be embedded by the bundle's CLIP for text search to work")
+        arch = base_arch or bj.get("arch") or "ViT-B-16"
+        model = GraftModel(arch, dim)
         info["bundle_name"] = bj.get("name")
-        onnx_path = p / "image.onnx"
+        onnx_path = p / (bj.get("image_model") or {}).get("file", "image.onnx")
         n = load_onnx_weights(model, onnx_path) if onnx_path.exists() else 0
         if n:
             info["weights"] = f"onnx:{onnx_path} ({n} tensors)"
         else:
             info["weights"] = "random"
+            w = bj.get("weights") or {}
+            hint = (f" (this bundle was exported from {w['file']}: pass that file as --base)"
+                    if isinstance(w, dict) and w.get("file") else "")
             log.warning("%s: image.onnx weights could not be mapped onto OpenCLIP %s; the "
-                        "vision tower starts from random init (pass an OpenCLIP state_dict "
-                        "or checkpoint as --base to start from real weights)", p, arch)
+                        "vision tower starts from random init. Pass an OpenCLIP state_dict or "
+                        "checkpoint as --base to start from real weights%s", p, arch, hint)
         return model, info
     if not p.exists():
         raise ModelError(f"{p}: no such file or directory")

@@ -226,7 +226,9 @@ def fit(args) -> dict:
     arg_dict = {k: v for k, v in vars(args).items() if not callable(v)}
     config = {"model": model.config(), "args": arg_dict, "base_info": base_info,
               "amp_dtype": str(amp_dtype) if amp_dtype else None, "device": str(device),
-              "data": {"train_tiles": len(train_ds), "test_tiles": len(test_ds), "dim": dim}}
+              "data": {"train_tiles": len(train_ds), "test_tiles": len(test_ds), "dim": dim,
+                       "path": str(args.data),
+                       "synthetic": bool(train_ds.manifest.get("synthetic", False))}}
     (out / "config.json").write_text(json.dumps(config, indent=2, default=str))
     _append_jsonl(logp, {"step": start, "event": "resume" if resume_ck else "start",
                          "device": str(device), "amp": config["amp_dtype"],

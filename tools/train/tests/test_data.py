@@ -66,3 +66,13 @@ def test_embedding_dim_mismatch_is_refused(tmp_path):
     root = write_dataset(tmp_path, {"train": [_sample("a", 2, dim=3)]}, dim=4)
     with pytest.raises(DataError, match="expected"):
         GraftPairs(root, "train")[0]
+
+
+def test_parallel_loader_workers_read_the_same_samples(synth_data):
+    """Forked workers inherit open shard descriptors; reads must not share a file offset."""
+    ds = GraftPairs(synth_data, "train")
+    ds[0]  # open descriptors before forking
+    want = [ds[i]["photos"] for i in range(48)]
+    dl = torch.utils.data.DataLoader(ds, batch_size=None, sampler=range(48), num_workers=2)
+    got = [s["photos"] for s in dl]
+    assert all(torch.equal(a, b) for a, b in zip(want, got))

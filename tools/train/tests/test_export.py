@@ -27,17 +27,36 @@ def ckpt(synth_data, tmp_path_factory):
     return run / "last.pt"
 
 
-@pytest.fixture()
-def base_bundle(tmp_path):
-    b = tmp_path / "base"
+def write_base_bundle(b, dim=32, arch="tiny"):
+    """A bundle.json shaped like tools/export's (schema/bundle.md), with stand-in model files."""
     b.mkdir()
+    (b / "test").mkdir()
     (b / "bundle.json").write_text(json.dumps({
-        "name": "clip-b16-test", "licence": "MIT", "source": "test base", "image": "image.onnx",
-        "text": "text.onnx", "tokenizer": "bpe_simple_vocab_16e6.txt.gz", "context_length": 77}))
+        "format": "graftdb.model-bundle", "format_version": 1, "name": "clip-test", "family": "openclip",
+        "arch": arch, "weights": {"kind": "random", "seed": 0}, "random_weights": False,
+        "licence": "MIT", "dim": dim, "normalized": False, "image_size": 224, "patch_size": 16,
+        "patch_grid": [14, 14], "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5],
+        "resize": "shortest", "interpolation": "bicubic", "crop": "center",
+        "image_model": {"file": "image.onnx", "input": "pixels", "embedding": "embedding", "patches": "patches"},
+        "text_model": {"file": "text.onnx", "input": "tokens", "embedding": "embedding"},
+        "context_length": 77,
+        "tokenizer": {"kind": "clip-bpe", "vocab": "bpe_simple_vocab_16e6.txt.gz", "start_id": 49406,
+                      "end_id": 49407, "context_length": 77},
+        "test": {"image": "test/image.png", "pixels": "test/pixels.npy", "embedding": "test/embedding.npy",
+                 "patches": "test/patches.npy", "texts": "test/texts.json"}}))
     (b / "text.onnx").write_bytes(b"text-model-bytes")
     (b / "bpe_simple_vocab_16e6.txt.gz").write_bytes(b"vocab-bytes")
     (b / "image.onnx").write_bytes(b"old-image-model")
+    (b / "test" / "image.png").write_bytes(b"png")
+    (b / "test" / "texts.json").write_text("[]")
+    np.save(b / "test" / "pixels.npy", np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32))
+    np.save(b / "test" / "embedding.npy", np.zeros((1, dim), np.float32))
     return b
+
+
+@pytest.fixture()
+def base_bundle(tmp_path):
+    return write_base_bundle(tmp_path / "base")
 
 
 def _ort_vs_torch(model, path, batch):
@@ -66,11 +85,39 @@ def test_export_matches_torch_in_onnxruntime_and_writes_a_bundle(ckpt, base_bund
     assert (dst / "text.onnx").read_bytes() == b"text-model-bytes"
     assert (dst / "bpe_simple_vocab_16e6.txt.gz").read_bytes() == b"vocab-bytes"
     bj = json.loads((dst / "bundle.json").read_text())
-    assert bj["name"] == "clip-b16-test-graft-both"
-    assert bj["licence"] == "MIT" and "test base" in bj["source"] and "step 3" in bj["source"]
-    assert bj["tokenizer"] == "bpe_simple_vocab_16e6.txt.gz" and bj["context_length"] == 77
-    assert bj["graft"]["outputs"]["patches"] == ["N", 196, 32]
-    assert bj["graft"]["onnx_max_abs_diff"] <= 1e-4
+    assert bj["name"] == "clip-test-graft-both" and bj["family"] == "graft"
+    assert bj["licence"] == "MIT" and "clip-test" in bj["source"] and "3 steps" in bj["source"]
+    assert bj["random_weights"] is True  # trained on synthetic data
+    assert bj["normalized"] is True and bj["dim"] == 32 and bj["patch_grid"] == [14, 14]
+    assert bj["mean"] == pytest.approx([0.48145466, 0.4578275, 0.40821073])
+    assert bj["tokenizer"]["vocab"] == "bpe_simple_vocab_16e6.txt.gz"
+    assert bj["text_model"]["file"] == "text.onnx" and bj["context_length"] == 77
+    assert bj["image_model"] == {"file": "image.onnx", "input": "pixels", "embedding": "embedding",
+                                 "patches": "patches"}
+    assert bj["verification"]["passed"]
+    # the test image's reference outputs are the trained model's, not the base's
+    px = np.load(dst / "test" / "pixels.npy")
+    with torch.no_grad():
+        e, p = model(torch.from_numpy(px))
+    assert np.allclose(np.load(dst / "test" / "embedding.npy"), e.numpy())
+    assert np.allclose(np.load(dst / "test" / "patches.npy"), p.numpy())
+    assert (dst / "test" / "texts.json").exists()
+
+
+def test_export_without_a_base_bundle_writes_an_image_only_bundle(ckpt, tmp_path):
+    dst = tmp_path / "b"
+    assert main(["export", "--ckpt", str(ckpt), "--to", str(dst), "--exporter", "torchscript",
+                 "--licence", "CC0"]) == 0
+    bj = json.loads((dst / "bundle.json").read_text())
+    assert bj["text_model"] is None and bj["licence"] == "CC0"
+    assert (dst / bj["tokenizer"]["vocab"]).stat().st_size > 1_000_000  # OpenCLIP's real vocabulary
+    for rel in bj["test"].values():
+        assert (dst / rel).exists()
+
+
+def test_export_refuses_a_base_bundle_of_another_dim(ckpt, tmp_path):
+    base = write_base_bundle(tmp_path / "b64", dim=64)
+    assert main(["export", "--ckpt", str(ckpt), "--to", str(tmp_path / "x"), "--text-from", str(base)]) == 1
 
 
 def test_export_refuses_a_non_empty_target(ckpt, tmp_path):
