@@ -161,7 +161,14 @@ impl Region {
     /// Whether a position is in the region, boundary included.
     pub fn contains_point(&self, lon: f64, lat: f64) -> bool {
         match self {
-            Region::BBox(_) => self.bboxes().iter().any(|b| b[0] <= lon && lon <= b[2] && b[1] <= lat && lat <= b[3]),
+            Region::BBox([w, s, e, n]) => {
+                let lat_ok = *s <= lat && lat <= *n;
+                if w <= e {
+                    lat_ok && *w <= lon && lon <= *e
+                } else {
+                    lat_ok && (*w <= lon || lon <= *e)
+                }
+            }
             Region::Circle { km, .. } => self.distance_km(lon, lat).is_some_and(|d| d <= *km),
             Region::Polygon(mp) => mp.intersects(&Point::new(lon, lat)),
             Region::Geohash(h) => match hash::decode_prefix(h) {
