@@ -4,7 +4,8 @@
 # Installs (CI runs this as root on a fresh Debian 12 machine):
 #   - apt: libgdal-dev gdal-bin (and python3-venv when `python3 -m venv` is missing)
 #   - .venv        onnxruntime==1.31.1 onnx numpy pyarrow   (ONNX Runtime for the `ort` crate)
-#   - .venv-torch  torch open-clip-torch onnx onnxruntime==1.31.1 numpy   (exporters, ~5 GB)
+#   - .venv-torch  torch open-clip-torch onnx onnxruntime==1.31.1 numpy pytest   (exporters and
+#                  tools/train, ~5 GB, ~1.3 min on a fresh machine)
 #   - data/bundles/tiny and data/bundles/vitb16-random: model bundles with seeded random
 #     weights, exported by tools/export (no network needed)
 #   - test imagery via tools/fetch-data.sh when that script exists
@@ -74,7 +75,7 @@ fi
 say "ONNX Runtime library: $ORT_LIB"
 
 if [ "${GRAFTDB_SKIP_TORCH:-0}" != "1" ]; then
-    make_venv .venv-torch "torch open-clip-torch onnx onnxruntime==1.31.1 numpy"
+    make_venv .venv-torch "torch open-clip-torch onnx onnxruntime==1.31.1 numpy pytest"
 
     # --- model bundles (seeded random weights; real weights are the user's to bring) ----
     # export_if_stale NAME ARGS...: re-export when the bundle is missing or the exporter changed.

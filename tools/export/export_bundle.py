@@ -284,6 +284,12 @@ def main(argv: list[str] | None = None) -> int:
 
     # The classic exporter cannot export the fused attention fast path.
     torch.backends.mha.set_fastpath_enabled(False)
+    # The exporter warns about aten::index with negative indices (the text tower's
+    # argmax pooling uses non-negative ones) and its own deprecation: noise here.
+    import warnings
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
     torch.set_grad_enabled(False)
     t_start = time.time()
 
