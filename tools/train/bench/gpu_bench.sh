@@ -11,7 +11,7 @@ PY="${PYTHON:-python3}"
 W=/tmp/graft-gpu-work
 export PYTHONPATH="$ROOT/tools/train${PYTHONPATH:+:$PYTHONPATH}"
 mkdir -p "$OUT" "$W"
-t() { local s=$(date +%s%N); "$@"; echo "TIME $(( ($(date +%s%N) - s) / 1000000 )) ms: $*" | tee -a "$OUT/times.txt"; }
+t() { local s=$(date +%s%N); "$@"; echo "TIME $(( ($(date +%s%N) - s) / 1000000 )) ms: $*" >> "$OUT/times.txt"; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 "$PY" -c "import torch, open_clip; print('torch', torch.__version__, 'open_clip', open_clip.__version__)" | tee -a "$OUT/gpu.txt"
 N_TRAIN=${N_TRAIN:-2048}
@@ -32,5 +32,19 @@ t "$PY" -m graft_train export --ckpt "$W/bf16" --to "$W/bundle" > "$OUT/export.j
 cp "$W/bundle/bundle.json" "$OUT/bundle.json"
 ls -la "$W/bundle" > "$OUT/bundle_ls.txt"
 if "$PY" -c "import pytest" 2>/dev/null; then
-  (cd "$ROOT/tools/train" && t "$PY" -m pytest -q tests 2>&1 | tail -5 | tee "$OUT/pytest.txt") || true
+  (cd "$ROOT/tools/train" && "$PY" -m pytest -q -p no:warnings tests 2>&1 | tail -3 | tee "$OUT/pytest.txt") || true
 fi
+# one summary on stdout: steady-state rates per logged window, and the end results
+"$PY" - "$OUT" <<'PY'
+import json, sys, pathlib
+out = pathlib.Path(sys.argv[1])
+for name in ("bf16", "fp16", "fp32"):
+    rows = [json.loads(l) for l in (out / f"log_{name}.jsonl").read_text().splitlines()]
+    rates = [r["steps_per_s"] for r in rows if "steps_per_s" in r and "event" not in r]
+    steady = sorted(rates[1:])[len(rates[1:]) // 2] if len(rates) > 1 else float("nan")
+    done = rows[-1]
+    print(f"{name}: median window {steady:.2f} steps/s ({steady * 128:.0f} tiles/s at batch 128); "
+          f"loss {done['first_loss']:.2f} -> {done['last_loss']:.2f}; "
+          f"image R@10 {done['eval']['image_r@10']:.3f} (chance {done['eval']['image_chance@10']:.3f})")
+print((out / "times.txt").read_text())
+PY

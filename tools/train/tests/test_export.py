@@ -59,6 +59,15 @@ def base_bundle(tmp_path):
     return write_base_bundle(tmp_path / "base")
 
 
+@pytest.fixture(scope="module")
+def auto_bundle(ckpt, tmp_path_factory):
+    """One export with the default exporter (dynamo when onnxscript is installed)."""
+    tmp = tmp_path_factory.mktemp("auto")
+    base = write_base_bundle(tmp / "base")
+    assert main(["export", "--ckpt", str(ckpt), "--to", str(tmp / "bundle"), "--text-from", str(base)]) == 0
+    return tmp / "bundle"
+
+
 def _ort_vs_torch(model, path, batch):
     x = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(batch))
     with torch.no_grad():
@@ -70,10 +79,14 @@ def _ort_vs_torch(model, path, batch):
 
 
 @pytest.mark.parametrize("exporter", ["auto", "torchscript"])
-def test_export_matches_torch_in_onnxruntime_and_writes_a_bundle(ckpt, base_bundle, tmp_path, exporter):
-    dst = tmp_path / "bundle"
-    assert main(["export", "--ckpt", str(ckpt), "--to", str(dst), "--text-from", str(base_bundle),
-                 "--exporter", exporter]) == 0
+def test_export_matches_torch_in_onnxruntime_and_writes_a_bundle(ckpt, auto_bundle, base_bundle, tmp_path,
+                                                                  exporter):
+    if exporter == "auto":
+        dst = auto_bundle
+    else:
+        dst = tmp_path / "bundle"
+        assert main(["export", "--ckpt", str(ckpt), "--to", str(dst), "--text-from", str(base_bundle),
+                     "--exporter", exporter]) == 0
     model, ck = load_checkpoint_model(ckpt)
     for batch in (1, 5):  # traced with 2: the batch must be dynamic
         assert _ort_vs_torch(model, dst / "image.onnx", batch) <= 1e-4
@@ -127,11 +140,8 @@ def test_export_refuses_a_non_empty_target(ckpt, tmp_path):
 
 
 @pytest.mark.skipif(not HAVE_DYNAMO, reason="onnxscript not installed: classic exporter renames weights")
-def test_fit_from_an_exported_bundle_starts_from_its_weights(ckpt, base_bundle, tmp_path):
-    dst = tmp_path / "bundle"
-    assert main(["export", "--ckpt", str(ckpt), "--to", str(dst), "--text-from", str(base_bundle),
-                 "--exporter", "dynamo"]) == 0
-    model, info = build_model(str(dst), "tiny", 32, seed=123)
+def test_fit_from_an_exported_bundle_starts_from_its_weights(ckpt, auto_bundle):
+    model, info = build_model(str(auto_bundle), "tiny", 32, seed=123)
     assert info["weights"].startswith("onnx:")
     want, _ = load_checkpoint_model(ckpt)
     for k, v in want.state_dict().items():
@@ -143,3 +153,28 @@ def test_bundle_whose_weights_do_not_map_falls_back_to_random_init(base_bundle, 
     model, info = build_model(str(base_bundle), "tiny", 32)
     assert info["weights"] == "random"
     assert "random init" in caplog.text
+
+
+REPO_TINY = __import__("pathlib").Path(__file__).resolve().parents[3] / "data" / "bundles" / "tiny"
+
+
+@pytest.mark.skipif(not (REPO_TINY / "bundle.json").exists(),
+                    reason="data/bundles/tiny not exported (tools/setup.sh makes it)")
+def test_round_trip_through_the_bundle_tools_export_writes(tmp_path):
+    """fit --base data/bundles/tiny, then export: the text tower, vocabulary and test texts
+    are carried over unchanged and the manifest keeps the fields src/embed/bundle.rs checks."""
+    from graft_train.synth import make_synthetic
+    base = json.loads((REPO_TINY / "bundle.json").read_text())
+    data = make_synthetic(tmp_path / "d", n_train=8, n_test=4, dim=base["dim"])
+    run, dst = tmp_path / "run", tmp_path / "bundle"
+    assert main(["fit", "--data", str(data), "--base", str(REPO_TINY), "--out", str(run), "--steps", "2",
+                 "--batch", "4", "--eval-every", "0", "--device", "cpu", "--threads", "1"]) == 0
+    assert main(["export", "--ckpt", str(run), "--to", str(dst), "--exporter", "torchscript"]) == 0
+    bj = json.loads((dst / "bundle.json").read_text())
+    assert (dst / "text.onnx").read_bytes() == (REPO_TINY / "text.onnx").read_bytes()
+    for key in ("format", "format_version", "context_length", "tokenizer", "text_model", "resize",
+                "interpolation", "crop"):
+        assert bj[key] == base[key], key
+    assert bj["arch"] == base["arch"] and bj["dim"] == base["dim"] and bj["family"] == "graft"
+    for rel in [bj["image_model"]["file"], bj["tokenizer"]["vocab"], *bj["test"].values()]:
+        assert (dst / rel).exists(), rel
