@@ -16,7 +16,7 @@ run ingest vectors "$OUT/db" "$OUT/data/photos.parquet" --space demo --kind phot
 run ingest vectors "$OUT/db" "$OUT/data/tiles.parquet" --space demo --kind tile
 echo; echo "# 'water' photos in a box around Paris"
 run query "$OUT/db" --space demo --vector "$OUT/data/query-water.json" --bbox 1.8,48.5,2.9,49.2 -k 5 --explain
-echo; echo "# 'solar-farm' tiles within 25 km of Suva, Fiji (the circle crosses no line, the data does)"
+echo; echo "# 'solar-farm' tiles within 25 km of Suva, Fiji, beside the antimeridian"
 run query "$OUT/db" --space demo --vector "$OUT/data/query-solar-farm.json" --near=-18.14,178.44 --radius-km 25 --kind tile -k 5
 echo; echo "# photos in a box across the antimeridian, taken in 2021"
 run query "$OUT/db" --space demo --vector "$OUT/data/query-harbour.json" --bbox 178,-19,-179,-17 --from 2021-01-01 --to 2021-12-31 -k 5 --explain
