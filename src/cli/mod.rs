@@ -2,6 +2,9 @@
 //! Nothing here reaches below the public API of the library.
 
 pub mod args;
+mod classify;
+mod embed;
+mod ingest;
 pub mod output;
 
 use std::io::Write;
@@ -9,10 +12,10 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
-use args::{Cli, Command, IngestCmd, QueryArgs};
+use args::{Cli, Command, FilterArgs, IngestCmd, QueryArgs};
 use graftdb::io::geoparquet::{ExportGeom, ExportRow, GeoParquetWriter};
 use graftdb::io::parquet::ParquetVectorReader;
-use graftdb::{Db, Filter, Kind, Level, Metric, Photo, PixelRef, Query, Record, Region, Tile};
+use graftdb::{Db, Filter, Kind, Level, Metric, Photo, PixelRef, Query, Record, RecordId, Region, Tile};
 
 /// Run a parsed command line.
 pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
@@ -22,7 +25,11 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
             writeln!(out, "created {}", db.display())?;
         }
         Command::Ingest(IngestCmd::Vectors { db, file, space, kind, metric, batch }) => ingest_vectors(&db, &file, &space, kind, metric, batch, out)?,
+        Command::Ingest(IngestCmd::Raster(a)) => ingest::raster(&a, out)?,
+        Command::Ingest(IngestCmd::Photos(a)) => ingest::photos(&a, out)?,
         Command::Query(q) => query(&q, out)?,
+        Command::Embed(a) => embed::run(&a, out)?,
+        Command::Classify(a) => classify::run(&a, out)?,
         Command::Join { db, out: path } => join(&db, path.as_deref(), out)?,
         Command::Stats { db } => {
             let db = Db::open(&db)?;
@@ -92,8 +99,8 @@ fn ingest_vectors(db: &Path, file: &Path, space: &str, kind: Kind, metric: Metri
     Ok(())
 }
 
-fn build_filter(q: &QueryArgs) -> Result<Filter> {
-    let mut f = Filter { kind: q.kind, ..Default::default() };
+fn build_filter(q: &FilterArgs, kind: Option<Kind>) -> Result<Filter> {
+    let mut f = Filter { kind, ..Default::default() };
     if let Some(b) = &q.bbox {
         let v = args::parse_floats("--bbox", b, 4)?;
         f.regions.push(Region::bbox(v[0], v[1], v[2], v[3])?);
@@ -129,10 +136,60 @@ fn build_filter(q: &QueryArgs) -> Result<Filter> {
     Ok(f)
 }
 
+/// The query vectors of `query`: exactly one of --vector, --vectors, --text, --like.
+/// Returns `(vectors, record key to leave out)`.
+fn query_vectors(q: &QueryArgs, db: &Db, def: &graftdb::SpaceDef) -> Result<(Vec<Vec<f32>>, Option<u64>)> {
+    let given = [q.vector.is_some(), q.vectors.is_some(), q.text.is_some(), q.like.is_some()].iter().filter(|x| **x).count();
+    if given != 1 {
+        bail!("give exactly one of --vector FILE|-, --vectors FILE, --text \"...\" (with --model) or --like ID");
+    }
+    if q.model.is_some() && q.text.is_none() {
+        bail!("--model is used with --text only");
+    }
+    if let Some(text) = &q.text {
+        let Some(model) = &q.model else { bail!("--text needs --model BUNDLE (the bundle that filled space '{}')", q.space) };
+        let v = embed::text_vectors(model, def, &[text.as_str()])?;
+        return Ok((v, None));
+    }
+    if let Some(like) = &q.like {
+        if !matches!(def.level, Level::Image) {
+            bail!("--like: space '{}' is patch-level; use --like with the image-level space (records have no single vector here)", q.space);
+        }
+        let (key, rec) = find_record(db, like)?;
+        let v = db.vector(&q.space, key)?.with_context(|| {
+            format!("--like {like}: {} '{}' has no vector in space '{}'; run graftdb embed first", rec.kind().as_str(), rec.id(), q.space)
+        })?;
+        return Ok((vec![v], Some(key)));
+    }
+    let (rows, dim, data) = match (&q.vector, &q.vectors) {
+        (Some(v), None) if v == "-" => graftdb::io::vecfile::read_vectors_reader("<stdin>", std::io::stdin().lock())?,
+        (Some(v), None) | (None, Some(v)) => graftdb::io::vecfile::read_vectors(Path::new(v))?,
+        _ => bail!("give exactly one of --vector FILE|- or --vectors FILE"),
+    };
+    if q.vector.is_some() && rows != 1 {
+        bail!("--vector holds {rows} vectors; use --vectors for a batch");
+    }
+    let mut out = Vec::with_capacity(rows);
+    for i in 0..rows {
+        out.push(data.get(i * dim..(i + 1) * dim).context("vector file shorter than its shape")?.to_vec());
+    }
+    Ok((out, None))
+}
+
+/// A record by the id the user typed: digits try an integer id first, then a string id.
+fn find_record(db: &Db, id: &str) -> Result<(u64, Record)> {
+    if let Ok(i) = id.parse::<i64>() {
+        if let Some(found) = db.get(None, &RecordId::Int(i))? {
+            return Ok(found);
+        }
+    }
+    db.get(None, &RecordId::Str(id.to_string()))?.with_context(|| format!("--like {id}: no tile or photo has this id"))
+}
+
 fn query(q: &QueryArgs, out: &mut dyn Write) -> Result<()> {
     let db = Db::open(&q.db)?;
     let def = db.space(&q.space)?;
-    let filter = build_filter(q)?;
+    let filter = build_filter(&q.filter, q.kind)?;
     match (q.level, def.level) {
         (args::LevelArg::Patch, Level::Image) => bail!("--level patch: space '{}' is image-level; use a patch-level space", q.space),
         (args::LevelArg::Image, Level::Patch { .. }) => bail!("--level image: space '{}' is patch-level; add --level patch", q.space),
@@ -141,20 +198,17 @@ fn query(q: &QueryArgs, out: &mut dyn Write) -> Result<()> {
     if q.k == 0 {
         bail!("-k must be at least 1");
     }
-    let (rows, dim, data) = match (&q.vector, &q.vectors) {
-        (Some(v), None) if v == "-" => graftdb::io::vecfile::read_vectors_reader("<stdin>", std::io::stdin().lock())?,
-        (Some(v), None) => graftdb::io::vecfile::read_vectors(Path::new(v))?,
-        (None, Some(v)) => graftdb::io::vecfile::read_vectors(Path::new(v))?,
-        _ => bail!("give exactly one of --vector FILE|- or --vectors FILE"),
-    };
-    if q.vector.is_some() && rows != 1 {
-        bail!("--vector holds {rows} vectors; use --vectors for a batch");
-    }
+    let (vectors, leave_out) = query_vectors(q, &db, &def)?;
     let batch = q.vectors.is_some();
-    for i in 0..rows {
-        let v = data.get(i * dim..(i + 1) * dim).context("vector file shorter than its shape")?.to_vec();
-        let query = Query::new(&q.space, v, q.k).filter(filter.clone()).exact(q.exact);
-        let res = db.search(&query)?;
+    for v in vectors {
+        // --like leaves its own record out, so ask for one more.
+        let k = q.k + usize::from(leave_out.is_some());
+        let query = Query::new(&q.space, v, k).filter(filter.clone()).exact(q.exact);
+        let mut res = db.search(&query)?;
+        if let Some(key) = leave_out {
+            res.hits.retain(|h| h.key != key);
+            res.hits.truncate(q.k);
+        }
         if batch {
             writeln!(out, "{}", serde_json::to_string(&output::hits_json(&res.hits))?)?;
         } else {

@@ -158,6 +158,7 @@ fn tile_with(path: &Path, opts: &RasterOptions, over: &Overrides) -> Result<Rast
     let t = opts.tile_px as usize;
     let (nx, ny) = (width / t, height / t);
     let mut report = RasterReport { tiles: Vec::new(), nodata_fractions: Vec::new(), skipped_nodata: 0, gsd_m, crs };
+    let mut stretch = Stretch::new();
     for row in 0..ny {
         for col in 0..nx {
             let (x0, y0) = (col * t, row * t);
@@ -169,7 +170,7 @@ fn tile_with(path: &Path, opts: &RasterOptions, over: &Overrides) -> Result<Rast
             let window = [as_u32(x0), as_u32(y0), opts.tile_px, opts.tile_px];
             let footprint = footprint(path, &gt, &to_wgs84, x0 as f64, y0 as f64, t as f64)?;
             let pixels = if opts.store_pixels {
-                PixelRef::Stored(encode_png(path, &rgb_window(&ds, path, window)?)?)
+                PixelRef::Stored(encode_png(path, &rgb_window(&ds, path, window, &mut stretch)?)?)
             } else {
                 PixelRef::File { path: path.to_string_lossy().into_owned(), window }
             };
@@ -309,10 +310,41 @@ fn encode_png(path: &Path, img: &image::RgbImage) -> Result<Vec<u8>> {
 /// inside the raster.
 pub fn read_window_rgb(path: &Path, window: [u32; 4]) -> Result<image::RgbImage> {
     let ds = Dataset::open(path).map_err(gdal_err(path, "cannot open raster"))?;
-    rgb_window(&ds, path, window)
+    rgb_window(&ds, path, window, &mut Stretch::new())
 }
 
-fn rgb_window(ds: &Dataset, path: &Path, window: [u32; 4]) -> Result<image::RgbImage> {
+/// Per-band `(2nd, 98th)` percentiles, computed on first use.
+type Stretch = std::collections::HashMap<usize, (f64, f64)>;
+
+/// Reads many windows of one raster as [`read_window_rgb`] does, with identical pixels, but
+/// opens the file once and computes each band's stretch once instead of per window. Use it
+/// when embedding many tiles of the same file. Not `Sync`: one per thread.
+pub struct WindowReader {
+    ds: Dataset,
+    path: PathBuf,
+    stretch: Stretch,
+}
+
+impl WindowReader {
+    /// Open a raster for reading windows.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] naming the file when GDAL cannot open it.
+    pub fn open(path: &Path) -> Result<Self> {
+        let ds = Dataset::open(path).map_err(gdal_err(path, "cannot open raster"))?;
+        Ok(WindowReader { ds, path: path.to_path_buf(), stretch: Stretch::new() })
+    }
+
+    /// The window `[x_off, y_off, width, height]` as 8-bit RGB (see [`read_window_rgb`]).
+    ///
+    /// # Errors
+    /// As [`read_window_rgb`].
+    pub fn read(&mut self, window: [u32; 4]) -> Result<image::RgbImage> {
+        rgb_window(&self.ds, &self.path, window, &mut self.stretch)
+    }
+}
+
+fn rgb_window(ds: &Dataset, path: &Path, window: [u32; 4], stretch: &mut Stretch) -> Result<image::RgbImage> {
     let at = path.display().to_string();
     let [x0, y0, w, h] = window;
     let (width, height) = ds.raster_size();
@@ -338,7 +370,14 @@ fn rgb_window(ds: &Dataset, path: &Path, window: [u32; 4]) -> Result<image::RgbI
         let (lo, hi) = if band.band_type() == gdal::raster::GdalDataType::UInt8 {
             (0.0, 255.0)
         } else {
-            band_percentiles(&band, nd, path)?
+            match stretch.get(b) {
+                Some(s) => *s,
+                None => {
+                    let s = band_percentiles(&band, nd, path)?;
+                    stretch.insert(*b, s);
+                    s
+                }
+            }
         };
         let scale = if hi > lo { 255.0 / (hi - lo) } else { 0.0 };
         let ch: Vec<u8> = buf
