@@ -2,6 +2,8 @@
 # GPU smoke test and throughput benchmark for graft_train (ViT-B/16, random init, synthetic data).
 # Usage: tools/train/bench/gpu_bench.sh [OUTDIR]   (run from the repository root)
 # Needs a Python with torch (CUDA), open_clip, numpy, pillow, onnx, onnxruntime; set PYTHON.
+# (On a host whose Python lacks open_clip/ftfy/wcwidth, copy those pure-Python packages from
+# .venv-torch into a folder and put it on PYTHONPATH.)
 # What it measures: fit steps/s and tiles/s at batch 128 for bf16 autocast, fp16 autocast +
 # GradScaler and fp32; eval; export to ONNX (+ ORT check); then the pytest suite.
 set -euo pipefail
