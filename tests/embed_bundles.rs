@@ -281,6 +281,33 @@ fn cuda_request_on_a_cpu_library_is_a_clear_error_or_runs_on_cuda() {
     eprintln!("Device::Auto ran on {}", enc.provider());
 }
 
+/// `Device::Auto` picks CUDA when the loaded ONNX Runtime has it (the onnxruntime-gpu
+/// wheel) and a GPU is present, else CPU; either way the outputs must match PyTorch's
+/// CPU fp32 reference. CUDA may use TF32 matmuls, hence the looser bound there.
+#[test]
+fn auto_device_matches_pytorch_and_reports_its_provider() {
+    let dir = bundle_dir("tiny");
+    let bundle = Bundle::open(&dir).unwrap();
+    let opts = EncoderOptions { session: SessionOptions::default(), ..raw_cpu() };
+    let images = ImageEncoder::open(&bundle, &opts).unwrap();
+    let texts = TextEncoder::open(&bundle, &opts).unwrap();
+    let s = bundle.manifest().image_size as usize;
+    let (_, pixels) = npy_f32(&dir.join("test/pixels.npy"));
+    let out = images.embed_pixels(ArrayView4::from_shape((1, 3, s, s), &pixels).unwrap()).unwrap();
+    let (_, want) = npy_f32(&dir.join("test/embedding.npy"));
+    let (_, want_p) = npy_f32(&dir.join("test/patches.npy"));
+    let d = max_abs(&out.embeddings[0], &want);
+    let dp = max_abs(&out.patches.as_ref().unwrap()[0].data, &want_p);
+    let tol = if images.provider() == graftdb::embed::Provider::Cuda { 1e-2 } else { TOL };
+    eprintln!(
+        "Device::Auto: image on {}, text on {}, CUDA in library: {}; max abs vs torch: embedding {d:.2e}, patches {dp:.2e}",
+        images.provider(),
+        texts.provider(),
+        Runtime::global().unwrap().cuda_available()
+    );
+    assert!(d <= tol && dp <= tol, "{d} {dp} > {tol}");
+}
+
 /// Throughput, printed only: `cargo test --release --test embed_bundles -- --ignored --nocapture`.
 #[test]
 #[ignore = "timing report, not a check"]
