@@ -22,6 +22,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::ArrayView4;
 
 use super::args::{DeviceArg, EmbedArgs};
+use super::retry_locked;
 
 /// Failures printed one by one; the rest are counted.
 const SHOW_FAILED: usize = 20;
@@ -246,7 +247,7 @@ pub fn run(a: &EmbedArgs, out: &mut dyn Write) -> Result<()> {
     let dim = u32::try_from(m.dim).context("bundle dimension too large")?;
     let mismatch = |space: &str| format!("bundle {} (dim {}) does not fit space '{space}'", a.model.display(), m.dim);
     let image_space = if what.tiles || what.photos {
-        Some(db.create_space(&a.space, dim, Metric::Cos, Level::Image).with_context(|| mismatch(&a.space))?.name)
+        Some(retry_locked(|| db.create_space(&a.space, dim, Metric::Cos, Level::Image)).with_context(|| mismatch(&a.space))?.name)
     } else {
         None
     };
@@ -254,7 +255,7 @@ pub fn run(a: &EmbedArgs, out: &mut dyn Write) -> Result<()> {
         let name = a.patch_space.clone().unwrap_or_else(|| format!("{}-patch", a.space));
         let [rows, cols] = m.patch_grid;
         let level = Level::Patch { rows: u16::try_from(rows).context("patch grid too large")?, cols: u16::try_from(cols).context("patch grid too large")? };
-        Some(db.create_space(&name, dim, Metric::Cos, level).with_context(|| mismatch(&name))?.name)
+        Some(retry_locked(|| db.create_space(&name, dim, Metric::Cos, level)).with_context(|| mismatch(&name))?.name)
     } else {
         None
     };
@@ -341,7 +342,13 @@ pub fn run(a: &EmbedArgs, out: &mut dyn Write) -> Result<()> {
 
     let bar = if std::io::stderr().is_terminal() {
         let b = ProgressBar::new(jobs.len() as u64);
-        b.set_style(ProgressStyle::with_template("{spinner} embedding [{bar:40}] {pos}/{len} {per_sec} eta {eta}").unwrap_or_else(|_| ProgressStyle::default_bar()).progress_chars("=> "));
+        let style = ProgressStyle::with_template("{spinner} embedding [{bar:40}] {pos}/{len} {rate} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .with_key("rate", |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = write!(w, "{:.1} images/s", s.per_sec());
+            })
+            .progress_chars("=> ");
+        b.set_style(style);
         b
     } else {
         ProgressBar::hidden()
@@ -396,7 +403,7 @@ pub fn run(a: &EmbedArgs, out: &mut dyn Write) -> Result<()> {
                     tally.infer += ti.elapsed();
                     tally.images += n;
                     let tw = Instant::now();
-                    let mut w = db.begin_write()?;
+                    let mut w = retry_locked(|| db.begin_write())?;
                     for (slot, i) in p.ok.iter().enumerate() {
                         let job = &jobs[*i];
                         let at = format!("{} {}", job.kind.as_str(), job.id);

@@ -10,6 +10,7 @@ use graftdb::ingest::raster::{tile_raster, tiles_from_stac_item, RasterOptions};
 use graftdb::{Db, Record};
 
 use super::args::{self, OnErrorArg, PhotoFormatArg, PhotosArgs, RasterArgs};
+use super::retry_locked;
 
 /// Bad rows printed per file; the rest are counted.
 const SHOW_BAD: usize = 20;
@@ -68,7 +69,7 @@ pub fn raster(a: &RasterArgs, out: &mut dyn Write) -> Result<()> {
             }
         }
         let n = report.tiles.len();
-        let mut w = db.begin_write()?;
+        let mut w = retry_locked(|| db.begin_write())?;
         for tile in report.tiles {
             let at = format!("{} tile {}", file.display(), tile.id);
             w.insert_at(&at, Record::Tile(tile)).map_err(|e| nothing_written(e, file, i))?;
@@ -154,7 +155,7 @@ pub fn photos(a: &PhotosArgs, out: &mut dyn Write) -> Result<()> {
         let path = if is_jpeg_input(file, a.format) { absolute(file)? } else { file.clone() };
         let report = read_photos(&path, &opts).map_err(|e| nothing_written(e, file, i))?;
         let mut bad = report.bad;
-        let mut w = db.begin_write()?;
+        let mut w = retry_locked(|| db.begin_write())?;
         let mut n = 0usize;
         for p in report.photos {
             let at = format!("{}: photo {}", file.display(), p.id);

@@ -17,6 +17,26 @@ use graftdb::io::geoparquet::{ExportGeom, ExportRow, GeoParquetWriter};
 use graftdb::io::parquet::ParquetVectorReader;
 use graftdb::{Db, Filter, Kind, Level, Metric, Photo, PixelRef, Query, Record, RecordId, Region, Tile};
 
+/// How long a write waits for another process's write lock before giving up.
+const WRITE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Run `f` again while the database is locked by another process, for up to [`WRITE_WAIT`].
+/// Any process opening the database (even `graftdb query` or `stats`) holds the write lock
+/// for a moment, so a long `embed` or `ingest` must not give up at the first refusal.
+pub(crate) fn retry_locked<T>(mut f: impl FnMut() -> graftdb::Result<T>) -> graftdb::Result<T> {
+    let t0 = std::time::Instant::now();
+    let mut pause = std::time::Duration::from_millis(2);
+    loop {
+        match f() {
+            Err(graftdb::Error::Locked { .. }) if t0.elapsed() < WRITE_WAIT => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_millis(100));
+            }
+            r => return r,
+        }
+    }
+}
+
 /// Run a parsed command line.
 pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
     match cli.command {
