@@ -1,0 +1,407 @@
+//! The engine benchmark: filtered kNN over clustered 512-d vectors at photo-like points.
+//!
+//! Run: `cargo bench --bench engine` (1M records; needs ~8 GB RAM and a while), or scale
+//! down with `GRAFTDB_BENCH_N=100000`. `GRAFTDB_BENCH_Q` sets queries per selectivity
+//! (default 200). CI only compiles this (`cargo bench --no-run`); timings never gate a build.
+//!
+//! It prints one markdown report: the machine, the generator, ingest/build/open/disk/RSS
+//! figures, and per selectivity (0.01 % … 100 %) p50/p99 latency, mean recall@10 and mean
+//! results returned for three engines in the same run, each behind the same small adapter:
+//! - **graftdb**: `Db::search` with default options (the planner picks exact or graph);
+//! - **brute force**: a plain single-thread Rust loop over every vector with the bbox mask,
+//!   which is also the reference for recall;
+//! - **hnsw+post-filter**: a separate usearch index over the same vectors (same M, ef_add and
+//!   f16 storage as graftdb's), searched unfiltered for k' = 10·k, then filtered by bbox.
+//!
+//! **Generator** (seeded, `generate` below): 30 cities at uniform random centres in
+//! lon [-160, 160], lat [-50, 65], Zipf weights 1/rank, gaussian spread σ ∈ [0.02°, 0.8°];
+//! 5 % of points scattered uniformly. 50 unit content centroids (gaussian directions);
+//! each record is a centroid plus gaussian noise σ = 0.03 per dimension, renormalised; a
+//! record's centroid is one of its city's 5 preferred centroids with p = 0.7, else uniform.
+//! Noise vectors come from a pool of 4,096 gaussian vectors used at random rotations.
+//! Queries: a content centroid plus σ = 0.04 noise; the bbox is grown around a random
+//! record (aspect ratio 0.5–2) until it holds the target number of records.
+
+use std::time::{Duration, Instant};
+
+use graftdb::{Db, Filter, Level, Metric, Photo, Query, Record, RecordId, Region};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rand_distr::{Distribution, Normal};
+
+const DIM: usize = 512;
+const CITIES: usize = 30;
+const CENTROIDS: usize = 50;
+const POOL: usize = 4_096;
+const K: usize = 10;
+const SELECTIVITIES: [f64; 6] = [0.0001, 0.001, 0.01, 0.1, 0.5, 1.0];
+const SEED: u64 = 0x6AF7_BE4C;
+
+struct Data {
+    n: usize,
+    lon: Vec<f64>,
+    lat: Vec<f64>,
+    vecs: Vec<f32>,
+    centroids: Vec<Vec<f32>>,
+}
+
+impl Data {
+    fn v(&self, i: usize) -> &[f32] {
+        &self.vecs[i * DIM..(i + 1) * DIM]
+    }
+    fn inside(&self, i: usize, b: &Option<[f64; 4]>) -> bool {
+        b.is_none_or(|b| b[0] <= self.lon[i] && self.lon[i] <= b[2] && b[1] <= self.lat[i] && self.lat[i] <= b[3])
+    }
+}
+
+fn normalise(v: &mut [f32]) {
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.iter_mut().for_each(|x| *x /= n);
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for j in 0..16 {
+            acc[j] += x[j] * y[j];
+        }
+    }
+    acc.iter().sum::<f32>() + ra.iter().zip(rb).map(|(x, y)| x * y).sum::<f32>()
+}
+
+fn generate(n: usize) -> Data {
+    let mut rng = StdRng::seed_from_u64(SEED);
+    let std = Normal::new(0.0f64, 1.0).unwrap();
+    let cities: Vec<(f64, f64, f64, f64)> = (0..CITIES)
+        .map(|i| (rng.random_range(-160.0..160.0), rng.random_range(-50.0..65.0), rng.random_range(0.02..0.8), 1.0 / (i as f64 + 1.0)))
+        .collect();
+    let total: f64 = cities.iter().map(|c| c.3).sum();
+    let centroids: Vec<Vec<f32>> = (0..CENTROIDS)
+        .map(|_| {
+            let mut c: Vec<f32> = (0..DIM).map(|_| std.sample(&mut rng) as f32).collect();
+            normalise(&mut c);
+            c
+        })
+        .collect();
+    let noise = Normal::new(0.0f32, 0.03).unwrap();
+    let pool: Vec<f32> = (0..POOL * DIM).map(|_| noise.sample(&mut rng)).collect();
+    let (mut lon, mut lat, mut vecs) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n * DIM));
+    for _ in 0..n {
+        let mut pick = rng.random_range(0.0..total);
+        let mut city = CITIES - 1;
+        for (i, c) in cities.iter().enumerate() {
+            if pick < c.3 {
+                city = i;
+                break;
+            }
+            pick -= c.3;
+        }
+        let (cx, cy, sd, _) = cities[city];
+        if rng.random_bool(0.05) {
+            lon.push(rng.random_range(-179.0..179.0));
+            lat.push(rng.random_range(-60.0..70.0));
+        } else {
+            lon.push((cx + sd * std.sample(&mut rng)).clamp(-179.9, 179.9));
+            lat.push((cy + sd * std.sample(&mut rng)).clamp(-89.9, 89.9));
+        }
+        let c = if rng.random_bool(0.7) { (city * 7 + rng.random_range(0..5)) % CENTROIDS } else { rng.random_range(0..CENTROIDS) };
+        let p = &pool[rng.random_range(0..POOL) * DIM..][..DIM];
+        let off = rng.random_range(0..DIM);
+        let start = vecs.len();
+        vecs.extend(centroids[c].iter().enumerate().map(|(j, x)| x + p[(j + off) % DIM]));
+        normalise(&mut vecs[start..]);
+    }
+    Data { n, lon, lat, vecs, centroids }
+}
+
+fn grow_box(d: &Data, lon: f64, lat: f64, aspect: f64, target: usize) -> [f64; 4] {
+    let mut need: Vec<f64> = d.lon.iter().zip(&d.lat).map(|(x, y)| (x - lon).abs().max((y - lat).abs() / aspect)).collect();
+    let (_, h, _) = need.select_nth_unstable_by(target - 1, f64::total_cmp);
+    let h = *h;
+    [(lon - h).max(-180.0), (lat - h * aspect).max(-90.0), (lon + h).min(180.0), (lat + h * aspect).min(90.0)]
+}
+
+struct Q {
+    bbox: Option<[f64; 4]>,
+    v: Vec<f32>,
+}
+
+/// One engine under test: answer a query with (record index, exact score) pairs, best first.
+trait Engine {
+    fn name(&self) -> &'static str;
+    fn search(&mut self, d: &Data, q: &Q) -> Vec<(usize, f32)>;
+    /// Anything to add to the row (graftdb: which plan paths ran), resetting it.
+    fn note(&mut self) -> String {
+        String::new()
+    }
+}
+
+struct Graft {
+    db: Db,
+    paths: std::collections::BTreeMap<&'static str, usize>,
+}
+
+impl Engine for Graft {
+    fn name(&self) -> &'static str {
+        "graftdb"
+    }
+    fn search(&mut self, _d: &Data, q: &Q) -> Vec<(usize, f32)> {
+        let filter = Filter { regions: q.bbox.map(|b| Region::bbox(b[0], b[1], b[2], b[3]).unwrap()).into_iter().collect(), ..Default::default() };
+        let res = self.db.search(&Query::new("clip", q.v.clone(), K).filter(filter)).unwrap();
+        *self.paths.entry(res.explain.path.as_str()).or_default() += 1;
+        res.hits.iter().map(|h| (if let RecordId::Int(i) = h.id { i as usize } else { usize::MAX }, h.score)).collect()
+    }
+    fn note(&mut self) -> String {
+        let s = self.paths.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ");
+        self.paths.clear();
+        s
+    }
+}
+
+struct Brute;
+
+impl Engine for Brute {
+    fn name(&self) -> &'static str {
+        "brute force"
+    }
+    fn search(&mut self, d: &Data, q: &Q) -> Vec<(usize, f32)> {
+        let mut top: Vec<(usize, f32)> = Vec::with_capacity(K + 1);
+        for i in 0..d.n {
+            if !d.inside(i, &q.bbox) {
+                continue;
+            }
+            let s = dot(&q.v, d.v(i));
+            if top.len() < K || s > top[K - 1].1 {
+                let pos = top.partition_point(|x| x.1 >= s);
+                top.insert(pos, (i, s));
+                top.truncate(K);
+            }
+        }
+        top
+    }
+}
+
+struct PostFilter {
+    index: usearch::Index,
+}
+
+impl Engine for PostFilter {
+    fn name(&self) -> &'static str {
+        "hnsw+post-filter"
+    }
+    fn search(&mut self, d: &Data, q: &Q) -> Vec<(usize, f32)> {
+        let m = self.index.search(&q.v, 10 * K).unwrap();
+        m.keys.iter().map(|&k| k as usize).filter(|&i| d.inside(i, &q.bbox)).take(K).map(|i| (i, dot(&q.v, d.v(i)))).collect()
+    }
+}
+
+fn build_peer(d: &Data, threads: usize) -> usearch::Index {
+    let opts = usearch::IndexOptions {
+        dimensions: DIM,
+        metric: usearch::MetricKind::IP,
+        quantization: usearch::ScalarKind::F16,
+        connectivity: 16,
+        expansion_add: 128,
+        expansion_search: 128,
+        multi: false,
+    };
+    let index = usearch::Index::new(&opts).unwrap();
+    index.reserve_capacity_and_threads(d.n, threads).unwrap();
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let index = &index;
+            s.spawn(move || {
+                let mut i = t;
+                while i < d.n {
+                    index.add(i as u64, d.v(i)).unwrap();
+                    i += threads;
+                }
+            });
+        }
+    });
+    index
+}
+
+fn proc_status(field: &str) -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with(field)).map(|l| l.trim_start_matches(field).trim().to_string()))
+        .unwrap_or_else(|| "?".into())
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpu.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).unwrap_or("?").trim().to_string();
+    let cores = cpu.lines().filter(|l| l.starts_with("processor")).count();
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| s.lines().next().map(|l| l.trim_start_matches("MemTotal:").trim().to_string()))
+        .unwrap_or_default();
+    format!("{model}, {cores} logical cores, {mem} RAM")
+}
+
+fn dir_bytes(p: &std::path::Path) -> u64 {
+    let mut total = 0;
+    for e in std::fs::read_dir(p).unwrap().flatten() {
+        let m = e.metadata().unwrap();
+        total += if m.is_dir() { dir_bytes(&e.path()) } else { m.len() };
+    }
+    total
+}
+
+fn pct(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1e3
+}
+
+fn main() {
+    let n: usize = std::env::var("GRAFTDB_BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let nq: usize = std::env::var("GRAFTDB_BENCH_Q").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
+    let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
+    let mut log = Vec::<String>::new();
+    let t = Instant::now();
+    let d = generate(n);
+    eprintln!("generated {n} × {DIM} in {:.1?}", t.elapsed());
+
+    let tmp = tempfile::tempdir_in(std::env::var("GRAFTDB_BENCH_DIR").unwrap_or_else(|_| std::env::temp_dir().display().to_string())).unwrap();
+    let path = tmp.path().join("bench.graftdb");
+    let db = Db::create(&path).unwrap();
+    db.create_space("clip", DIM as u32, Metric::Cos, Level::Image).unwrap();
+    let t = Instant::now();
+    for start in (0..n).step_by(10_000) {
+        let mut w = db.begin_write().unwrap();
+        for i in start..(start + 10_000).min(n) {
+            let rec = Record::Photo(Photo {
+                id: RecordId::Int(i as i64),
+                lon: d.lon[i],
+                lat: d.lat[i],
+                accuracy: Some(16),
+                time: Some(1_500_000_000_000_000 + i as i64 * 1_000_000),
+                source: "bench".into(),
+                license: None,
+                url: None,
+                user: None,
+            });
+            let key = w.insert(rec).unwrap();
+            w.put_vector("clip", key, d.v(i)).unwrap();
+        }
+        w.commit().unwrap();
+    }
+    let ingest = t.elapsed();
+    eprintln!("ingest {:.1?}", ingest);
+    let t = Instant::now();
+    db.checkpoint().unwrap();
+    let build = t.elapsed();
+    eprintln!("checkpoint {:.1?}", build);
+    drop(db);
+    let disk = dir_bytes(&path);
+    let rss_before_open = proc_status("VmRSS:");
+    let t = Instant::now();
+    let db = Db::open(&path).unwrap();
+    let open = t.elapsed();
+    let rss_after_open = proc_status("VmRSS:");
+    eprintln!("open {:.1?}", open);
+    let t = Instant::now();
+    let peer = build_peer(&d, threads);
+    let peer_build = t.elapsed();
+    eprintln!("peer build {:.1?}", peer_build);
+
+    let mut engines: Vec<Box<dyn Engine>> = vec![Box::new(Graft { db, paths: Default::default() }), Box::new(Brute), Box::new(PostFilter { index: peer })];
+    let mut rng = StdRng::seed_from_u64(SEED + 1);
+    let qnoise = Normal::new(0.0f32, 0.04).unwrap();
+    let make_q = |rng: &mut StdRng, sel: f64| {
+        let target = ((sel * n as f64).round() as usize).max(1);
+        let a = rng.random_range(0..n);
+        let bbox = if sel >= 1.0 { None } else { Some(grow_box(&d, d.lon[a], d.lat[a], rng.random_range(0.5..2.0), target)) };
+        let mut v: Vec<f32> = d.centroids[rng.random_range(0..CENTROIDS)].iter().map(|x| x + qnoise.sample(rng)).collect();
+        normalise(&mut v);
+        Q { bbox, v }
+    };
+    // Warm up page cache and mapped files: 20 unfiltered queries per engine, untimed.
+    for _ in 0..20 {
+        let q = make_q(&mut rng, 1.0);
+        for e in engines.iter_mut() {
+            e.search(&d, &q);
+        }
+    }
+    for e in engines.iter_mut() {
+        e.note();
+    }
+    let mut rows = Vec::new();
+    for sel in SELECTIVITIES {
+        let qs: Vec<Q> = (0..nq).map(|_| make_q(&mut rng, sel)).collect();
+        let matches: f64 = qs.iter().map(|q| (0..n).filter(|&i| d.inside(i, &q.bbox)).count() as f64).sum::<f64>() / nq as f64;
+        let mut answers: Vec<Vec<Vec<(usize, f32)>>> = Vec::new();
+        let mut times: Vec<Vec<Duration>> = Vec::new();
+        for e in engines.iter_mut() {
+            let mut a = Vec::with_capacity(nq);
+            let mut ts = Vec::with_capacity(nq);
+            for q in &qs {
+                let t = Instant::now();
+                let r = e.search(&d, q);
+                ts.push(t.elapsed());
+                a.push(r);
+            }
+            ts.sort();
+            answers.push(a);
+            times.push(ts);
+        }
+        // Recall against brute force (engine 1). A hit is a true neighbour when it is inside
+        // the box and scores at least the k-th true score less float error.
+        for (ei, e) in engines.iter_mut().enumerate() {
+            let (mut recall, mut returned) = (0.0, 0usize);
+            for (qi, q) in qs.iter().enumerate() {
+                let truth = &answers[1][qi];
+                let got = &answers[ei][qi];
+                returned += got.len();
+                if truth.is_empty() {
+                    recall += 1.0;
+                    continue;
+                }
+                let kth = truth[truth.len() - 1].1;
+                let good = got.iter().filter(|(i, _)| *i < n && d.inside(*i, &q.bbox) && dot(&q.v, d.v(*i)) >= kth - 1e-5).count();
+                recall += good.min(truth.len()) as f64 / truth.len() as f64;
+            }
+            rows.push(format!(
+                "| {:.2} % | {:.0} | {} | {:.3} | {:.3} | {:.4} | {:.2} | {} |",
+                sel * 100.0,
+                matches,
+                e.name(),
+                pct(&times[ei], 0.5),
+                pct(&times[ei], 0.99),
+                recall / nq as f64,
+                returned as f64 / nq as f64,
+                e.note()
+            ));
+        }
+        eprintln!("selectivity {sel} done");
+    }
+    log.push(format!("# graftdb engine benchmark, N = {n}"));
+    log.push(String::new());
+    log.push(format!("- Machine: {}", machine()));
+    log.push(format!(
+        "- Dataset: {n} photos × {DIM}-d f32 (cos), seed {SEED:#x}: {CITIES} Zipf-weighted gaussian cities + 5 % scattered; \
+         {CENTROIDS} content centroids + N(0, 0.03²) noise, city-preferred clusters (see `benches/engine.rs`, `generate`)"
+    ));
+    log.push(format!("- Queries: {nq} per selectivity, k = {K}, single thread; bbox grown around a random record to the target count"));
+    log.push(format!("- graftdb: default `Options` (exact_threshold 20 000, hnsw_min_rows 20 000), graph M = 16, ef_add = 128, f16"));
+    log.push(format!("- hnsw+post-filter: separate usearch index, M = 16, ef_add = 128, ef_search = 128, f16; unfiltered k' = {}, then bbox filter", 10 * K));
+    log.push(String::new());
+    log.push("| measure | value |".into());
+    log.push("|---|---|".into());
+    log.push(format!("| bulk ingest (10k-record commits, no graph) | {:.0} records/s ({:.1} s) |", n as f64 / ingest.as_secs_f64(), ingest.as_secs_f64()));
+    log.push(format!("| checkpoint: arena + HNSW build + persist ({threads} threads) | {:.1} s |", build.as_secs_f64()));
+    log.push(format!("| peer usearch build ({threads} threads) | {:.1} s |", peer_build.as_secs_f64()));
+    log.push(format!("| open (`Db::open`) | {:.1} ms |", open.as_secs_f64() * 1e3));
+    log.push(format!("| disk | {:.0} bytes/record ({:.2} GB) |", disk as f64 / n as f64, disk as f64 / 1e9));
+    log.push(format!("| RSS before / after open | {rss_before_open} / {rss_after_open} |"));
+    log.push(format!("| peak RSS (whole process, incl. generator's copy and peer index) | {} |", proc_status("VmHWM:")));
+    log.push(String::new());
+    log.push("| selectivity | mean matches | engine | p50 ms | p99 ms | recall@10 | mean returned | plan paths |".into());
+    log.push("|---|---|---|---|---|---|---|---|".into());
+    log.extend(rows);
+    log.push(String::new());
+    println!("{}", log.join("\n"));
+}
