@@ -110,16 +110,44 @@ fn half_extent(seg: &Segment) -> f64 {
 /// ```
 pub struct Db {
     dir: PathBuf,
-    redb: redb::Database,
+    redb: Store,
+    /// Held for the life of a read-write handle: one writer per database, across processes.
+    _writer_lock: Option<std::fs::File>,
     spaces: RwLock<HashMap<String, Arc<SpaceHandle>>>,
     counters: PlanCounters,
     opts: Options,
+}
+
+/// The redb handle: read-write, or read-only (which never blocks a writer in another process).
+pub(crate) enum Store {
+    ReadWrite(redb::Database),
+    ReadOnly(redb::ReadOnlyDatabase),
+}
+
+impl Store {
+    pub(crate) fn begin_read(&self) -> std::result::Result<redb::ReadTransaction, redb::TransactionError> {
+        match self {
+            Store::ReadWrite(d) => d.begin_read(),
+            Store::ReadOnly(d) => d.begin_read(),
+        }
+    }
 }
 
 fn builder() -> redb::Builder {
     let mut b = redb::Builder::new();
     b.set_concurrency_mode(redb::ConcurrencyMode::MultiWriter);
     b
+}
+
+/// The lock file that makes a read-write handle exclusive. Fails at once when held.
+fn writer_lock(dir: &Path) -> Result<std::fs::File> {
+    let p = dir.join("writer.lock");
+    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&p).map_err(|e| Error::io(&p, e))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked { path: dir.into() }),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::io(&p, e)),
+    }
 }
 
 fn map_open_err(path: &Path, e: redb::DatabaseError) -> Error {
@@ -144,6 +172,7 @@ impl Db {
             return Err(Error::invalid(dir.display().to_string(), "a graftdb database already exists here"));
         }
         std::fs::create_dir_all(dir.join(INDEX_DIR)).map_err(|e| Error::io(&dir, e))?;
+        let lock = writer_lock(&dir)?;
         let redb = builder().create(&file).map_err(|e| map_open_err(&file, e))?;
         let w = redb.begin_write()?;
         {
@@ -156,7 +185,7 @@ impl Db {
             w.open_table(VECTOR_LOG)?;
         }
         w.commit()?;
-        Ok(Db { dir, redb, spaces: RwLock::new(HashMap::new()), counters: PlanCounters::default(), opts })
+        Ok(Db { dir, redb: Store::ReadWrite(redb), _writer_lock: Some(lock), spaces: RwLock::new(HashMap::new()), counters: PlanCounters::default(), opts })
     }
 
     /// Open an existing database directory.
@@ -164,19 +193,48 @@ impl Db {
         Self::open_with(dir, Options::default())
     }
 
+    /// Open an existing database for reading only. It never takes the write lock, so it
+    /// opens and reads while another process writes, and sees each commit as it lands.
+    /// Writes through it return an error.
+    pub fn open_read_only(dir: impl AsRef<Path>) -> Result<Db> {
+        Self::open_inner(dir.as_ref(), Options::default(), true)
+    }
+
     /// [`Db::open`] with options.
     pub fn open_with(dir: impl AsRef<Path>, opts: Options) -> Result<Db> {
-        let dir = dir.as_ref().to_path_buf();
+        Self::open_inner(dir.as_ref(), opts, false)
+    }
+
+    fn open_inner(dir: &Path, opts: Options, read_only: bool) -> Result<Db> {
+        let dir = dir.to_path_buf();
         let file = dir.join(REDB_FILE);
         if !file.is_file() {
             return Err(Error::invalid(dir.display().to_string(), format!("not a graftdb database (no {REDB_FILE} inside)")));
         }
-        let redb = builder().open(&file).map_err(|e| map_open_err(&file, e))?;
-        let db = Db { dir, redb, spaces: RwLock::new(HashMap::new()), counters: PlanCounters::default(), opts };
-        let r = db.redb.begin_read()?;
+        let (redb, lock) = if read_only {
+            let ro = match builder().open_read_only(&file) {
+                // After a crash the file needs repair, which only a writer may do: repair
+                // (taking the writer lock, failing at once if a writer is busy), then read.
+                Err(redb::DatabaseError::RepairAborted) => {
+                    let lock = writer_lock(&dir)?;
+                    drop(builder().open(&file).map_err(|e| map_open_err(&file, e))?);
+                    drop(lock);
+                    builder().open_read_only(&file)
+                }
+                other => other,
+            };
+            (Store::ReadOnly(ro.map_err(|e| map_open_err(&file, e))?), None)
+        } else {
+            // Take our lock first: redb's own open would wait, not fail, on a busy writer.
+            let lock = writer_lock(&dir)?;
+            (Store::ReadWrite(builder().open(&file).map_err(|e| map_open_err(&file, e))?), Some(lock))
+        };
+        let db = Db { dir, redb, _writer_lock: lock, spaces: RwLock::new(HashMap::new()), counters: PlanCounters::default(), opts };
+        let corrupt = |e: &dyn std::fmt::Display| Error::Corrupt { path: file.clone(), detail: e.to_string() };
+        let r = db.redb.begin_read().map_err(|e| corrupt(&e))?;
         let version = {
             let meta = r.open_table(META).map_err(|e| Error::Corrupt { path: file.clone(), detail: e.to_string() })?;
-            let v = meta.get("format_version")?.ok_or_else(|| Error::Corrupt { path: file.clone(), detail: "no format version".into() })?;
+            let v = meta.get("format_version").map_err(|e| corrupt(&e))?.ok_or_else(|| Error::Corrupt { path: file.clone(), detail: "no format version".into() })?;
             let b: [u8; 4] = v.value().try_into().map_err(|_| Error::Corrupt { path: file.clone(), detail: "bad format version".into() })?;
             u32::from_le_bytes(b)
         };
@@ -340,10 +398,21 @@ impl Db {
     }
 
     fn try_write(&self) -> Result<redb::WriteTransaction> {
-        match self.redb.try_begin_write() {
-            Ok(w) => Ok(w),
-            Err(redb::TransactionError::WouldBlock) => Err(Error::Locked { path: self.dir.clone() }),
-            Err(e) => Err(e.into()),
+        let Store::ReadWrite(d) = &self.redb else {
+            return Err(Error::invalid(self.dir.display().to_string(), "the database was opened read-only"));
+        };
+        // Another process opening the file holds the write lock for a moment; a real
+        // writer holds it for its whole transaction. Wait out the first, not the second.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(500);
+        loop {
+            match d.try_begin_write() {
+                Ok(w) => return Ok(w),
+                Err(redb::TransactionError::WouldBlock) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                Err(redb::TransactionError::WouldBlock) => return Err(Error::Locked { path: self.dir.clone() }),
+                Err(e) => return Err(e.into()),
+            }
         }
     }
 
@@ -539,7 +608,7 @@ impl Db {
         Ok(())
     }
 
-    pub(crate) fn redb(&self) -> &redb::Database {
+    pub(crate) fn redb(&self) -> &Store {
         &self.redb
     }
 

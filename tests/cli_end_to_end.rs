@@ -296,3 +296,39 @@ fn graftdb_test_support_bump_version(db: &Path) {
     }
     w.commit().unwrap();
 }
+
+/// A second process reads while this one holds an open write transaction, and sees only
+/// committed data; a second writer in another process gets a clear "locked" error.
+#[test]
+fn readers_in_other_processes_proceed_during_a_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = setup(dir.path());
+    let d = db.to_str().unwrap();
+    let q = dir.path().join("q.json");
+    std::fs::write(&q, "[1, 0, 0, 0]").unwrap();
+    let qs = q.to_str().unwrap();
+    let handle = graftdb::Db::open(&db).unwrap();
+    let mut w = handle.begin_write().unwrap();
+    let p = graftdb::Photo { id: graftdb::RecordId::Int(5000), lon: 10.0, lat: 50.0, accuracy: None, time: None, source: "t".into(), license: None, url: None, user: None };
+    let key = w.insert(graftdb::Record::Photo(p)).unwrap();
+    w.put_vector("s", key, &[1.0, 0.0, 0.0, 0.0]).unwrap();
+    // Reader in another process, during the write: sees the 100 committed records only.
+    let count = |extra: &[&str]| {
+        let mut args = vec!["query", d, "--space", "s", "--vector", qs, "-k", "1000", "--format", "json"];
+        args.extend_from_slice(extra);
+        let out = ok(&args);
+        serde_json::from_str::<serde_json::Value>(&out).unwrap().as_array().unwrap().len()
+    };
+    assert_eq!(count(&[]), 100);
+    assert!(ok(&["stats", d]).contains("\"photos\": 100"));
+    // A writer in another process is refused while this transaction is open.
+    let p2 = dir.path().join("more.parquet");
+    let mut r = photos(2);
+    r.ids = vec![7000, 7001];
+    write_parquet(&p2, &r);
+    let e = fails(&["ingest", "vectors", d, p2.to_str().unwrap(), "--space", "s"]);
+    assert!(e.contains("locked"), "{e}");
+    w.commit().unwrap();
+    assert_eq!(count(&[]), 101, "the commit is visible to a new reader");
+    drop(handle);
+}

@@ -65,7 +65,7 @@ pub fn run(a: &ClassifyArgs, out: &mut dyn Write) -> Result<()> {
         bail!("--temperature {}: a positive number", a.temperature);
     }
     let filter = build_filter(&a.filter, Some(graftdb::Kind::Tile))?;
-    let db = Db::open(&a.db)?;
+    let db = Db::open_read_only(&a.db)?;
     let def = db.space(&a.space)?;
     if !matches!(def.level, Level::Image) {
         bail!("--space '{}' is patch-level; classify tiles with the image-level space", a.space);

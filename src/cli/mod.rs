@@ -52,12 +52,12 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
         Command::Classify(a) => classify::run(&a, out)?,
         Command::Join { db, out: path } => join(&db, path.as_deref(), out)?,
         Command::Stats { db } => {
-            let db = Db::open(&db)?;
+            let db = Db::open_read_only(&db)?;
             let s = db.stats()?;
             writeln!(out, "{}", serde_json::to_string_pretty(&s)?)?;
         }
         Command::Check { db } => {
-            let d = Db::open(&db)?;
+            let d = Db::open_read_only(&db)?;
             let problems = d.check()?;
             if problems.is_empty() {
                 writeln!(out, "{}: ok", db.display())?;
@@ -207,7 +207,7 @@ fn find_record(db: &Db, id: &str) -> Result<(u64, Record)> {
 }
 
 fn query(q: &QueryArgs, out: &mut dyn Write) -> Result<()> {
-    let db = Db::open(&q.db)?;
+    let db = Db::open_read_only(&q.db)?;
     let def = db.space(&q.space)?;
     let filter = build_filter(&q.filter, q.kind)?;
     match (q.level, def.level) {
@@ -242,7 +242,7 @@ fn query(q: &QueryArgs, out: &mut dyn Write) -> Result<()> {
 }
 
 fn join(db: &Path, path: Option<&Path>, out: &mut dyn Write) -> Result<()> {
-    let db = Db::open(db)?;
+    let db = Db::open_read_only(db)?;
     let mut file: Box<dyn Write> = match path {
         Some(p) => Box::new(std::io::BufWriter::new(std::fs::File::create(p).with_context(|| format!("{}: cannot create", p.display()))?)),
         None => Box::new(std::io::sink()),
@@ -268,7 +268,7 @@ fn join(db: &Path, path: Option<&Path>, out: &mut dyn Write) -> Result<()> {
 }
 
 fn export(db: &Path, path: &Path, out: &mut dyn Write) -> Result<()> {
-    let db = Db::open(db)?;
+    let db = Db::open_read_only(db)?;
     let spaces: Vec<_> = db.spaces()?.into_iter().filter(|s| matches!(s.level, Level::Image)).collect();
     let cols: Vec<(String, usize)> = spaces.iter().map(|s| (s.name.clone(), s.dim as usize)).collect();
     let mut w = GeoParquetWriter::create(path, &cols)?;
