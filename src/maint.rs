@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
+use redb::{ReadableTable, ReadableTableMetadata};
 use rstar::primitives::{GeomWithData, Rectangle};
 use rstar::RTree;
 
