@@ -11,7 +11,7 @@
 //! - **brute force**: a plain single-thread Rust loop over every vector with the bbox mask,
 //!   which is also the reference for recall;
 //! - **hnsw+post-filter**: a separate usearch index over the same vectors (same M, ef_add and
-//!   f16 storage as graftdb's), searched unfiltered for k' = 10·k, then filtered by bbox.
+//!   f32 storage as graftdb's), searched unfiltered for k' = 10·k, then filtered by bbox.
 //!
 //! **Generator** (seeded, `generate` below): 30 cities at uniform random centres in
 //! lon [-160, 160], lat [-50, 65], Zipf weights 1/rank, gaussian spread σ ∈ [0.02°, 0.8°];
@@ -201,9 +201,9 @@ fn build_peer(d: &Data, threads: usize) -> usearch::Index {
     let opts = usearch::IndexOptions {
         dimensions: DIM,
         metric: usearch::MetricKind::IP,
-        quantization: usearch::ScalarKind::F16,
+        quantization: usearch::ScalarKind::F32,
         connectivity: 16,
-        expansion_add: 128,
+        expansion_add: graftdb::index::hnsw::EXPANSION_ADD,
         expansion_search: 128,
         multi: false,
     };
@@ -271,22 +271,24 @@ fn main() {
     db.create_space("clip", DIM as u32, Metric::Cos, Level::Image).unwrap();
     let t = Instant::now();
     for start in (0..n).step_by(10_000) {
+        let rows: Vec<(Record, Vec<f32>)> = (start..(start + 10_000).min(n))
+            .map(|i| {
+                let rec = Record::Photo(Photo {
+                    id: RecordId::Int(i as i64),
+                    lon: d.lon[i],
+                    lat: d.lat[i],
+                    accuracy: Some(16),
+                    time: Some(1_500_000_000_000_000 + i as i64 * 1_000_000),
+                    source: "bench".into(),
+                    license: None,
+                    url: None,
+                    user: None,
+                });
+                (rec, d.v(i).to_vec())
+            })
+            .collect();
         let mut w = db.begin_write().unwrap();
-        for i in start..(start + 10_000).min(n) {
-            let rec = Record::Photo(Photo {
-                id: RecordId::Int(i as i64),
-                lon: d.lon[i],
-                lat: d.lat[i],
-                accuracy: Some(16),
-                time: Some(1_500_000_000_000_000 + i as i64 * 1_000_000),
-                source: "bench".into(),
-                license: None,
-                url: None,
-                user: None,
-            });
-            let key = w.insert(rec).unwrap();
-            w.put_vector("clip", key, d.v(i)).unwrap();
-        }
+        w.insert_batch("bench", start as u64 + 1, "clip", &rows).unwrap();
         w.commit().unwrap();
     }
     let ingest = t.elapsed();
@@ -386,8 +388,8 @@ fn main() {
          {CENTROIDS} content centroids + N(0, 0.03²) noise, city-preferred clusters (see `benches/engine.rs`, `generate`)"
     ));
     log.push(format!("- Queries: {nq} per selectivity, k = {K}, single thread; bbox grown around a random record to the target count"));
-    log.push(format!("- graftdb: default `Options` (exact_threshold 20 000, hnsw_min_rows 20 000), graph M = 16, ef_add = 128, f16"));
-    log.push(format!("- hnsw+post-filter: separate usearch index, M = 16, ef_add = 128, ef_search = 128, f16; unfiltered k' = {}, then bbox filter", 10 * K));
+    log.push(format!("- graftdb: default `Options` (exact_threshold 20 000, hnsw_min_rows 20 000), graph M = 16, ef_add = 64, ef_search = 192/√selectivity, f32"));
+    log.push(format!("- hnsw+post-filter: separate usearch index, M = 16, ef_add = 64, ef_search = 128, f32; unfiltered k' = {}, then bbox filter", 10 * K));
     log.push(String::new());
     log.push("| measure | value |".into());
     log.push("|---|---|".into());

@@ -30,6 +30,9 @@ pub struct Options {
     pub delta_max: usize,
     /// Threads for building graphs.
     pub threads: usize,
+    /// Beam width of a graph search with no filter; filtered searches widen it by
+    /// 1/√selectivity. Candidates are re-scored exactly, so this trades time for recall only.
+    pub ef_search: usize,
     /// Write derived index files (turn off for read-only media).
     pub persist_index: bool,
 }
@@ -41,6 +44,7 @@ impl Default for Options {
             hnsw_min_rows: 20_000,
             delta_max: 50_000,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            ef_search: 192,
             persist_index: true,
         }
     }
@@ -717,6 +721,78 @@ impl WriteTxn<'_> {
         ids.insert(idk.as_slice(), key)?;
         self.metas.insert(key, RowMeta { kind: rec.kind(), time: rec.time(), bbox: rec.bbox() });
         Ok(key)
+    }
+
+    /// Insert many records, each with its vector in an image-level space, opening each table
+    /// once. `at` names the input; errors name `"{at} row N"`, where `rows[0]` is row
+    /// `first_row` (1-based). All rows are checked
+    /// before the first is written, so a bad row leaves this transaction as it was.
+    /// Returns the new keys in input order. This is the bulk-ingest path.
+    pub fn insert_batch(&mut self, at: &str, first_row: u64, space: &str, rows: &[(Record, Vec<f32>)]) -> Result<Vec<u64>> {
+        let h = self.db.handle(space)?;
+        if !matches!(h.def.level, Level::Image) {
+            return Err(Error::invalid(at, format!("space '{space}' holds patch grids, not image vectors")));
+        }
+        let row_at = |i: usize| format!("{at} row {}", first_row + i as u64);
+        let mut payloads = Vec::with_capacity(rows.len());
+        let mut seen = std::collections::HashSet::with_capacity(rows.len());
+        for (i, (rec, v)) in rows.iter().enumerate() {
+            validate_record(&row_at(i), rec)?;
+            payloads.push(codec::encode_f32(&check_vector(&row_at(i), &h.def, v)?));
+            if !seen.insert((rec.kind(), rec.id())) {
+                return Err(Error::DuplicateId { at: row_at(i), id: rec.id().to_string() });
+            }
+        }
+        let num = h.def.number;
+        let shift = 64 - KEY_GEO_BITS;
+        let mut ids = self.txn.open_table(IDS)?;
+        let mut recs = self.txn.open_table(RECORDS)?;
+        let mut vt = self.txn.open_table(VECTORS)?;
+        let mut log = self.txn.open_table(VECTOR_LOG)?;
+        let mut idks = Vec::with_capacity(rows.len());
+        for (i, (rec, _)) in rows.iter().enumerate() {
+            let idk = codec::id_key(rec.kind(), rec.id());
+            if ids.get(idk.as_slice())?.is_some() {
+                return Err(Error::DuplicateId { at: row_at(i), id: rec.id().to_string() });
+            }
+            idks.push(idk);
+        }
+        // Keys first, then write in key order so B-tree pages fill front to back.
+        let mut keys = Vec::with_capacity(rows.len());
+        for (i, (rec, _)) in rows.iter().enumerate() {
+            let (lon, lat) = rec.point();
+            let cell = hash::zorder(lon, lat) >> shift;
+            let next = match self.next_in_cell.get(&cell) {
+                Some(n) => *n,
+                None => {
+                    let lo = cell << shift;
+                    recs.range(lo..=(lo | KEY_SEQ_MAX))?.next_back().transpose()?.map_or(0, |(k, _)| (k.value() & KEY_SEQ_MAX) + 1)
+                }
+            };
+            if next > KEY_SEQ_MAX {
+                return Err(Error::invalid(row_at(i), format!("more than {KEY_SEQ_MAX} records at geohash {}", hash::encode(lon, lat, 8))));
+            }
+            self.next_in_cell.insert(cell, next + 1);
+            keys.push((cell << shift) | next);
+        }
+        let mut order: Vec<usize> = (0..rows.len()).collect();
+        order.sort_unstable_by_key(|&i| keys[i]);
+        let mut seq = match self.next_seq.get(&num) {
+            Some(s) => *s,
+            None => log.range((num, 0)..=(num, u64::MAX))?.next_back().transpose()?.map_or(1, |(k, _)| k.value().1 + 1),
+        };
+        for &i in &order {
+            let (rec, _) = &rows[i];
+            let key = keys[i];
+            let meta = RowMeta { kind: rec.kind(), time: rec.time(), bbox: rec.bbox() };
+            recs.insert(key, codec::encode_record(rec)?.as_slice())?;
+            ids.insert(idks[i].as_slice(), key)?;
+            vt.insert((num, key), codec::encode_vector_value(&meta, &payloads[i]).as_slice())?;
+            log.insert((num, seq), key)?;
+            seq += 1;
+        }
+        self.next_seq.insert(num, seq);
+        Ok(keys)
     }
 
     fn meta_of(&mut self, key: u64) -> Result<RowMeta> {

@@ -85,24 +85,26 @@ fn ingest_vectors(db: &Path, file: &Path, space: &str, kind: Kind, metric: Metri
     let mut w = db.begin_write()?;
     let mut n = 0u64;
     while let Some(rows) = reader.next_batch(batch.max(1))? {
-        for row in rows {
-            let at = format!("{} row {}", file.display(), n + 1);
-            let rec = match kind {
-                Kind::Photo => Record::Photo(Photo { id: row.id, lon: row.lon, lat: row.lat, accuracy: None, time: row.time, source: source.clone(), license: None, url: None, user: None }),
-                Kind::Tile => Record::Tile(Tile {
-                    id: row.id,
-                    footprint: row.footprint.unwrap_or_else(|| vec![[row.lon, row.lat]; 5]),
-                    source: source.clone(),
-                    gsd_m: 0.0,
-                    time: row.time,
-                    cloud_cover: None,
-                    pixels: PixelRef::None,
-                }),
-            };
-            let key = w.insert_at(&at, rec)?;
-            w.put_vector_at(&at, space, key, &row.embedding)?;
-            n += 1;
-        }
+        let recs: Vec<(Record, Vec<f32>)> = rows
+            .into_iter()
+            .map(|row| {
+                let rec = match kind {
+                    Kind::Photo => Record::Photo(Photo { id: row.id, lon: row.lon, lat: row.lat, accuracy: None, time: row.time, source: source.clone(), license: None, url: None, user: None }),
+                    Kind::Tile => Record::Tile(Tile {
+                        id: row.id,
+                        footprint: row.footprint.unwrap_or_else(|| vec![[row.lon, row.lat]; 5]),
+                        source: source.clone(),
+                        gsd_m: 0.0,
+                        time: row.time,
+                        cloud_cover: None,
+                        pixels: PixelRef::None,
+                    }),
+                };
+                (rec, row.embedding)
+            })
+            .collect();
+        w.insert_batch(&file.display().to_string(), n + 1, space, &recs)?;
+        n += recs.len() as u64;
     }
     w.commit()?;
     let ingest_s = t0.elapsed().as_secs_f64();

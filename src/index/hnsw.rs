@@ -1,7 +1,8 @@
 //! The HNSW graph of an image-level space (usearch), built from the arena's base segment.
 //!
-//! Vectors are held in the graph as f16 to halve its memory; every candidate the graph
-//! returns is re-scored exactly from the arena, so results carry exact f32 scores.
+//! Vectors are held in the graph as f32: without usearch's `numkong` kernels (left out to
+//! keep clean builds short), f32 builds 4.9× faster than f16 here (1,263 vs 260 adds/s on one
+//! core at 5k × 512-d). Every candidate the graph returns is re-scored from the arena.
 
 use std::path::Path;
 
@@ -13,7 +14,7 @@ use crate::{Error, Metric, Result};
 /// Graph connectivity (M).
 pub const CONNECTIVITY: usize = 16;
 /// Candidate list size while building.
-pub const EXPANSION_ADD: usize = 128;
+pub const EXPANSION_ADD: usize = 64;
 
 fn options(dim: usize, metric: Metric) -> IndexOptions {
     IndexOptions {
@@ -22,7 +23,7 @@ fn options(dim: usize, metric: Metric) -> IndexOptions {
             Metric::Cos | Metric::Ip => MetricKind::IP,
             Metric::L2 => MetricKind::L2sq,
         },
-        quantization: ScalarKind::F16,
+        quantization: ScalarKind::F32,
         connectivity: CONNECTIVITY,
         expansion_add: EXPANSION_ADD,
         expansion_search: 64,

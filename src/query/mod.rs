@@ -297,10 +297,10 @@ pub(crate) fn run(def: &SpaceDef, st: &SpaceIndex, q: &Query, recs: &Records<'_>
     let use_graph = !q.exact && st.hnsw.is_some() && est as usize > opts.exact_threshold && q.k > 0;
     if use_graph {
         if let Some(g) = &st.hnsw {
-            let want = q.k + q.k / 2 + 10;
+            let want = (q.k * 3).max(40);
             let sel = (est as f64 / st.base.len().max(1) as f64).clamp(1e-6, 1.0);
             // Lower selectivity needs a wider beam for the walk to meet enough passing nodes.
-            let ef = ((64.0 / sel.sqrt()) as usize).clamp(want.max(64), 1024);
+            let ef = ((opts.ef_search as f64 / sel.sqrt()) as usize).clamp(want.max(opts.ef_search), 4096);
             g.change_expansion_search(ef);
             let unfiltered = q.filter.is_empty();
             let res = if unfiltered {
