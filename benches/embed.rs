@@ -159,7 +159,7 @@ fn main() {
         };
         for batch in [1_usize, 8] {
             let opts = EncoderOptions {
-                session: SessionOptions { device: Device::Cpu, threads: None },
+                session: SessionOptions { device: Device::Cpu, threads: None, ..SessionOptions::default() },
                 batch_size: batch,
                 ..EncoderOptions::default()
             };
@@ -201,7 +201,7 @@ fn main() {
         }
         for batch in [1_usize, 8] {
             let opts = EncoderOptions {
-                session: SessionOptions { device: Device::Cpu, threads: None },
+                session: SessionOptions { device: Device::Cpu, threads: None, ..SessionOptions::default() },
                 batch_size: batch,
                 ..EncoderOptions::default()
             };

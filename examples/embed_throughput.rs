@@ -16,15 +16,23 @@
 //!
 //! A fifth argument picks a variant, to find where time goes:
 //! - `full` (default): normalised embedding + patch grids, as `embed` returns them;
+//! - `full-reuse`: the same through `embed_pixels_into`, refilling one `ImageEmbeddings`
+//!   (no allocation after the first run);
+//! - `full-notf32`: `full` with `SessionOptions::tf32 = Some(false)` (exact f32 products);
 //! - `raw-patches`: the same outputs, not normalised (`normalize: false`);
 //! - `embedding-only`: `patches: false` (the patch output is neither copied nor normalised);
 //! - `ort-default`, `ort-tf32`, `ort-notf32`: `ort` alone, no graftdb code: one session with
-//!   the CUDA EP (ORT's default TF32 setting, on, off), host input, both outputs read in place.
+//!   the CUDA EP (ORT's default TF32 setting, on, off), host input, both outputs read in place;
+//! - `host-only`: no model and no ONNX Runtime: the output handling alone on a synthetic
+//!   `[N, 196, 512]` + `[N, 512]` output, before (graftdb up to a999d8f: copy the whole
+//!   output, copy each image's grid, normalise in a third pass) and after (one normalising
+//!   copy, `ImageEmbeddings::fill_from_outputs`; fresh and reused). The device and bundle
+//!   arguments are ignored.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use graftdb::embed::runtime::{find_library, Device, SessionOptions};
-use graftdb::embed::{Bundle, EncoderOptions, ImageEncoder};
+use graftdb::embed::{Bundle, EncoderOptions, ImageEmbeddings, ImageEncoder, PatchGrid};
 use ndarray::Array4;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -42,6 +50,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if variant.starts_with("ort-") {
         return raw_ort(bundle_dir, variant, &batches, seconds);
     }
+    if variant == "host-only" {
+        host_only(&batches, seconds);
+        return Ok(());
+    }
 
     let bundle = Bundle::open(bundle_dir)?;
     let m = bundle.manifest();
@@ -49,7 +61,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let max_batch = batches.iter().copied().max().unwrap_or(1);
     let opened = Instant::now();
     let options = EncoderOptions {
-        session: SessionOptions { device, threads: None },
+        session: SessionOptions { device, threads: None, tf32: (variant == "full-notf32").then_some(false) },
         batch_size: max_batch,
         normalize: variant != "raw-patches",
         patches: variant != "embedding-only",
@@ -73,11 +85,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     for &n in &batches {
         let pixels = Array4::from_shape_simple_fn((n, 3, s, s), &mut next);
+        let reuse = variant == "full-reuse";
+        let mut kept = ImageEmbeddings { embeddings: Vec::new(), patches: None };
+        let mut once = || -> graftdb::Result<usize> {
+            if reuse {
+                encoder.embed_pixels_into(pixels.view(), &mut kept)?;
+                Ok(kept.embeddings.len())
+            } else {
+                let out = encoder.embed_pixels(pixels.view())?;
+                assert!(out.patches.as_ref().is_none_or(|p| p.len() == n));
+                Ok(out.embeddings.len())
+            }
+        };
         let started = Instant::now();
         let warm_runs = 3;
         for _ in 0..warm_runs {
-            let out = encoder.embed_pixels(pixels.view())?;
-            assert_eq!(out.embeddings.len(), n);
+            assert_eq!(once()?, n);
         }
         let warm_s = started.elapsed().as_secs_f64();
         let budget = Duration::from_secs_f64(seconds);
@@ -85,9 +108,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let wall0 = unix_now();
         let mut runs = 0_u32;
         while runs < 3 || t0.elapsed() < budget {
-            let out = encoder.embed_pixels(pixels.view())?;
-            assert_eq!(out.embeddings.len(), n);
-            assert!(out.patches.is_none_or(|p| p.len() == n));
+            assert_eq!(once()?, n);
             runs += 1;
         }
         let dt = t0.elapsed().as_secs_f64();
@@ -153,6 +174,64 @@ fn raw_ort(bundle_dir: &str, variant: &str, batches: &[usize], seconds: f64) -> 
         );
     }
     Ok(())
+}
+
+/// Output handling alone, on a synthetic output standing in for ONNX Runtime's buffers.
+fn host_only(batches: &[usize], seconds: f64) {
+    const DIM: usize = 512;
+    const GRID: [usize; 2] = [14, 14];
+    let g = GRID[0] * GRID[1];
+    println!("| batch | output handling | ms/batch | runs |");
+    println!("|---:|---|---:|---:|");
+    for &n in batches {
+        let emb: Vec<f32> = (0..n * DIM).map(|i| ((i % 977) as f32 * 0.013).sin()).collect();
+        let pat: Vec<f32> = (0..n * g * DIM).map(|i| ((i % 1931) as f32 * 0.007).cos()).collect();
+        let time = |label: &str, f: &mut dyn FnMut() -> f32| {
+            let mut sink = 0.0;
+            for _ in 0..3 {
+                sink += f();
+            }
+            let t0 = Instant::now();
+            let mut runs = 0_u32;
+            while runs < 5 || t0.elapsed().as_secs_f64() < seconds {
+                sink += f();
+                runs += 1;
+            }
+            let ms = t0.elapsed().as_secs_f64() * 1000.0 / f64::from(runs);
+            println!("| {n} | {label} | {ms:.2} | {runs} |");
+            std::hint::black_box(sink);
+        };
+        time("before: 2 copies + normalise pass (a999d8f)", &mut || {
+            let (edata, pdata) = (emb.to_vec(), pat.to_vec());
+            let mut e: Vec<Vec<f32>> = edata.chunks_exact(DIM).map(<[f32]>::to_vec).collect();
+            e.iter_mut().for_each(|v| l2_normalize(v));
+            let mut grids: Vec<PatchGrid> = pdata
+                .chunks_exact(g * DIM)
+                .map(|d| PatchGrid { rows: GRID[0], cols: GRID[1], dim: DIM, data: d.to_vec() })
+                .collect();
+            for grid in &mut grids {
+                grid.data.chunks_exact_mut(DIM).for_each(l2_normalize);
+            }
+            e[0][0] + grids[n - 1].data[g * DIM - 1]
+        });
+        time("after: 1 normalising copy, fresh (`embed_pixels`)", &mut || {
+            let mut out = ImageEmbeddings { embeddings: Vec::new(), patches: None };
+            out.fill_from_outputs(&emb, Some(&pat), n, DIM, GRID, true);
+            out.embeddings[0][0] + out.patches.as_ref().map_or(0.0, |p| p[n - 1].data[g * DIM - 1])
+        });
+        let mut kept = ImageEmbeddings { embeddings: Vec::new(), patches: None };
+        time("after: 1 normalising copy, reused (`embed_pixels_into`)", &mut || {
+            kept.fill_from_outputs(&emb, Some(&pat), n, DIM, GRID, true);
+            kept.embeddings[0][0] + kept.patches.as_ref().map_or(0.0, |p| p[n - 1].data[g * DIM - 1])
+        });
+    }
+}
+
+fn l2_normalize(v: &mut [f32]) {
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm > 0.0 && norm.is_finite() {
+        v.iter_mut().for_each(|x| *x /= norm);
+    }
 }
 
 fn unix_now() -> f64 {

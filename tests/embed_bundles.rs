@@ -55,7 +55,7 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
 
 fn raw_cpu() -> EncoderOptions {
     EncoderOptions {
-        session: SessionOptions { device: Device::Cpu, threads: None },
+        session: SessionOptions { device: Device::Cpu, threads: None, ..SessionOptions::default() },
         batch_size: 4,
         normalize: false,
         patches: true,
@@ -270,7 +270,7 @@ fn bad_bundles_are_refused_with_the_file_named() {
 #[test]
 fn cuda_request_on_a_cpu_library_is_a_clear_error_or_runs_on_cuda() {
     let bundle = Bundle::open(bundle_dir("tiny")).unwrap();
-    let opts = EncoderOptions { session: SessionOptions { device: Device::Cuda, threads: None }, ..raw_cpu() };
+    let opts = EncoderOptions { session: SessionOptions { device: Device::Cuda, threads: None, ..SessionOptions::default() }, ..raw_cpu() };
     match ImageEncoder::open(&bundle, &opts) {
         Ok(enc) => assert_eq!(enc.provider().to_string(), "CUDAExecutionProvider"),
         Err(e) => assert!(e.to_string().contains("CUDA"), "{e}"),

@@ -83,7 +83,7 @@ pub(super) fn text_vectors(model: &Path, def: &SpaceDef, texts: &[&str]) -> Resu
     let bundle = Bundle::open(model)?;
     check_dim(&bundle, def)?;
     let opts = EncoderOptions {
-        session: SessionOptions { device: Device::Cpu, threads: None },
+        session: SessionOptions { device: Device::Cpu, threads: None, ..SessionOptions::default() },
         batch_size: 32,
         normalize: true,
         patches: false,
@@ -327,7 +327,7 @@ pub fn run(a: &EmbedArgs, out: &mut dyn Write) -> Result<()> {
     }
 
     let opts = EncoderOptions {
-        session: SessionOptions { device: device(a.device), threads: None },
+        session: SessionOptions { device: device(a.device), threads: None, ..SessionOptions::default() },
         batch_size: a.batch,
         normalize: true,
         patches: what.patches,

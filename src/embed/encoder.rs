@@ -81,11 +81,106 @@ pub struct ImageEmbeddings {
     pub patches: Option<Vec<PatchGrid>>,
 }
 
-fn l2_normalize(v: &mut [f32]) {
-    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    if norm > 0.0 && norm.is_finite() {
-        v.iter_mut().for_each(|x| *x /= norm);
+impl ImageEmbeddings {
+    /// Replaces the contents with `n` images' flat model outputs: `embedding` holds
+    /// `[n, dim]` values, `patches` (when given) `[n, grid[0] * grid[1], dim]`. Every
+    /// value is copied once into the existing vectors (grown only when too small), and
+    /// L2-normalised per `dim`-vector in the same pass when `normalize` is set. Without
+    /// `patches`, `self.patches` becomes `None`.
+    ///
+    /// This is the output handling of [`ImageEncoder::embed_pixels`], public so that its
+    /// cost can be measured without a model (`examples/embed_throughput.rs`).
+    ///
+    /// # Panics
+    /// When a slice is shorter than its shape says.
+    #[doc(hidden)]
+    pub fn fill_from_outputs(&mut self, embedding: &[f32], patches: Option<&[f32]>, n: usize, dim: usize, grid: [usize; 2], normalize: bool) {
+        let per_grid = grid[0] * grid[1] * dim;
+        assert!(embedding.len() >= n * dim, "embedding output too short");
+        self.embeddings.truncate(n);
+        for (i, src) in embedding.chunks_exact(dim.max(1)).take(n).enumerate() {
+            match self.embeddings.get_mut(i) {
+                Some(dst) => copy_rows(dst, src, dim, normalize),
+                None => {
+                    let mut dst = Vec::new();
+                    copy_rows(&mut dst, src, dim, normalize);
+                    self.embeddings.push(dst);
+                }
+            }
+        }
+        let Some(pdata) = patches else {
+            self.patches = None;
+            return;
+        };
+        assert!(pdata.len() >= n * per_grid, "patches output too short");
+        let grids = self.patches.get_or_insert_with(Vec::new);
+        grids.truncate(n);
+        grids.resize_with(n, || PatchGrid { rows: grid[0], cols: grid[1], dim, data: Vec::new() });
+        let fill = |grids: &mut [PatchGrid], src: &[f32]| {
+            for (dst, src) in grids.iter_mut().zip(src.chunks_exact(per_grid.max(1))) {
+                (dst.rows, dst.cols, dst.dim) = (grid[0], grid[1], dim);
+                copy_rows(&mut dst.data, src, dim, normalize);
+            }
+        };
+        // Large outputs (ViT-B/16: 392 KiB per image) are filled by several threads: the
+        // time goes into first-touch page faults on fresh memory and into memory
+        // bandwidth, both of which scale with cores. The model's run is over by now, so
+        // the cores are free.
+        let threads = fill_threads(n * per_grid * std::mem::size_of::<f32>()).min(n);
+        if threads <= 1 {
+            fill(grids, pdata);
+        } else {
+            let per = n.div_ceil(threads);
+            std::thread::scope(|scope| {
+                for (g, src) in grids.chunks_mut(per).zip(pdata.chunks(per * per_grid)) {
+                    scope.spawn(move || fill(g, src));
+                }
+            });
+        }
     }
+}
+
+/// Threads for filling `bytes` of output: one per 4 MiB, at most 8 and at most the
+/// cores available.
+fn fill_threads(bytes: usize) -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let cores = *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get));
+    (bytes / (4 << 20)).clamp(1, 8).min(cores)
+}
+
+/// Sets `dst` to `src`, L2-normalising each `dim`-vector on the way when `normalize`
+/// (one read of `src` from memory, the second from cache; one write of `dst`).
+fn copy_rows(dst: &mut Vec<f32>, src: &[f32], dim: usize, normalize: bool) {
+    dst.clear();
+    if !normalize || dim == 0 {
+        dst.extend_from_slice(src);
+        return;
+    }
+    dst.reserve_exact(src.len());
+    for v in src.chunks_exact(dim) {
+        let norm = sum_squares(v).sqrt();
+        if norm > 0.0 && norm.is_finite() {
+            let inv = 1.0 / norm;
+            dst.extend(v.iter().map(|x| x * inv));
+        } else {
+            dst.extend_from_slice(v);
+        }
+    }
+}
+
+/// `Σ x²` over 16 independent lanes, so that it compiles to SIMD (a single running
+/// sum is a chain of dependent adds, several times slower on 512-vectors).
+fn sum_squares(v: &[f32]) -> f32 {
+    const LANES: usize = 16;
+    let mut acc = [0.0_f32; LANES];
+    let chunks = v.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (a, x) in acc.iter_mut().zip(c) {
+            *a += x * x;
+        }
+    }
+    acc.iter().sum::<f32>() + rest.iter().map(|x| x * x).sum::<f32>()
 }
 
 /// Embeds images (and their patches) with a bundle's image tower.
@@ -173,52 +268,54 @@ impl ImageEncoder {
     /// Embeds already preprocessed pixels, f32 `[N, 3, S, S]` (one ONNX Runtime run,
     /// whatever `N`).
     ///
+    /// Each output value is copied once, from ONNX Runtime's output buffer straight into
+    /// the returned vectors, and normalised in the same pass.
+    ///
     /// # Errors
     /// `InvalidInput` when the shape is wrong or ONNX Runtime fails.
     pub fn embed_pixels(&self, pixels: ArrayView4<'_, f32>) -> Result<ImageEmbeddings> {
+        let mut out = ImageEmbeddings { embeddings: Vec::new(), patches: None };
+        self.embed_pixels_into(pixels, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`embed_pixels`](Self::embed_pixels) into `out`, replacing its contents but
+    /// reusing its vectors' memory: a caller that embeds batch after batch of the same
+    /// size into one `ImageEmbeddings` allocates nothing after the first.
+    ///
+    /// # Errors
+    /// As [`embed_pixels`](Self::embed_pixels); `out` is unspecified after an error.
+    pub fn embed_pixels_into(&self, pixels: ArrayView4<'_, f32>, out: &mut ImageEmbeddings) -> Result<()> {
         let s = self.pre.size() as usize;
         let n = pixels.shape().first().copied().unwrap_or(0);
         if pixels.shape() != [n, 3, s, s] {
             return Err(Error::invalid("pixels", format!("shape {:?}, expected [N, 3, {s}, {s}]", pixels.shape())));
         }
         if n == 0 {
-            return Ok(ImageEmbeddings { embeddings: Vec::new(), patches: self.wants_patches().then(Vec::new) });
+            out.embeddings.clear();
+            out.patches = self.wants_patches().then(Vec::new);
+            return Ok(());
         }
         let mut names = vec![self.embedding.as_str()];
         if let (true, Some(p)) = (self.options.patches, self.patches.as_deref()) {
             names.push(p);
         }
-        let outputs = self.model.run(&self.input, pixels.into_dyn(), &names)?;
         let at = || self.model.path().display().to_string();
-        let mut it = outputs.into_iter();
-        let (eshape, edata) = it.next().ok_or_else(|| Error::invalid(at(), "no embedding output"))?;
-        if eshape != [n, self.dim] {
-            return Err(Error::invalid(at(), format!("embedding output shape {eshape:?}, expected [{n}, {}]", self.dim)));
-        }
-        let mut embeddings: Vec<Vec<f32>> = edata.chunks_exact(self.dim).map(<[f32]>::to_vec).collect();
-        if self.options.normalize {
-            embeddings.iter_mut().for_each(|v| l2_normalize(v));
-        }
-        let patches = match it.next() {
-            None => None,
-            Some((pshape, pdata)) => {
-                let g = self.grid[0] * self.grid[1];
-                if pshape != [n, g, self.dim] {
-                    return Err(Error::invalid(at(), format!("patches output shape {pshape:?}, expected [{n}, {g}, {}]", self.dim)));
-                }
-                let mut grids: Vec<PatchGrid> = pdata
-                    .chunks_exact(g * self.dim)
-                    .map(|d| PatchGrid { rows: self.grid[0], cols: self.grid[1], dim: self.dim, data: d.to_vec() })
-                    .collect();
-                if self.options.normalize {
-                    for grid in &mut grids {
-                        grid.data.chunks_exact_mut(self.dim).for_each(l2_normalize);
-                    }
-                }
-                Some(grids)
+        self.model.run_with(&self.input, pixels.into_dyn(), &names, |outputs| {
+            let e = outputs.first().ok_or_else(|| Error::invalid(at(), "no embedding output"))?;
+            if e.shape != [n, self.dim] {
+                return Err(Error::invalid(at(), format!("embedding output shape {:?}, expected [{n}, {}]", e.shape, self.dim)));
             }
-        };
-        Ok(ImageEmbeddings { embeddings, patches })
+            let g = self.grid[0] * self.grid[1];
+            let p = match outputs.get(1) {
+                Some(p) if p.shape != [n, g, self.dim] => {
+                    return Err(Error::invalid(at(), format!("patches output shape {:?}, expected [{n}, {g}, {}]", p.shape, self.dim)));
+                }
+                p => p.map(|p| p.data),
+            };
+            out.fill_from_outputs(e.data, p, n, self.dim, self.grid, self.options.normalize);
+            Ok(())
+        })
     }
 
     fn wants_patches(&self) -> bool {
@@ -298,18 +395,21 @@ impl TextEncoder {
             let flat: Vec<i64> = chunk.iter().flatten().copied().collect();
             let view = ArrayView2::from_shape((chunk.len(), CONTEXT_LENGTH), &flat)
                 .map_err(|e| Error::invalid("tokens", format!("internal: batch shape: {e}")))?;
-            let result = self.model.run(&self.input, view.into_dyn(), &[self.embedding.as_str()])?;
-            let (shape, data) = result.into_iter().next().ok_or_else(|| Error::invalid(at(), "no embedding output"))?;
-            if shape != [chunk.len(), self.dim] {
-                return Err(Error::invalid(at(), format!("embedding output shape {shape:?}, expected [{}, {}]", chunk.len(), self.dim)));
-            }
-            for v in data.chunks_exact(self.dim) {
-                let mut v = v.to_vec();
-                if self.options.normalize {
-                    l2_normalize(&mut v);
+            self.model.run_with(&self.input, view.into_dyn(), &[self.embedding.as_str()], |outputs| {
+                let e = outputs.first().ok_or_else(|| Error::invalid(at(), "no embedding output"))?;
+                if e.shape != [chunk.len(), self.dim] {
+                    return Err(Error::invalid(
+                        at(),
+                        format!("embedding output shape {:?}, expected [{}, {}]", e.shape, chunk.len(), self.dim),
+                    ));
                 }
-                out.push(v);
-            }
+                for v in e.data.chunks_exact(self.dim) {
+                    let mut dst = Vec::new();
+                    copy_rows(&mut dst, v, self.dim, self.options.normalize);
+                    out.push(dst);
+                }
+                Ok(())
+            })?;
         }
         Ok(out)
     }
@@ -329,12 +429,41 @@ mod tests {
     }
 
     #[test]
-    fn l2_normalize_leaves_zero_vectors_alone() {
-        let mut v = vec![3.0, 4.0];
-        l2_normalize(&mut v);
+    fn copy_rows_normalises_per_vector_and_leaves_zero_vectors_alone() {
+        let mut v = vec![9.0; 7];
+        copy_rows(&mut v, &[3.0, 4.0, 0.0, 0.0, 0.0, -2.0], 2, true);
+        assert_eq!(v.len(), 6);
         assert!((v[0] - 0.6).abs() < 1e-6 && (v[1] - 0.8).abs() < 1e-6);
-        let mut z = vec![0.0; 3];
-        l2_normalize(&mut z);
-        assert_eq!(z, vec![0.0; 3]);
+        assert_eq!(&v[2..], &[0.0, 0.0, 0.0, -1.0]);
+        copy_rows(&mut v, &[3.0, 4.0], 2, false);
+        assert_eq!(v, vec![3.0, 4.0]);
+    }
+
+    #[test]
+    fn fill_from_outputs_reuses_memory_and_matches_a_fresh_fill() {
+        let (n, dim, grid) = (3, 4, [2, 3]);
+        let emb: Vec<f32> = (0..n * dim).map(|i| (i as f32 * 0.37).sin()).collect();
+        let pat: Vec<f32> = (0..n * 6 * dim).map(|i| (i as f32 * 0.11).cos()).collect();
+        let mut fresh = ImageEmbeddings { embeddings: Vec::new(), patches: None };
+        fresh.fill_from_outputs(&emb, Some(&pat), n, dim, grid, true);
+        let grids = fresh.patches.as_ref().unwrap();
+        assert_eq!(grids.len(), n);
+        assert_eq!((grids[2].rows, grids[2].cols, grids[2].dim, grids[2].data.len()), (2, 3, 4, 24));
+        let v = grids[1].get(1, 2).unwrap();
+        let src = &pat[(6 + 5) * dim..(6 + 6) * dim];
+        let norm = src.iter().map(|x| x * x).sum::<f32>().sqrt();
+        for (a, b) in v.iter().zip(src) {
+            assert!((a - b / norm).abs() < 1e-6);
+        }
+        // Refill a larger result in place: same values, no reallocation of the kept grids.
+        let mut reused = ImageEmbeddings { embeddings: vec![vec![0.0; 99]; 5], patches: None };
+        reused.fill_from_outputs(&emb, Some(&pat), n, dim, grid, true);
+        let before = reused.patches.as_ref().unwrap()[0].data.as_ptr();
+        reused.fill_from_outputs(&emb, Some(&pat), n, dim, grid, true);
+        assert_eq!(reused, fresh);
+        assert_eq!(reused.patches.as_ref().unwrap()[0].data.as_ptr(), before);
+        reused.fill_from_outputs(&emb[..dim], None, 1, dim, grid, false);
+        assert_eq!(reused.embeddings, vec![emb[..dim].to_vec()]);
+        assert_eq!(reused.patches, None);
     }
 }

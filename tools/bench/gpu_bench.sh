@@ -12,10 +12,13 @@
 #   libort.xz      libonnxruntime.so.1.31.1 from the same wheel
 #   libonnxruntime_providers_shared.so
 #   site.tar.xz    open_clip 3.3.0 (its source, vocabulary left out) and a stub `ftfy`
-#   embed_throughput   `cargo build --release --example embed_throughput`, stripped
+#   embed_throughput.xz   `cargo build --release --example embed_throughput`, stripped
 #   bundle.json    data/bundles/vitb16-random/bundle.json without the text model
 #   ref_embedding.npy  `gpu_vit.py reference data/bundles/vitb16-random ...`
 # The machine needs PyTorch with CUDA 13 and its nvidia-* wheels (cuBLAS, cuDNN 9, ...).
+#
+# Knobs (environment): VARIANTS (embed_throughput variants), BATCHES, SECONDS_PER,
+# TORCH_SECONDS, TORCH_PRECISIONS, TORCH_TF32 (off,on), FP16= (empty: no fp16 export).
 set -u
 C=${1:?carry dir}
 O=${2:?output dir}
@@ -57,14 +60,18 @@ awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "unpacked and exported in %
 sha256sum "$L"/*.so* | cut -c1-16
 
 echo "== graftdb (Rust, ort, CUDA EP) and ort alone (examples/embed_throughput.rs variants)"
-chmod +x "$C/embed_throughput"
+E=$C/embed_throughput
+if [ -f "$C/embed_throughput.xz" ]; then  # pack_gpu_carry.sh compresses it to fit the limit
+    E=/tmp/graftdb-embed_throughput && unxz_to "$C/embed_throughput.xz" "$E"
+fi
+chmod +x "$E"
 for v in ${VARIANTS:-full raw-patches embedding-only ort-default ort-tf32 ort-notf32}; do
-    GRAFTDB_ORT_LIB="$L/libonnxruntime.so.1.31.1" timeout 100 "$C/embed_throughput" "$V" cuda "${BATCHES:-64,256}" "${SECONDS_PER:-5}" "$v" 2>&1
+    GRAFTDB_ORT_LIB="$L/libonnxruntime.so.1.31.1" timeout 100 "$E" "$V" cuda "${BATCHES:-64,256}" "${SECONDS_PER:-5}" "$v" 2>&1
 done | tee "$O/rust.log"
 
 echo "== PyTorch eager"
 timeout 200 python3 tools/bench/gpu_vit.py torch --batches "${BATCHES:-64,256}" --seconds "${TORCH_SECONDS:-3}" \
-    --precisions "${TORCH_PRECISIONS:-fp32,fp16}" 2>&1 | tee "$O/torch.log"
+    --precisions "${TORCH_PRECISIONS:-fp32,fp16}" --tf32 "${TORCH_TF32:-off,on}" 2>&1 | tee "$O/torch.log"
 
 kill $SMI
 echo "== GPU utilisation per run"

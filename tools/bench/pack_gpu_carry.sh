@@ -20,7 +20,8 @@ cp "$C/libonnxruntime_providers_shared.so" "$S/carry/"
 mkdir -p "$S/x/ftfy" && printf 'def fix_text(text, **kw):\n    return text\n' > "$S/x/ftfy/__init__.py"
 tar -C "$S/x" -cJf "$S/carry/site.tar.xz" open_clip ftfy
 cargo build --release --example embed_throughput
-cp target/release/examples/embed_throughput "$S/carry/" && strip "$S/carry/embed_throughput"
+cp target/release/examples/embed_throughput "$S/x/" && strip "$S/x/embed_throughput"
+xz -9 -c "$S/x/embed_throughput" > "$S/carry/embed_throughput.xz" && rm -f "$S/carry/embed_throughput"
 python3 - "$S/carry/bundle.json" <<'PY'
 import json, sys
 b = json.load(open("data/bundles/vitb16-random/bundle.json"))
