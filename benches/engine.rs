@@ -197,7 +197,8 @@ impl Engine for PostFilter {
     }
 }
 
-fn build_peer(d: &Data, threads: usize) -> usearch::Index {
+/// The peer index over the first `limit` records (all of them unless the peer is skipped).
+fn build_peer(d: &Data, threads: usize, limit: usize) -> usearch::Index {
     let opts = usearch::IndexOptions {
         dimensions: DIM,
         metric: usearch::MetricKind::IP,
@@ -208,13 +209,14 @@ fn build_peer(d: &Data, threads: usize) -> usearch::Index {
         multi: false,
     };
     let index = usearch::Index::new(&opts).unwrap();
-    index.reserve_capacity_and_threads(d.n, threads).unwrap();
+    let threads = threads.max(1);
+    index.reserve_capacity_and_threads(limit, threads).unwrap();
     std::thread::scope(|s| {
         for t in 0..threads {
             let index = &index;
             s.spawn(move || {
                 let mut i = t;
-                while i < d.n {
+                while i < limit.min(d.n) {
                     index.add(i as u64, d.v(i)).unwrap();
                     i += threads;
                 }
@@ -301,12 +303,18 @@ fn main() {
     let disk = dir_bytes(&path);
     let rss_before_open = proc_status("VmRSS:");
     let t = Instant::now();
-    let db = Db::open(&path).unwrap();
+    let mut opts = graftdb::Options::default();
+    if let Some(ef) = std::env::var("GRAFTDB_BENCH_EF").ok().and_then(|v| v.parse().ok()) {
+        opts.ef_search = ef;
+    }
+    let ef_search = opts.ef_search;
+    let db = Db::open_with(&path, opts).unwrap();
     let open = t.elapsed();
     let rss_after_open = proc_status("VmRSS:");
     eprintln!("open {:.1?}", open);
     let t = Instant::now();
-    let peer = build_peer(&d, threads);
+    let with_peer = std::env::var("GRAFTDB_BENCH_PEER").map_or(true, |v| v != "0");
+    let peer = build_peer(&d, if with_peer { threads } else { 0 }, if with_peer { n } else { 1 });
     let peer_build = t.elapsed();
     eprintln!("peer build {:.1?}", peer_build);
 
@@ -332,7 +340,8 @@ fn main() {
         e.note();
     }
     let mut rows = Vec::new();
-    for sel in SELECTIVITIES {
+    let sels: Vec<f64> = std::env::var("GRAFTDB_BENCH_SEL").ok().map_or(SELECTIVITIES.to_vec(), |v| v.split(',').filter_map(|x| x.parse().ok()).collect());
+    for sel in sels {
         let qs: Vec<Q> = (0..nq).map(|_| make_q(&mut rng, sel)).collect();
         let matches: f64 = qs.iter().map(|q| (0..n).filter(|&i| d.inside(i, &q.bbox)).count() as f64).sum::<f64>() / nq as f64;
         let mut answers: Vec<Vec<Vec<(usize, f32)>>> = Vec::new();
@@ -388,7 +397,7 @@ fn main() {
          {CENTROIDS} content centroids + N(0, 0.03²) noise, city-preferred clusters (see `benches/engine.rs`, `generate`)"
     ));
     log.push(format!("- Queries: {nq} per selectivity, k = {K}, single thread; bbox grown around a random record to the target count"));
-    log.push(format!("- graftdb: default `Options` (exact_threshold 20 000, hnsw_min_rows 20 000), graph M = 16, ef_add = 64, ef_search = 192/√selectivity, f32"));
+    log.push(format!("- graftdb: default `Options` (exact_threshold 20 000, hnsw_min_rows 20 000), graph M = 16, ef_add = 64, ef_search = {ef_search}/√selectivity, f32"));
     log.push(format!("- hnsw+post-filter: separate usearch index, M = 16, ef_add = 64, ef_search = 128, f32; unfiltered k' = {}, then bbox filter", 10 * K));
     log.push(String::new());
     log.push("| measure | value |".into());

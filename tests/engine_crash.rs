@@ -37,7 +37,7 @@ const DIM: usize = 16;
 const KILLS: usize = 24;
 
 fn opts() -> Options {
-    Options { exact_threshold: 50, hnsw_min_rows: 100, delta_max: 200, threads: 1, persist_index: true }
+    Options { exact_threshold: 50, hnsw_min_rows: 100, delta_max: 200, threads: 1, persist_index: true, ..Options::default() }
 }
 
 fn batch_size(b: u64) -> u64 {

@@ -26,7 +26,7 @@ const D_L2: usize = 6;
 const R_KM: f64 = 6_371.008_8;
 
 fn small_opts() -> Options {
-    Options { exact_threshold: 50, hnsw_min_rows: 100, delta_max: 200, threads: 2, persist_index: true }
+    Options { exact_threshold: 50, hnsw_min_rows: 100, delta_max: 200, threads: 2, persist_index: true, ..Options::default() }
 }
 
 // ---------------------------------------------------------------- reference geometry
