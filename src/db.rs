@@ -44,7 +44,7 @@ impl Default for Options {
             hnsw_min_rows: 20_000,
             delta_max: 50_000,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            ef_search: 192,
+            ef_search: 384,
             persist_index: true,
         }
     }
