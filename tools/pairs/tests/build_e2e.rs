@@ -125,6 +125,10 @@ fn build_twice_is_identical_and_readable() {
     let (report, cov) = graft_pairs::stats::stats(&o1).unwrap();
     assert_eq!(report["tiles"].as_u64().unwrap(), train + test);
     assert_eq!(cov["features"].as_array().unwrap().len() as u64, train + test);
+    if std::env::var_os("GRAFT_PAIRS_KEEP").is_some() {
+        eprintln!("kept: {} {}", dbdir.display(), o1.display());
+        return;
+    }
     for d in [dbdir, o1, o2] {
         let _ = std::fs::remove_dir_all(d);
     }
