@@ -191,7 +191,7 @@ fn check(photos: &[PhotoPt], tile_px: u32, gsd: f64, cap: usize) {
 #[test]
 fn random_photos_match_reference() {
     let mut rng = Rng(42);
-    for round in 0..40 {
+    for round in 0..200 {
         let (tile_px, gsd) = if round % 2 == 0 { (224, 10.0) } else { (224, 1.0) };
         let cap = if round % 3 == 0 { 3 } else { 25 };
         let n = 50 + rng.below(1500) as usize;

@@ -55,6 +55,23 @@ fn make_db(dir: &Path, raster: &Path) -> f64 {
             }
         }
     }
+    // Photos far from the raster (no coverage), one of them without a time.
+    for (j, (lon, lat)) in [(10.0, 45.0), (10.0001, 45.0), (-120.0, 40.0)].into_iter().enumerate() {
+        id += 1;
+        let rec = Record::Photo(Photo {
+            id: RecordId::Int(id),
+            lon,
+            lat,
+            accuracy: None,
+            time: if j == 2 { None } else { Some(day) },
+            source: "test".into(),
+            license: None,
+            url: None,
+            user: None,
+        });
+        let key = w.insert(rec).unwrap();
+        w.put_vector("clip", key, &[1.0; 8]).unwrap();
+    }
     w.commit().unwrap();
     gsd
 }
@@ -89,6 +106,10 @@ fn build_twice_is_identical_and_readable() {
     assert!(train > 0 && test > 0, "manifest: {m1:#}");
     // One photo in each tile has no vector.
     assert!(m1["dropped"]["photos"]["no vector"].as_u64().unwrap() > 0);
+    // The far-away photos form 2 tiles (one per bin) with no raster under them.
+    assert_eq!(m1["dropped"]["tiles"]["no raster coverage"], 2, "manifest: {m1:#}");
+    assert_eq!(m1["dropped"]["photos"]["tile dropped"], 3);
+    assert_eq!(m1["counts"]["photos_without_time"], 1);
     assert_eq!(std::fs::read(o1.join("manifest.json")).unwrap(), std::fs::read(o2.join("manifest.json")).unwrap());
     let mut n_samples = 0;
     for split in ["train", "test"] {
