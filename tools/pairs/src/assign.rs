@@ -252,7 +252,8 @@ pub fn assign(photos: &[PhotoPt], params: Params) -> Assignment {
             }
             hits.sort_unstable();
             hits.dedup();
-            let mut tile = TileAssign { bin, centre: c, lon: clon, lat: clat, half, photos: Vec::new(), over_cap: Vec::new() };
+            let mut tile =
+                TileAssign { bin, centre: c, lon: clon, lat: clat, half, photos: Vec::new(), over_cap: Vec::new() };
             for &i in hits.iter() {
                 if covered[i] {
                     continue;

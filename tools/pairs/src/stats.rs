@@ -10,10 +10,9 @@ use std::path::Path;
 /// Returns `(report, coverage FeatureCollection)` for the dataset in `out`.
 pub fn stats(out: &Path) -> Result<(Value, Value)> {
     let mpath = out.join("manifest.json");
-    let manifest: Value = serde_json::from_slice(
-        &std::fs::read(&mpath).with_context(|| format!("reading {}", mpath.display()))?,
-    )
-    .with_context(|| format!("{} is not JSON", mpath.display()))?;
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(&mpath).with_context(|| format!("reading {}", mpath.display()))?)
+            .with_context(|| format!("{} is not JSON", mpath.display()))?;
     anyhow::ensure!(
         manifest.get("format").and_then(Value::as_str) == Some(crate::build::FORMAT),
         "{}: not a {} manifest",
@@ -43,7 +42,8 @@ pub fn stats(out: &Path) -> Result<(Value, Value)> {
                 let s = per_split.entry(split.to_owned()).or_default();
                 s.0 += 1;
                 s.1 += n as u64;
-                let b: Vec<f64> = m["bbox"].as_array().map(|a| a.iter().filter_map(Value::as_f64).collect()).unwrap_or_default();
+                let b: Vec<f64> =
+                    m["bbox"].as_array().map(|a| a.iter().filter_map(Value::as_f64).collect()).unwrap_or_default();
                 if b.len() == 4 {
                     features.push(json!({
                         "type": "Feature",

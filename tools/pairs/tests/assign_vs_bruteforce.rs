@@ -61,7 +61,9 @@ fn reference(photos: &[PhotoPt], tile_px: u32, gsd: f64, cap: usize) -> Vec<(usi
     let mut bins: HashMap<(i64, i64, Option<(i64, u32)>), Vec<usize>> = HashMap::new();
     for (i, p) in photos.iter().enumerate() {
         let lon = ref_norm(p.lon);
-        bins.entry(((lon / 10.0).floor() as i64, (p.lat / 10.0).floor() as i64, ref_quarter(p.time))).or_default().push(i);
+        bins.entry(((lon / 10.0).floor() as i64, (p.lat / 10.0).floor() as i64, ref_quarter(p.time)))
+            .or_default()
+            .push(i);
     }
     let mut tiles = Vec::new();
     for members in bins.values() {
@@ -106,7 +108,8 @@ fn random_photos(rng: &mut Rng, n: usize, tile_px: u32, gsd: f64) -> Vec<PhotoPt
     let q_next = us(2021, 4, 1, 0, 0, 0);
     let mut v: Vec<PhotoPt> = Vec::with_capacity(n);
     // A few cluster centres, some at the awkward places.
-    let centres: [(f64, f64); 6] = [(179.995, 10.0), (-179.995, 10.0), (10.0, 50.0), (-0.0005, -0.0005), (20.0, 60.0), (100.0, -30.0)];
+    let centres: [(f64, f64); 6] =
+        [(179.995, 10.0), (-179.995, 10.0), (10.0, 50.0), (-0.0005, -0.0005), (20.0, 60.0), (100.0, -30.0)];
     while v.len() < n {
         let (cx, cy) = centres[rng.below(centres.len() as u64) as usize];
         let spread = 4.0 * half_lat;
@@ -133,7 +136,8 @@ fn random_photos(rng: &mut Rng, n: usize, tile_px: u32, gsd: f64) -> Vec<PhotoPt
             PhotoPt { lon: (cx / 10.0).round() * 10.0, lat: cy + rng.range(-spread, spread), time }
         } else if kind == 2 {
             // A duplicate location.
-            let base = if v.is_empty() { PhotoPt { lon: cx, lat: cy, time } } else { v[rng.below(v.len() as u64) as usize] };
+            let base =
+                if v.is_empty() { PhotoPt { lon: cx, lat: cy, time } } else { v[rng.below(v.len() as u64) as usize] };
             PhotoPt { time, ..base }
         } else {
             PhotoPt { lon: cx + rng.range(-spread, spread), lat: cy + rng.range(-spread, spread), time }
@@ -145,11 +149,8 @@ fn random_photos(rng: &mut Rng, n: usize, tile_px: u32, gsd: f64) -> Vec<PhotoPt
 
 fn check(photos: &[PhotoPt], tile_px: u32, gsd: f64, cap: usize) {
     let got = assign(photos, Params { tile_px, gsd_m: gsd, max_photos: cap });
-    let mut mine: Vec<(usize, Vec<usize>, Vec<usize>)> = got
-        .tiles
-        .iter()
-        .map(|t| (t.centre, t.photos.iter().map(|p| p.0).collect(), t.over_cap.clone()))
-        .collect();
+    let mut mine: Vec<(usize, Vec<usize>, Vec<usize>)> =
+        got.tiles.iter().map(|t| (t.centre, t.photos.iter().map(|p| p.0).collect(), t.over_cap.clone())).collect();
     mine.sort();
     let want = reference(photos, tile_px, gsd, cap);
     assert_eq!(mine, want, "assignment differs from the brute-force reference");
