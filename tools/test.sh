@@ -8,11 +8,11 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash tools/setup.sh
 
 echo "== cargo build (all targets) and benchmarks compiled, not run"
-cargo build --all-targets
-cargo bench --no-run
+cargo build --workspace --all-targets
+cargo bench --workspace --no-run
 
 echo "== cargo test"
-cargo test
+cargo test --workspace
 
 if [ -x .venv-torch/bin/python ]; then
     .venv-torch/bin/python -m pip install -q pytest >/dev/null 2>&1 || true
