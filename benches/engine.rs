@@ -397,8 +397,8 @@ fn main() {
          {CENTROIDS} content centroids + N(0, 0.03²) noise, city-preferred clusters (see `benches/engine.rs`, `generate`)"
     ));
     log.push(format!("- Queries: {nq} per selectivity, k = {K}, single thread; bbox grown around a random record to the target count"));
-    log.push(format!("- graftdb: default `Options` (exact_threshold 20 000, hnsw_min_rows 20 000), graph M = 16, ef_add = 64, ef_search = {ef_search}/√selectivity, f32"));
-    log.push(format!("- hnsw+post-filter: separate usearch index, M = 16, ef_add = 64, ef_search = 128, f32; unfiltered k' = {}, then bbox filter", 10 * K));
+    log.push(format!("- graftdb: default `Options` (exact_threshold 20 000, hnsw_min_rows 20 000), graph M = 16, ef_add = {}, ef_search = {ef_search}/√selectivity, f32", graftdb::index::hnsw::EXPANSION_ADD));
+    log.push(format!("- hnsw+post-filter: separate usearch index, M = 16, ef_add = {}, ef_search = 128, f32; unfiltered k' = {}, then bbox filter", graftdb::index::hnsw::EXPANSION_ADD, 10 * K));
     log.push(String::new());
     log.push("| measure | value |".into());
     log.push("|---|---|".into());

@@ -14,7 +14,7 @@ use crate::{Error, Metric, Result};
 /// Graph connectivity (M).
 pub const CONNECTIVITY: usize = 16;
 /// Candidate list size while building.
-pub const EXPANSION_ADD: usize = 64;
+pub const EXPANSION_ADD: usize = 128;
 
 fn options(dim: usize, metric: Metric) -> IndexOptions {
     IndexOptions {
