@@ -75,7 +75,7 @@ fi
 say "ONNX Runtime library: $ORT_LIB"
 
 if [ "${GRAFTDB_SKIP_TORCH:-0}" != "1" ]; then
-    make_venv .venv-torch "torch open-clip-torch onnx onnxruntime==1.31.1 numpy pytest"
+    make_venv .venv-torch "torch open-clip-torch onnx onnxscript onnxruntime==1.31.1 numpy pytest"
 
     # --- model bundles (seeded random weights; real weights are the user's to bring) ----
     # export_if_stale NAME ARGS...: re-export when the bundle is missing or the exporter changed.
