@@ -515,8 +515,7 @@ impl Db {
     fn last_seq(&self, num: u16) -> Result<u64> {
         let r = self.redb.begin_read()?;
         let log = r.open_table(VECTOR_LOG)?;
-        let last = log.range((num, 0)..=(num, u64::MAX))?.next_back().transpose()?.map_or(0, |(k, _)| k.value().1);
-        Ok(last)
+        last_log_seq(&log, num)
     }
 
     /// Rebuild a space's arena from redb in one sequential scan, then its graph, then persist.
@@ -525,7 +524,7 @@ impl Db {
         let r = self.redb.begin_read()?;
         let vt = r.open_table(VECTORS)?;
         let log = r.open_table(VECTOR_LOG)?;
-        let last = log.range((num, 0)..=(num, u64::MAX))?.next_back().transpose()?.map_or(0, |(k, _)| k.value().1);
+        let last = last_log_seq(&log, num)?;
         let patch = h.is_patch();
         let mut b = SegmentBuilder::new(h.stride(), 0, patch);
         let mut buf = Vec::new();
@@ -647,6 +646,30 @@ fn new_row(h: &SpaceHandle, key: u64, value: &[u8]) -> Result<NewRow> {
     }
 }
 
+/// The last `vector_log` sequence of a space (0 when empty).
+fn last_log_seq(log: &impl ReadableTable<(u16, u64), u64>, num: u16) -> Result<u64> {
+    Ok(log.range((num, 0)..=(num, u64::MAX))?.next_back().transpose()?.map_or(0, |(k, _)| k.value().1))
+}
+
+/// The next free key in the geohash cell of `(lon, lat)`: the cell's last key in `recs` (or in
+/// this transaction's cache) plus one. `at` names the input in the error when the cell is full.
+fn next_key(recs: &impl ReadableTable<u64, &'static [u8]>, cache: &mut HashMap<u64, u64>, at: &str, lon: f64, lat: f64) -> Result<u64> {
+    let shift = 64 - KEY_GEO_BITS;
+    let cell = hash::zorder(lon, lat) >> shift;
+    let next = match cache.get(&cell) {
+        Some(n) => *n,
+        None => {
+            let lo = cell << shift;
+            recs.range(lo..=(lo | KEY_SEQ_MAX))?.next_back().transpose()?.map_or(0, |(k, _)| (k.value() & KEY_SEQ_MAX) + 1)
+        }
+    };
+    if next > KEY_SEQ_MAX {
+        return Err(Error::invalid(at, format!("more than {KEY_SEQ_MAX} records at geohash {}", hash::encode(lon, lat, 8))));
+    }
+    cache.insert(cell, next + 1);
+    Ok((cell << shift) | next)
+}
+
 /// Validate a record's coordinates, times and footprint. `at` names the input.
 pub fn validate_record(at: &str, rec: &Record) -> Result<()> {
     match rec {
@@ -701,22 +724,8 @@ impl WriteTxn<'_> {
             return Err(Error::DuplicateId { at: at.into(), id: rec.id().to_string() });
         }
         let (lon, lat) = rec.point();
-        let cell = hash::zorder(lon, lat) >> (64 - KEY_GEO_BITS);
-        let shift = 64 - KEY_GEO_BITS;
         let mut recs = self.txn.open_table(RECORDS)?;
-        let next = match self.next_in_cell.get(&cell) {
-            Some(n) => *n,
-            None => {
-                let lo = cell << shift;
-                let hi = lo | KEY_SEQ_MAX;
-                recs.range(lo..=hi)?.next_back().transpose()?.map_or(0, |(k, _)| (k.value() & KEY_SEQ_MAX) + 1)
-            }
-        };
-        if next > KEY_SEQ_MAX {
-            return Err(Error::invalid(at, format!("more than {KEY_SEQ_MAX} records at geohash {}", hash::encode(lon, lat, 8))));
-        }
-        let key = (cell << shift) | next;
-        self.next_in_cell.insert(cell, next + 1);
+        let key = next_key(&recs, &mut self.next_in_cell, at, lon, lat)?;
         recs.insert(key, codec::encode_record(&rec)?.as_slice())?;
         ids.insert(idk.as_slice(), key)?;
         self.metas.insert(key, RowMeta { kind: rec.kind(), time: rec.time(), bbox: rec.bbox() });
@@ -744,7 +753,6 @@ impl WriteTxn<'_> {
             }
         }
         let num = h.def.number;
-        let shift = 64 - KEY_GEO_BITS;
         let mut ids = self.txn.open_table(IDS)?;
         let mut recs = self.txn.open_table(RECORDS)?;
         let mut vt = self.txn.open_table(VECTORS)?;
@@ -761,25 +769,13 @@ impl WriteTxn<'_> {
         let mut keys = Vec::with_capacity(rows.len());
         for (i, (rec, _)) in rows.iter().enumerate() {
             let (lon, lat) = rec.point();
-            let cell = hash::zorder(lon, lat) >> shift;
-            let next = match self.next_in_cell.get(&cell) {
-                Some(n) => *n,
-                None => {
-                    let lo = cell << shift;
-                    recs.range(lo..=(lo | KEY_SEQ_MAX))?.next_back().transpose()?.map_or(0, |(k, _)| (k.value() & KEY_SEQ_MAX) + 1)
-                }
-            };
-            if next > KEY_SEQ_MAX {
-                return Err(Error::invalid(row_at(i), format!("more than {KEY_SEQ_MAX} records at geohash {}", hash::encode(lon, lat, 8))));
-            }
-            self.next_in_cell.insert(cell, next + 1);
-            keys.push((cell << shift) | next);
+            keys.push(next_key(&recs, &mut self.next_in_cell, &row_at(i), lon, lat)?);
         }
         let mut order: Vec<usize> = (0..rows.len()).collect();
         order.sort_unstable_by_key(|&i| keys[i]);
         let mut seq = match self.next_seq.get(&num) {
             Some(s) => *s,
-            None => log.range((num, 0)..=(num, u64::MAX))?.next_back().transpose()?.map_or(1, |(k, _)| k.value().1 + 1),
+            None => last_log_seq(&log, num)? + 1,
         };
         for &i in &order {
             let (rec, _) = &rows[i];
@@ -818,7 +814,7 @@ impl WriteTxn<'_> {
         let mut log = self.txn.open_table(VECTOR_LOG)?;
         let seq = match self.next_seq.get(&num) {
             Some(s) => *s,
-            None => log.range((num, 0)..=(num, u64::MAX))?.next_back().transpose()?.map_or(1, |(k, _)| k.value().1 + 1),
+            None => last_log_seq(&log, num)? + 1,
         };
         log.insert((num, seq), key)?;
         self.next_seq.insert(num, seq + 1);

@@ -155,7 +155,11 @@ pub fn cover_bbox(b: [f64; 4], max_ranges: usize, max_bits: u32) -> Vec<(u64, u6
         }
         frontier = next;
     }
-    let mut ranges: Vec<(u64, u64)> = done.into_iter().map(|(z, bits)| prefix_range(z, bits)).collect();
+    merge_ranges(done.into_iter().map(|(z, bits)| prefix_range(z, bits)).collect())
+}
+
+/// Sort inclusive key ranges and merge those that overlap or touch.
+pub fn merge_ranges(mut ranges: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
     ranges.sort_unstable();
     let mut merged: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
     for (lo, hi) in ranges {

@@ -231,15 +231,7 @@ fn cover(filter: &Filter, expand: f64) -> Vec<(u64, u64)> {
         let e = [(b[0] - expand).max(-180.0), (b[1] - expand).max(-90.0), (b[2] + expand).min(180.0), (b[3] + expand).min(90.0)];
         all.extend(hash::cover_bbox(e, 64, 40));
     }
-    all.sort_unstable();
-    let mut merged: Vec<(u64, u64)> = Vec::with_capacity(all.len());
-    for (lo, hi) in all {
-        match merged.last_mut() {
-            Some(l) if lo <= l.1.saturating_add(1) => l.1 = l.1.max(hi),
-            _ => merged.push((lo, hi)),
-        }
-    }
-    merged
+    hash::merge_ranges(all)
 }
 
 fn scan_exact(def: &SpaceDef, seg: &Segment, ranges: &[(u64, u64)], m: &Matcher<'_>, q: &[f32], top: &mut TopK<()>, tested: &mut u64, matched: &mut u64) {
