@@ -319,7 +319,9 @@ fn yfcc_row(cols: &[&str]) -> std::result::Result<Row, String> {
     }))
 }
 
-fn read_yfcc(path: &Path, sink: &mut Sink<'_>) -> Result<()> {
+/// Call `f(line_no, line)` for every non-blank line (1-based numbers, line ending removed).
+/// Invalid UTF-8 is replaced, so a bad byte becomes a bad row rather than an I/O error.
+fn for_each_line(path: &Path, mut f: impl FnMut(u64, &str) -> Result<()>) -> Result<()> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut reader = std::io::BufReader::new(file);
     let mut buf = Vec::new();
@@ -327,18 +329,22 @@ fn read_yfcc(path: &Path, sink: &mut Sink<'_>) -> Result<()> {
     loop {
         buf.clear();
         if reader.read_until(b'\n', &mut buf).map_err(|e| Error::io(path, e))? == 0 {
-            break;
+            return Ok(());
         }
         line_no += 1;
         let line = String::from_utf8_lossy(&buf);
         let line = line.trim_end_matches(['\n', '\r']);
-        if line.trim().is_empty() {
-            continue;
+        if !line.trim().is_empty() {
+            f(line_no, line)?;
         }
-        let cols: Vec<&str> = line.split('\t').collect();
-        sink.take(line_at(path, line_no), yfcc_row(&cols))?;
     }
-    Ok(())
+}
+
+fn read_yfcc(path: &Path, sink: &mut Sink<'_>) -> Result<()> {
+    for_each_line(path, |line_no, line| {
+        let cols: Vec<&str> = line.split('\t').collect();
+        sink.take(line_at(path, line_no), yfcc_row(&cols))
+    })
 }
 
 // ---------------------------------------------------------------- JSON objects (Flickr, JSONL)
@@ -450,26 +456,12 @@ fn object_lines(text: &str, depth: usize) -> Vec<u64> {
 }
 
 fn read_jsonl(path: &Path, sink: &mut Sink<'_>) -> Result<()> {
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut reader = std::io::BufReader::new(file);
-    let mut buf = Vec::new();
-    let mut line_no = 0u64;
-    loop {
-        buf.clear();
-        if reader.read_until(b'\n', &mut buf).map_err(|e| Error::io(path, e))? == 0 {
-            break;
-        }
-        line_no += 1;
-        let line = String::from_utf8_lossy(&buf);
-        if line.trim().is_empty() {
-            continue;
-        }
+    for_each_line(path, |line_no, line| {
         let row = serde_json::from_str::<Value>(line.trim())
             .map_err(|e| format!("not valid JSON: {e}"))
             .and_then(|v| json_photo(&v, "jsonl"));
-        sink.take(line_at(path, line_no), row)?;
-    }
-    Ok(())
+        sink.take(line_at(path, line_no), row)
+    })
 }
 
 // ---------------------------------------------------------------- CSV
