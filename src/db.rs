@@ -22,8 +22,16 @@ pub const INDEX_DIR: &str = "index";
 /// Tuning knobs. The defaults are the measured ones (see BENCHMARKS.md).
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// Estimated candidates at or below which a filtered query scans exactly.
+    /// Candidates at or below which a filtered query scans exactly.
     pub exact_threshold: usize,
+    /// Cover estimates at or below which the planner first counts the rows that really pass
+    /// the filter (a pass over the candidates' filter fields, no vectors), marking them in a
+    /// bitmap the graph walk then tests in O(1). Above it the graph tests rows lazily.
+    pub prefilter_max: usize,
+    /// Choose the exact scan whenever it is expected to compute fewer distances than the
+    /// filtered graph walk (`ef / selectivity × M` nodes), not only below `exact_threshold`.
+    /// Tests turn it off to drive the graph path on small data.
+    pub cost_switch: bool,
     /// Spaces with fewer vectors than this get no HNSW graph (an exact scan is as fast).
     pub hnsw_min_rows: usize,
     /// Rows that may wait in the in-memory delta before the arena is rebuilt.
@@ -41,6 +49,8 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             exact_threshold: 20_000,
+            prefilter_max: 400_000,
+            cost_switch: true,
             hnsw_min_rows: 20_000,
             delta_max: 50_000,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -290,11 +300,12 @@ impl Db {
         if let Ok(m) = self.read_manifest(def.number) {
             if let Ok((seg, seq)) = arena::read_snapshot(&self.dir.join(INDEX_DIR).join(&m.arena), st, patch) {
                 if seq == m.seq {
+                    // A graph labelled some other way is left unused; the snapshot still serves.
                     let graph = match &m.hnsw {
-                        Some(h) => hnsw::view(&self.dir.join(INDEX_DIR).join(h), def.dim as usize, def.metric).ok(),
-                        None => None,
+                        Some(h) if m.labels.as_deref() == Some(hnsw::LABELS) => hnsw::view(&self.dir.join(INDEX_DIR).join(h), def.dim as usize, def.metric).ok(),
+                        _ => None,
                     };
-                    let graph_ok = m.hnsw.is_none() || graph.as_ref().is_some_and(|g| g.size() == seg.len());
+                    let graph_ok = m.hnsw.is_none() || m.labels.as_deref() != Some(hnsw::LABELS) || graph.as_ref().is_some_and(|g| g.size() == seg.len());
                     if graph_ok {
                         idx.max_half_extent = half_extent(&seg);
                         idx.base = seg;
@@ -575,7 +586,8 @@ impl Db {
             }
             None => None,
         };
-        let m = Manifest { seq, arena: arena_name, hnsw: hnsw_name };
+        let labels = hnsw_name.as_ref().map(|_| hnsw::LABELS.to_string());
+        let m = Manifest { seq, arena: arena_name, hnsw: hnsw_name, labels };
         let p = self.manifest_path(num);
         let tmp = p.with_extension(format!("tmp{}", std::process::id()));
         let text = serde_json::to_vec_pretty(&m).map_err(|e| Error::Index(e.to_string()))?;
@@ -627,6 +639,10 @@ struct Manifest {
     seq: u64,
     arena: String,
     hnsw: Option<String>,
+    /// How the graph labels its nodes (`hnsw::LABELS`); absent in manifests written before
+    /// graphs were labelled by row, whose graphs are ignored and rebuilt at the next checkpoint.
+    #[serde(default)]
+    labels: Option<String>,
 }
 
 fn decode_space(bytes: &[u8]) -> Result<SpaceDef> {

@@ -5,8 +5,11 @@
 //! path, the in-memory delta, snapshots and rebuilds.
 //!
 //! Exact queries must equal the reference (ids, scores within 1e-4; ties may resolve either
-//! way). Graph queries may miss: the budget is recall@k ≥ 0.9 per query, and never fewer
-//! than `min(k, matches)` hits. Every hit, exact or not, must match the filter.
+//! way). Graph queries may miss, within a stated budget checked against brute force: at most
+//! one true neighbour in five per query (at least one allowed, so recall@5 ≥ 0.8), and a mean
+//! recall over the run of at least 0.98; never fewer than `min(k, matches)` hits. Every hit,
+//! exact or not, must match the filter. The planner's cost switch (which sends most queries on
+//! these small spaces to the exact scan) is turned off so the graph path runs.
 //!
 //! Boundary cases the reference cannot decide within float error (a circle's edge passing
 //! within 200 m of a tile, or within a micrometre of a photo) are resolved with graftdb's own
@@ -26,8 +29,16 @@ const D_L2: usize = 6;
 const R_KM: f64 = 6_371.008_8;
 
 fn small_opts() -> Options {
-    Options { exact_threshold: 50, hnsw_min_rows: 100, delta_max: 200, threads: 2, persist_index: true, ..Options::default() }
+    Options { exact_threshold: 50, hnsw_min_rows: 100, delta_max: 200, threads: 2, persist_index: true, cost_switch: false, ..Options::default() }
 }
+
+/// Graph queries' miss budget: misses allowed among `want` true neighbours.
+fn allowed_misses(want: usize) -> usize {
+    (want / 5).max(1)
+}
+
+/// The least mean recall over all graph queries of a run.
+const MEAN_RECALL_FLOOR: f64 = 0.98;
 
 // ---------------------------------------------------------------- reference geometry
 
@@ -595,7 +606,7 @@ fn check_query(db: &Db, model: &mut Model, q: &QSpec, st: &mut Stats, step: usiz
         let good = res.hits.iter().filter(|h| f64::from(h.score) >= kth - 1e-4).count();
         let recall = good as f64 / want as f64;
         st.recall_sum += recall;
-        assert!(recall >= 0.9, "{}: recall@{} = {recall}", ctx(), q.k);
+        assert!(want - good <= allowed_misses(want), "{}: recall@{} = {recall}, over the miss budget", ctx(), q.k);
     }
 }
 
@@ -770,6 +781,8 @@ fn engine_matches_reference_model() {
         m.unsure,
         started.elapsed()
     );
+    let mean = st.recall_sum / st.approx.max(1) as f64;
+    assert!(mean >= MEAN_RECALL_FLOOR, "mean recall of graph queries {mean:.4} < {MEAN_RECALL_FLOOR}");
     assert!(st.paths.get("hnsw").copied().unwrap_or(0) > 20, "the graph path barely ran: {:?}", st.paths);
     assert!(st.paths.get("exact").copied().unwrap_or(0) > 20, "the exact path barely ran: {:?}", st.paths);
     assert!(m.unsure < 50, "too many boundary cases decided by graftdb itself: {}", m.unsure);

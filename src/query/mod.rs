@@ -4,8 +4,13 @@
 //! (binary searches over the sorted arena), and pick a path:
 //! - **exact**: at or below `Options::exact_threshold` candidates, or when asked, or with no
 //!   graph: scan the candidate rows in key order, test each exactly, score exactly;
-//! - **hnsw**: above it, usearch's filtered search with the exact filter as predicate, each hit
-//!   re-scored from the arena, plus an exact scan of rows not yet in the graph;
+//! - **count**: above it (and up to `Options::prefilter_max`), one pass over the candidates'
+//!   filter fields counts the rows that really pass. If they are few, or an exact scan of them
+//!   is expected to compute fewer distances than a filtered graph walk would (`ef/sel × M`),
+//!   the listed rows are scored exactly;
+//! - **hnsw**: otherwise usearch's filtered search, the predicate a bitmap of the counted rows
+//!   (or the exact filter read by row number when uncounted), each hit re-scored from the
+//!   arena, plus an exact scan of rows not yet in the graph;
 //! - **hnsw→exact**: when the graph returns fewer than `k` and more rows may match, the query
 //!   falls back to the exact scan. Results are never short.
 
@@ -15,6 +20,7 @@ use std::time::Instant;
 use crate::db::{Options, SpaceIndex};
 use crate::geo::{hash, Filter, Region};
 use crate::index::arena::{RowMeta, Segment};
+use crate::index::hnsw;
 use crate::index::scan::{self, Scored, TopK};
 use crate::store::codec;
 use crate::{Error, Kind, Level, Record, RecordId, Result, SpaceDef};
@@ -191,7 +197,11 @@ struct Matcher<'a> {
 }
 
 impl Matcher<'_> {
-    fn matches(&self, key: u64, m: &RowMeta) -> bool {
+    /// The part of the test that needs only the arena's filter fields: kind, time and, for
+    /// photos, the exact region test; for tiles, whether the bounding box can touch the
+    /// region. A row failing it does not match; a tile passing it may still need
+    /// [`Matcher::footprint_ok`].
+    fn quick(&self, m: &RowMeta) -> bool {
         if self.filter.kind.is_some_and(|k| k != m.kind) || !self.filter.time_ok(m.time) {
             return false;
         }
@@ -202,16 +212,27 @@ impl Matcher<'_> {
             Kind::Photo => self.filter.regions.iter().all(|r| r.contains_point(m.bbox[0], m.bbox[1])),
             Kind::Tile => {
                 let b = m.bbox;
-                let near = self.boxes.as_ref().is_none_or(|bs| bs.iter().any(|c| b[0] <= c[2] && b[2] >= c[0] && b[1] <= c[3] && b[3] >= c[1]));
-                if !near {
-                    return false;
-                }
-                match footprint(self.recs, key) {
-                    Some(ring) => self.filter.regions.iter().all(|r| r.intersects_ring(&ring)),
-                    None => false,
-                }
+                self.boxes.as_ref().is_none_or(|bs| bs.iter().any(|c| b[0] <= c[2] && b[2] >= c[0] && b[1] <= c[3] && b[3] >= c[1]))
             }
         }
+    }
+
+    /// True when a row that passed [`Matcher::quick`] must still have its footprint read.
+    fn needs_footprint(&self, m: &RowMeta) -> bool {
+        m.kind == Kind::Tile && !self.filter.regions.is_empty()
+    }
+
+    /// The footprint test of a tile (reads its record).
+    fn footprint_ok(&self, key: u64) -> bool {
+        match footprint(self.recs, key) {
+            Some(ring) => self.filter.regions.iter().all(|r| r.intersects_ring(&ring)),
+            None => false,
+        }
+    }
+
+    /// The whole exact test.
+    fn matches(&self, key: u64, m: &RowMeta) -> bool {
+        self.quick(m) && (!self.needs_footprint(m) || self.footprint_ok(key))
     }
 }
 
@@ -251,6 +272,41 @@ fn scan_exact(def: &SpaceDef, seg: &Segment, ranges: &[(u64, u64)], m: &Matcher<
     }
 }
 
+/// Score the listed rows of `seg` (already through [`Matcher::quick`]).
+fn scan_rows(def: &SpaceDef, seg: &Segment, rows: &[u32], m: &Matcher<'_>, q: &[f32], top: &mut TopK<()>, matched: &mut u64) {
+    for &r in rows {
+        let i = r as usize;
+        let (Some(&key), Some(meta)) = (seg.keys.get(i), seg.meta(i)) else { continue };
+        if m.needs_footprint(&meta) && !m.footprint_ok(key) {
+            continue;
+        }
+        *matched += 1;
+        let s = scan::score(def.metric, q, seg.vector(i));
+        if s >= top.threshold() {
+            top.push(Scored { score: s, key, extra: () });
+        }
+    }
+}
+
+/// One bit per base row: the rows a graph walk may return.
+struct Bitmap(Vec<u64>);
+
+impl Bitmap {
+    fn from_rows(n: usize, rows: &[u32]) -> Self {
+        let mut w = vec![0u64; n.div_ceil(64)];
+        for &r in rows {
+            if let Some(x) = w.get_mut(r as usize / 64) {
+                *x |= 1 << (r % 64);
+            }
+        }
+        Bitmap(w)
+    }
+    #[inline]
+    fn get(&self, i: usize) -> bool {
+        self.0.get(i / 64).is_some_and(|w| w >> (i % 64) & 1 == 1)
+    }
+}
+
 /// Execute a query against a space's index.
 pub(crate) fn run(def: &SpaceDef, st: &SpaceIndex, q: &Query, recs: &Records<'_>, opts: &Options, counters: &PlanCounters) -> Result<SearchResult> {
     let t0 = Instant::now();
@@ -286,23 +342,51 @@ pub(crate) fn run(def: &SpaceDef, st: &SpaceIndex, q: &Query, recs: &Records<'_>
         return Ok(SearchResult { hits: finish(hits, recs, &q.filter)?, explain: ex });
     }
     let mut top = TopK::new(q.k);
-    let use_graph = !q.exact && st.hnsw.is_some() && est as usize > opts.exact_threshold && q.k > 0;
-    if use_graph {
-        if let Some(g) = &st.hnsw {
-            let want = (q.k * 3).max(40);
-            let sel = (est as f64 / st.base.len().max(1) as f64).clamp(1e-6, 1.0);
-            // Lower selectivity needs a wider beam for the walk to meet enough passing nodes.
-            let ef = ((opts.ef_search as f64 / sel.sqrt()) as usize).clamp(want.max(opts.ef_search), 4096);
-            g.change_expansion_search(ef);
-            let unfiltered = q.filter.is_empty();
-            let res = if unfiltered {
-                g.search(&qv, want)
-            } else {
-                g.filtered_search(&qv, want, |key| st.base.find(key).and_then(|i| st.base.meta(i)).is_some_and(|mm| m.matches(key, &mm)))
+    // Rows of the base known to pass `Matcher::quick`, when the planner counted them.
+    let mut listed: Option<Vec<u32>> = None;
+    let graph = st.hnsw.as_ref().filter(|_| !q.exact && q.k > 0 && est as usize > opts.exact_threshold);
+    if let Some(g) = graph {
+        let n = st.base.len().max(1);
+        let unfiltered = q.filter.is_empty();
+        let mut passing = if unfiltered { st.base.len() as u64 } else { est };
+        if !unfiltered && est as usize <= opts.prefilter_max {
+            // Count what really passes: the cover over-estimates (time, kind, shape corners).
+            let mut rows = Vec::new();
+            for &(lo, hi) in &ranges {
+                for i in st.base.rows_in(lo, hi) {
+                    ex.tested += 1;
+                    if st.base.meta(i).is_some_and(|mm| m.quick(&mm)) {
+                        rows.push(i as u32);
+                    }
+                }
             }
-            .map_err(|e| Error::Index(e.to_string()))?;
-            for key in res.keys {
-                if let Some(i) = st.base.find(key) {
+            passing = rows.len() as u64;
+            listed = Some(rows);
+        }
+        let want = (q.k * 3).max(40);
+        let sel = (passing as f64 / n as f64).clamp(1e-6, 1.0);
+        // Lower selectivity needs a wider beam for the walk to meet enough passing nodes.
+        let ef = ((opts.ef_search as f64 / sel.sqrt()) as usize).clamp(want.max(opts.ef_search), 4096);
+        // A filtered walk expands about ef/sel nodes and scores each one's M neighbours; an
+        // exact scan scores each passing row once, in memory order.
+        let walk_cost = ef as f64 / sel * hnsw::CONNECTIVITY as f64;
+        let exact_cheaper = passing as usize <= opts.exact_threshold || (opts.cost_switch && !unfiltered && (passing as f64) <= walk_cost);
+        if !exact_cheaper {
+            g.change_expansion_search(ef);
+            let bitmap = listed.as_deref().map(|rows| Bitmap::from_rows(st.base.len(), rows));
+            let keep = |row: u64| -> bool {
+                let i = row as usize;
+                let Some(meta) = st.base.meta(i) else { return false };
+                let key = st.base.keys.get(i).copied().unwrap_or(0);
+                match &bitmap {
+                    Some(b) => b.get(i) && (!m.needs_footprint(&meta) || m.footprint_ok(key)),
+                    None => m.matches(key, &meta),
+                }
+            };
+            let res = if unfiltered { g.search(&qv, want) } else { g.filtered_search(&qv, want, keep) }.map_err(|e| Error::Index(e.to_string()))?;
+            for row in res.keys {
+                let i = row as usize;
+                if let Some(&key) = st.base.keys.get(i) {
                     let s = scan::score(def.metric, &qv, st.base.vector(i));
                     top.push(Scored { score: s, key, extra: () });
                 }
@@ -312,16 +396,19 @@ pub(crate) fn run(def: &SpaceDef, st: &SpaceIndex, q: &Query, recs: &Records<'_>
             ex.tested += t;
             ex.matched += mm;
             ex.path = PlanPath::Hnsw;
-        }
-        if top.len() < q.k && (top.len() as u64) < est {
-            ex.path = PlanPath::HnswThenExact;
-            top = TopK::new(q.k);
+            if top.len() < q.k && (top.len() as u64) < est {
+                ex.path = PlanPath::HnswThenExact;
+                top = TopK::new(q.k);
+            }
         }
     }
     match ex.path {
         PlanPath::Exact | PlanPath::HnswThenExact => {
             let (mut t, mut mm) = (0, 0);
-            scan_exact(def, &st.base, &ranges, &m, &qv, &mut top, &mut t, &mut mm);
+            match &listed {
+                Some(rows) => scan_rows(def, &st.base, rows, &m, &qv, &mut top, &mut mm),
+                None => scan_exact(def, &st.base, &ranges, &m, &qv, &mut top, &mut t, &mut mm),
+            }
             scan_exact(def, &st.delta, &ranges, &m, &qv, &mut top, &mut t, &mut mm);
             ex.tested += t;
             ex.matched += mm;
