@@ -3,7 +3,7 @@
 
 use crate::assign::{self, civil_from_days, PhotoPt, TileAssign};
 use anyhow::{bail, Context, Result};
-use graftdb::ingest::raster::WindowReader;
+use graftdb::ingest::raster::{tile_raster, RasterOptions, WindowReader};
 use graftdb::{Db, PixelRef, Record, RecordId};
 use rstar::{primitives::GeomWithData, RTree, AABB};
 use serde_json::{json, Value};
@@ -34,6 +34,10 @@ pub struct BuildOptions {
     pub space: Option<String>,
     /// Samples per shard.
     pub shard_size: usize,
+    /// GeoTIFF/COG files to cut tiles from besides the database's own raster tiles
+    /// (`--raster`). They are tiled in memory the way `graftdb ingest raster` would
+    /// (224-px windows, ≤ 50 % nodata) and never written to the database.
+    pub rasters: Vec<PathBuf>,
 }
 
 /// SplitMix64: small, fast and stable across versions (the split must not change with a
@@ -87,7 +91,8 @@ struct PhotoRow {
 }
 
 struct StoredTile {
-    key: u64,
+    /// The tile's record key; for tiles of `--raster` files (not in the database), `None`.
+    key: Option<u64>,
     footprint: Vec<[f64; 2]>,
     gsd_m: f64,
     time: Option<i64>,
@@ -225,7 +230,7 @@ pub fn build(db_dir: &Path, out: &Path, o: &BuildOptions) -> Result<Value> {
             Record::Tile(t) => {
                 if let PixelRef::File { path, window } = t.pixels {
                     stored.push(StoredTile {
-                        key,
+                        key: Some(key),
                         footprint: t.footprint,
                         gsd_m: t.gsd_m,
                         time: t.time,
@@ -238,6 +243,15 @@ pub fn build(db_dir: &Path, out: &Path, o: &BuildOptions) -> Result<Value> {
         }
         Ok(())
     })?;
+    // Rasters outside the database: the same tiling as `graftdb ingest raster`, in memory.
+    for path in &o.rasters {
+        let report = tile_raster(path, &RasterOptions::default()).with_context(|| format!("--raster {}", path.display()))?;
+        for t in report.tiles {
+            if let PixelRef::File { path, window } = t.pixels {
+                stored.push(StoredTile { key: None, footprint: t.footprint, gsd_m: t.gsd_m, time: t.time, cloud: t.cloud_cover, path, window });
+            }
+        }
+    }
     // Deterministic input order: by photo id (then key for equal ids).
     photos.sort_by(|a, b| a.0.id.cmp(&b.0.id).then(a.0.key.cmp(&b.0.key)));
     let pts: Vec<PhotoPt> = photos.iter().map(|p| p.1).collect();
@@ -309,7 +323,8 @@ pub fn build(db_dir: &Path, out: &Path, o: &BuildOptions) -> Result<Value> {
         let date = if times.is_empty() { None } else { Some(times[(times.len() - 1) / 2]) };
 
         // Raster: a stored tile at this GSD whose footprint holds the centre; closest in time
-        // to the tile date, then least cloud, then lowest key.
+        // to the tile date, then least cloud, then database tiles (lowest key) before `--raster`
+        // ones (by path and window).
         let env = AABB::from_point([t.lon, t.lat]);
         let mut cands: Vec<&StoredTile> = tile_tree
             .locate_in_envelope_intersecting(&env)
@@ -324,7 +339,10 @@ pub fn build(db_dir: &Path, out: &Path, o: &BuildOptions) -> Result<Value> {
             dt(x)
                 .cmp(&dt(y))
                 .then(x.cloud.unwrap_or(f32::MAX).total_cmp(&y.cloud.unwrap_or(f32::MAX)))
+                .then(x.key.is_none().cmp(&y.key.is_none()))
                 .then(x.key.cmp(&y.key))
+                .then(x.path.cmp(&y.path))
+                .then(x.window.cmp(&y.window))
         });
         let mut png: Option<(Vec<u8>, &StoredTile)> = None;
         for s in cands {

@@ -43,6 +43,9 @@ enum Cmd {
         /// Samples (tiles) per tar shard.
         #[arg(long, default_value_t = 1000)]
         shard_size: usize,
+        /// GeoTIFF/COG to cut tiles from as well as the database's raster tiles (repeatable).
+        #[arg(long = "raster", value_name = "FILE")]
+        rasters: Vec<PathBuf>,
     },
     /// Counts, photos-per-tile histogram and a GeoJSON coverage map of a built dataset.
     Stats {
@@ -57,7 +60,7 @@ enum Cmd {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Build { db, out, gsd, tile_px, max_photos, test_fraction, block, seed, space, shard_size } => {
+        Cmd::Build { db, out, gsd, tile_px, max_photos, test_fraction, block, seed, space, shard_size, rasters } => {
             anyhow::ensure!(gsd > 0.0 && gsd.is_finite(), "--gsd must be a positive number");
             anyhow::ensure!(tile_px >= 2, "--tile-px must be at least 2");
             anyhow::ensure!(max_photos >= 1, "--max-photos must be at least 1");
@@ -72,6 +75,7 @@ fn main() -> Result<()> {
                 seed,
                 space,
                 shard_size,
+                rasters,
             };
             let manifest = graft_pairs::build::build(&db, &out, &opts)
                 .with_context(|| format!("building pairs from {} into {}", db.display(), out.display()))?;
