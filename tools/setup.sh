@@ -4,7 +4,7 @@
 # Installs (CI runs this as root on a fresh Debian 12 machine):
 #   - apt: libgdal-dev gdal-bin (and python3-venv when `python3 -m venv` is missing)
 #   - .venv        onnxruntime==1.31.1 onnx numpy pyarrow   (ONNX Runtime for the `ort` crate)
-#   - .venv-torch  torch open-clip-torch onnx onnxruntime==1.31.1 numpy pytest   (exporters and
+#   - .venv-torch  torch open-clip-torch onnx onnxruntime==1.31.1 numpy pytest pyarrow   (exporters and
 #                  tools/train, ~5 GB, ~1.3 min on a fresh machine)
 #   - data/bundles/tiny and data/bundles/vitb16-random: model bundles with seeded random
 #     weights, exported by tools/export (no network needed)
@@ -75,7 +75,7 @@ fi
 say "ONNX Runtime library: $ORT_LIB"
 
 if [ "${GRAFTDB_SKIP_TORCH:-0}" != "1" ]; then
-    make_venv .venv-torch "torch open-clip-torch onnx onnxscript onnxruntime==1.31.1 numpy pytest"
+    make_venv .venv-torch "torch open-clip-torch onnx onnxscript onnxruntime==1.31.1 numpy pytest pyarrow"
 
     # --- model bundles (seeded random weights; real weights are the user's to bring) ----
     # export_if_stale NAME ARGS...: re-export when the bundle is missing or the exporter changed.
