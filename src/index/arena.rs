@@ -59,6 +59,24 @@ pub struct RowMeta {
     pub bbox: [f64; 4],
 }
 
+/// The filter-field columns of a segment as plain slices ([`Segment::metas`]).
+#[derive(Clone, Copy)]
+pub struct MetaView<'a> {
+    time: &'a [i64],
+    bbox: &'a [f64],
+    kind: &'a [u8],
+}
+
+impl MetaView<'_> {
+    /// The filter fields of row `i`.
+    #[inline]
+    pub fn get(&self, i: usize) -> Option<RowMeta> {
+        let t = *self.time.get(i)?;
+        let b = self.bbox.get(i * 4..i * 4 + 4)?;
+        Some(RowMeta { kind: Kind::from_u8(*self.kind.get(i)?)?, time: (t != NO_TIME).then_some(t), bbox: [b[0], b[1], b[2], b[3]] })
+    }
+}
+
 /// Time column value meaning "no time".
 pub const NO_TIME: i64 = i64::MIN;
 
@@ -112,15 +130,13 @@ impl Segment {
     pub fn find(&self, key: u64) -> Option<usize> {
         self.keys.binary_search(&key).ok()
     }
+    /// The filter-field columns, dereferenced once for a loop over many rows.
+    pub fn metas(&self) -> MetaView<'_> {
+        MetaView { time: &self.time, bbox: &self.bbox, kind: &self.kind }
+    }
     /// The filter fields of a row.
     pub fn meta(&self, i: usize) -> Option<RowMeta> {
-        let t = *self.time.get(i)?;
-        let b = self.bbox.get(i * 4..i * 4 + 4)?;
-        Some(RowMeta {
-            kind: Kind::from_u8(*self.kind.get(i)?)?,
-            time: (t != NO_TIME).then_some(t),
-            bbox: [b[0], b[1], b[2], b[3]],
-        })
+        self.metas().get(i)
     }
     /// The f32 vector of a row (image-level spaces).
     #[inline]

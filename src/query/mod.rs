@@ -256,15 +256,17 @@ fn cover(filter: &Filter, expand: f64) -> Vec<(u64, u64)> {
 }
 
 fn scan_exact(def: &SpaceDef, seg: &Segment, ranges: &[(u64, u64)], m: &Matcher<'_>, q: &[f32], top: &mut TopK<()>, tested: &mut u64, matched: &mut u64) {
+    let (keys, metas, vecs): (&[u64], _, &[f32]) = (&seg.keys, seg.metas(), &seg.f32s);
+    let d = seg.stride;
     for &(lo, hi) in ranges {
         for i in seg.rows_in(lo, hi) {
-            let (Some(&key), Some(meta)) = (seg.keys.get(i), seg.meta(i)) else { continue };
+            let (Some(&key), Some(meta)) = (keys.get(i), metas.get(i)) else { continue };
             *tested += 1;
             if !m.matches(key, &meta) {
                 continue;
             }
             *matched += 1;
-            let s = scan::score(def.metric, q, seg.vector(i));
+            let s = scan::score(def.metric, q, vecs.get(i * d..(i + 1) * d).unwrap_or(&[]));
             if s >= top.threshold() {
                 top.push(Scored { score: s, key, extra: () });
             }
@@ -274,14 +276,16 @@ fn scan_exact(def: &SpaceDef, seg: &Segment, ranges: &[(u64, u64)], m: &Matcher<
 
 /// Score the listed rows of `seg` (already through [`Matcher::quick`]).
 fn scan_rows(def: &SpaceDef, seg: &Segment, rows: &[u32], m: &Matcher<'_>, q: &[f32], top: &mut TopK<()>, matched: &mut u64) {
+    let (keys, metas, vecs): (&[u64], _, &[f32]) = (&seg.keys, seg.metas(), &seg.f32s);
+    let d = seg.stride;
     for &r in rows {
         let i = r as usize;
-        let (Some(&key), Some(meta)) = (seg.keys.get(i), seg.meta(i)) else { continue };
+        let (Some(&key), Some(meta)) = (keys.get(i), metas.get(i)) else { continue };
         if m.needs_footprint(&meta) && !m.footprint_ok(key) {
             continue;
         }
         *matched += 1;
-        let s = scan::score(def.metric, q, seg.vector(i));
+        let s = scan::score(def.metric, q, vecs.get(i * d..(i + 1) * d).unwrap_or(&[]));
         if s >= top.threshold() {
             top.push(Scored { score: s, key, extra: () });
         }
@@ -349,13 +353,27 @@ pub(crate) fn run(def: &SpaceDef, st: &SpaceIndex, q: &Query, recs: &Records<'_>
         let n = st.base.len().max(1);
         let unfiltered = q.filter.is_empty();
         let mut passing = if unfiltered { st.base.len() as u64 } else { est };
-        if !unfiltered && est as usize <= opts.prefilter_max {
+        let want = (q.k * 3).max(40);
+        // The beam for a selectivity: lower selectivity needs a wider beam for the walk to meet
+        // enough passing nodes. A filtered walk expands about ef/sel nodes and scores each
+        // one's M neighbours; an exact scan scores each passing row once, in memory order.
+        let plan = |passing: u64| {
+            let sel = (passing as f64 / n as f64).clamp(1e-6, 1.0);
+            let ef = ((opts.ef_search as f64 / sel.sqrt()) as usize).clamp(want.max(opts.ef_search), 4096);
+            let walk_cost = ef as f64 / sel * hnsw::CONNECTIVITY as f64;
+            let exact = passing as usize <= opts.exact_threshold || (opts.cost_switch && !unfiltered && (passing as f64) <= walk_cost);
+            (ef, exact)
+        };
+        // Counting cannot change an exact verdict: fewer passing rows only make the walk dearer.
+        let count = !unfiltered && est as usize <= opts.prefilter_max && !plan(est).1;
+        if count {
             // Count what really passes: the cover over-estimates (time, kind, shape corners).
             let mut rows = Vec::new();
+            let metas = st.base.metas();
             for &(lo, hi) in &ranges {
                 for i in st.base.rows_in(lo, hi) {
                     ex.tested += 1;
-                    if st.base.meta(i).is_some_and(|mm| m.quick(&mm)) {
+                    if metas.get(i).is_some_and(|mm| m.quick(&mm)) {
                         rows.push(i as u32);
                     }
                 }
@@ -363,23 +381,19 @@ pub(crate) fn run(def: &SpaceDef, st: &SpaceIndex, q: &Query, recs: &Records<'_>
             passing = rows.len() as u64;
             listed = Some(rows);
         }
-        let want = (q.k * 3).max(40);
-        let sel = (passing as f64 / n as f64).clamp(1e-6, 1.0);
-        // Lower selectivity needs a wider beam for the walk to meet enough passing nodes.
-        let ef = ((opts.ef_search as f64 / sel.sqrt()) as usize).clamp(want.max(opts.ef_search), 4096);
-        // A filtered walk expands about ef/sel nodes and scores each one's M neighbours; an
-        // exact scan scores each passing row once, in memory order.
-        let walk_cost = ef as f64 / sel * hnsw::CONNECTIVITY as f64;
-        let exact_cheaper = passing as usize <= opts.exact_threshold || (opts.cost_switch && !unfiltered && (passing as f64) <= walk_cost);
+        let (ef, exact_cheaper) = plan(passing);
         if !exact_cheaper {
             g.change_expansion_search(ef);
             let bitmap = listed.as_deref().map(|rows| Bitmap::from_rows(st.base.len(), rows));
+            let (keys, metas): (&[u64], _) = (&st.base.keys, st.base.metas());
             let keep = |row: u64| -> bool {
                 let i = row as usize;
-                let Some(meta) = st.base.meta(i) else { return false };
-                let key = st.base.keys.get(i).copied().unwrap_or(0);
+                if bitmap.as_ref().is_some_and(|b| !b.get(i)) {
+                    return false;
+                }
+                let (Some(meta), Some(&key)) = (metas.get(i), keys.get(i)) else { return false };
                 match &bitmap {
-                    Some(b) => b.get(i) && (!m.needs_footprint(&meta) || m.footprint_ok(key)),
+                    Some(_) => !m.needs_footprint(&meta) || m.footprint_ok(key),
                     None => m.matches(key, &meta),
                 }
             };
