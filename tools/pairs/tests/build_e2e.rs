@@ -79,13 +79,20 @@ fn make_db(dir: &Path, raster: &Path, with_tiles: bool) -> f64 {
     gsd
 }
 
+/// The Landsat scene, or `None` (with a message) when tools/fetch-data.sh has not run.
+fn landsat() -> Option<PathBuf> {
+    let raster = Path::new(env!("CARGO_MANIFEST_DIR")).join(LANDSAT);
+    if raster.is_file() {
+        Some(raster)
+    } else {
+        eprintln!("skipped: {} is missing (run tools/fetch-data.sh)", raster.display());
+        None
+    }
+}
+
 #[test]
 fn build_twice_is_identical_and_readable() {
-    let raster = Path::new(env!("CARGO_MANIFEST_DIR")).join(LANDSAT);
-    if !raster.is_file() {
-        eprintln!("skipped: {} is missing (run tools/fetch-data.sh)", raster.display());
-        return;
-    }
+    let Some(raster) = landsat() else { return };
     let dbdir = tmp("db");
     let gsd = make_db(&dbdir, &raster, true);
     let opts = BuildOptions {
@@ -180,11 +187,7 @@ fn members(out: &Path, manifest: &serde_json::Value) -> BTreeMap<String, Vec<u8>
 
 #[test]
 fn raster_given_on_the_command_line_cuts_the_same_tiles_as_one_in_the_database() {
-    let raster = Path::new(env!("CARGO_MANIFEST_DIR")).join(LANDSAT);
-    if !raster.is_file() {
-        eprintln!("skipped: {} is missing (run tools/fetch-data.sh)", raster.display());
-        return;
-    }
+    let Some(raster) = landsat() else { return };
     let (with, without) = (tmp("db-with-tiles"), tmp("db-without-tiles"));
     let gsd = make_db(&with, &raster, true);
     make_db(&without, &raster, false);
@@ -220,11 +223,7 @@ fn raster_given_on_the_command_line_cuts_the_same_tiles_as_one_in_the_database()
 /// date, and among scenes equally close, from the one with the least cloud.
 #[test]
 fn overlapping_scenes_pick_the_closest_date_then_the_least_cloud() {
-    let raster = Path::new(env!("CARGO_MANIFEST_DIR")).join(LANDSAT);
-    if !raster.is_file() {
-        eprintln!("skipped: {} is missing (run tools/fetch-data.sh)", raster.display());
-        return;
-    }
+    let Some(raster) = landsat() else { return };
     let dbdir = tmp("db-scenes");
     let gsd = make_db(&dbdir, &raster, false);
     let report = tile_raster(&raster, &RasterOptions::default()).unwrap();
