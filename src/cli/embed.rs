@@ -186,11 +186,7 @@ fn load(db: &Db, job: &Job, rasters: &mut Rasters) -> std::result::Result<image:
             },
             _ => Err("the record is gone".into()),
         },
-        Source::File(p) => image::ImageReader::open(p)
-            .and_then(image::ImageReader::with_guessed_format)
-            .map_err(|e| format!("{}: {e}", p.display()))?
-            .decode()
-            .map_err(|e| format!("{}: {e}", p.display())),
+        Source::File(p) => graftdb::embed::open_image(p).map_err(|e| e.to_string()),
     }
 }
 

@@ -17,6 +17,6 @@ pub mod tokenizer;
 
 pub use bundle::{Bundle, Manifest};
 pub use encoder::{EncoderOptions, ImageEmbeddings, ImageEncoder, PatchGrid, TextEncoder};
-pub use preprocess::{Preprocessor, Resample};
+pub use preprocess::{open_image, Preprocessor, Resample};
 pub use runtime::{Device, OnnxModel, Provider, Runtime, SessionOptions};
 pub use tokenizer::ClipTokenizer;

@@ -24,6 +24,20 @@ use image::{DynamicImage, RgbImage};
 
 use crate::{Error, Result};
 
+/// Decode an image file the way a photo viewer shows it: the format is sniffed from the
+/// bytes, and the EXIF orientation (phones store portrait shots sideways with a rotate tag)
+/// is applied, as OpenCLIP pipelines do with `ImageOps.exif_transpose`.
+pub fn open_image(path: &std::path::Path) -> Result<DynamicImage> {
+    use image::ImageDecoder;
+    let at = || path.display().to_string();
+    let reader = image::ImageReader::open(path).map_err(|e| Error::io(path, e))?.with_guessed_format().map_err(|e| Error::io(path, e))?;
+    let mut decoder = reader.into_decoder().map_err(|e| Error::invalid(at(), e.to_string()))?;
+    let orientation = decoder.orientation().map_err(|e| Error::invalid(at(), e.to_string()))?;
+    let mut img = DynamicImage::from_decoder(decoder).map_err(|e| Error::invalid(at(), e.to_string()))?;
+    img.apply_orientation(orientation);
+    Ok(img)
+}
+
 /// Which resampler [`Preprocessor`] uses (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Resample {
@@ -341,5 +355,30 @@ mod tests {
         let empty = DynamicImage::ImageRgb8(RgbImage::new(0, 5));
         assert!(p.tensor(&empty).is_err());
         assert!(Preprocessor::new(224, [0.5; 3], [0.0; 3]).is_err());
+    }
+}
+
+#[cfg(test)]
+mod orientation_tests {
+    use super::open_image;
+
+    /// A 32×16 JPEG, left half red and right half blue, tagged EXIF orientation 6 ("rotate
+    /// 90° clockwise to display"): shown upright it is 16×32, red on top, blue below (what
+    /// PIL's `ImageOps.exif_transpose` gives).
+    #[test]
+    fn exif_orientation_is_applied() {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/orientation-6.jpg");
+        let img = open_image(&p).unwrap().to_rgb8();
+        assert_eq!(img.dimensions(), (16, 32));
+        let (top, bottom) = (img.get_pixel(8, 2).0, img.get_pixel(8, 29).0);
+        assert!(top[0] > 200 && top[2] < 60, "top {top:?}");
+        assert!(bottom[2] > 200 && bottom[0] < 60, "bottom {bottom:?}");
+    }
+
+    #[test]
+    fn a_file_that_is_not_an_image_is_named_in_the_error() {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+        let e = open_image(&p).unwrap_err().to_string();
+        assert!(e.contains("Cargo.toml"), "{e}");
     }
 }
