@@ -52,17 +52,23 @@ def main():
         shard.flush()
     print(f"qdrant: optimize (HNSW build) {build.s:.1f} s; {shard.info()}", file=sys.stderr)
     disk = common.dir_bytes(path)
-    params = qe.SearchParams(hnsw_ef=EF)
+    # PEERS_QDRANT_EFS (comma list) adds runs at other hnsw_ef, written as qdrant-ef<X>.json.
+    extra = [int(x) for x in os.environ.get("PEERS_QDRANT_EFS", "").split(",") if x.strip()]
+    docs = []
+    for ef in [None] + extra:
+        params = qe.SearchParams(hnsw_ef=ef or EF)
 
-    def run(i, q):
-        req = qe.QueryRequest(limit=k, query=qe.Query.Nearest(qvecs[i].tolist()), filter=qfilter(q), params=params)
-        return [p.id for p in shard.query(req)], None
+        def run(i, q):
+            req = qe.QueryRequest(limit=k, query=qe.Query.Nearest(qvecs[i].tolist()), filter=qfilter(q), params=params)
+            return [p.id for p in shard.query(req)], None
 
-    results = common.run_queries(meta["queries"], run)
+        results = common.run_queries(meta["queries"], run)
+        docs.append((ef, {"engine": f"qdrant-edge-ef{ef}" if ef else "qdrant-edge",
+                          "mode": f"qdrant-edge-py 0.9.0 wheel, in-process; HNSW m 16, ef_construct 128, hnsw_ef {ef or EF}, full_scan_threshold 10k",
+                          "ingest_s": ingest.s, "build_s": build.s, "disk_bytes": disk, "peak_rss_kb": common.self_peak_rss_kb(), "results": results}))
     shard.close()
-    common.write(out, {"engine": "qdrant-edge", "mode": f"qdrant-edge-py 0.9.0 wheel, in-process; HNSW m 16, ef_construct 128, hnsw_ef {EF}, full_scan_threshold 10k",
-                       "ingest_s": ingest.s, "build_s": build.s, "disk_bytes": disk, "peak_rss_kb": common.self_peak_rss_kb(), "results": results})
-
+    for ef, doc in docs:
+        common.write(out if ef is None else out.replace(".json", f"-ef{ef}.json"), doc)
 
 if __name__ == "__main__":
     main()

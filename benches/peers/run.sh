@@ -7,7 +7,7 @@
 #
 # Env: PEERS_N, PEERS_Q (queries per selectivity), PEERS_ENGINES (subset of
 # "numpy graftdb qdrant lance pg"), PEERS_WORK (scratch dir, default benches/peers/work),
-# PEERS_JOIN=0 to skip the photo→tile join. Everything it starts (one PostgreSQL server on a
+# PEERS_JOIN=0 to skip the photo→tile join, PEERS_RUN (output dir, default WORK/run-N). Everything it starts (one PostgreSQL server on a
 # unix socket inside the work dir, no TCP) is stopped on exit.
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -16,7 +16,7 @@ Q="${PEERS_Q:-50}"
 ENGINES="${PEERS_ENGINES:-numpy graftdb qdrant lance pg}"
 WORK="${PEERS_WORK:-$HERE/work}"
 DATA="$WORK/data-$N-q$Q"
-RUN="$WORK/run-$N"
+RUN="${PEERS_RUN:-$WORK/run-$N}"
 VENV="$HERE/.venv"
 PY="$VENV/bin/python"
 mkdir -p "$WORK" "$RUN"
@@ -64,7 +64,7 @@ done
 {
   echo "# Peer benchmark, N = $N, $Q queries per selectivity"
   echo
-  echo "- Machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) logical cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM"
+  echo "- Machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(grep -c ^processor /proc/cpuinfo) logical cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM"
   echo "- Run: $(date -u +%FT%TZ); load averages (1/5/15 min) at each engine's start and end:"
   echo '```'
   cat "$LOAD"

@@ -98,7 +98,8 @@ fn main() -> Result<()> {
     eprintln!("graftdb: checkpoint (arena + HNSW) {build_s:.1} s");
     drop(db);
     let disk = dir_bytes(&path);
-    // Default Options unless PEERS_GRAFT_EF / PEERS_GRAFT_EXACT set them (for diagnosis).
+    // Default Options unless PEERS_GRAFT_EF / PEERS_GRAFT_EXACT set them. PEERS_GRAFT_EFS
+    // (comma list) adds runs at other beams, written beside OUT as graftdb-ef<X>.json.
     let mut opts = graftdb::Options::default();
     if let Some(ef) = std::env::var("PEERS_GRAFT_EF").ok().and_then(|v| v.parse().ok()) {
         opts.ef_search = ef;
@@ -106,29 +107,43 @@ fn main() -> Result<()> {
     if let Some(t) = std::env::var("PEERS_GRAFT_EXACT").ok().and_then(|v| v.parse().ok()) {
         opts.exact_threshold = t;
     }
-    let mode = format!("library (Db::search), exact_threshold {}, ef_search {}/√selectivity, graph M 16, ef_add {}", opts.exact_threshold, opts.ef_search, graftdb::index::hnsw::EXPANSION_ADD);
-    let db = Db::open_with(&path, opts)?;
-
-    let run = |qi: usize, q: &Value| -> Result<(f64, Vec<i64>, String, [u64; 3])> {
-        let filter = Filter { regions: region(q)?.into_iter().collect(), ..Default::default() };
-        let query = Query::new("clip", qvecs[qi * dim..(qi + 1) * dim].to_vec(), k).filter(filter);
-        let t = Instant::now();
-        let res = db.search(&query)?;
-        let ms = t.elapsed().as_secs_f64() * 1e3;
-        let ids = res.hits.iter().map(|h| if let RecordId::Int(i) = h.id { i } else { -1 }).collect();
-        let e = &res.explain;
-        Ok((ms, ids, e.path.as_str().to_string(), [e.estimate, e.tested, e.matched]))
-    };
-    // Warm-up: the first 20 queries, untimed (every engine does the same).
-    for (qi, q) in qs.iter().enumerate().take(20) {
-        run(qi, q)?;
+    let extra: Vec<usize> = std::env::var("PEERS_GRAFT_EFS").unwrap_or_default().split(',').filter_map(|v| v.trim().parse().ok()).collect();
+    let mut docs = Vec::new();
+    for ef in std::iter::once(None).chain(extra.into_iter().map(Some)) {
+        let mut opts = opts.clone();
+        if let Some(ef) = ef {
+            opts.ef_search = ef;
+        }
+        let mode = format!(
+            "library (Db::search), exact_threshold {}, ef_search {}/√selectivity, graph M 16, ef_add {}",
+            opts.exact_threshold,
+            opts.ef_search,
+            graftdb::index::hnsw::EXPANSION_ADD
+        );
+        let db = Db::open_with(&path, opts)?;
+        let run = |qi: usize, q: &Value| -> Result<(f64, Vec<i64>, String, [u64; 3])> {
+            let filter = Filter { regions: region(q)?.into_iter().collect(), ..Default::default() };
+            let query = Query::new("clip", qvecs[qi * dim..(qi + 1) * dim].to_vec(), k).filter(filter);
+            let t = Instant::now();
+            let res = db.search(&query)?;
+            let ms = t.elapsed().as_secs_f64() * 1e3;
+            let ids = res.hits.iter().map(|h| if let RecordId::Int(i) = h.id { i } else { -1 }).collect();
+            let e = &res.explain;
+            Ok((ms, ids, e.path.as_str().to_string(), [e.estimate, e.tested, e.matched]))
+        };
+        // Warm-up: the first 20 queries, untimed (every engine does the same).
+        for (qi, q) in qs.iter().enumerate().take(20) {
+            run(qi, q)?;
+        }
+        let mut results = Vec::with_capacity(qs.len());
+        for (qi, q) in qs.iter().enumerate() {
+            let (ms, ids, path, [estimate, tested, matched]) = run(qi, q)?;
+            results.push(json!({"ms": ms, "ids": ids, "plan": path, "estimate": estimate, "tested": tested, "matched": matched}));
+        }
+        eprintln!("graftdb: {} queries done ({mode})", qs.len());
+        docs.push((ef, mode, results));
     }
-    let mut results = Vec::with_capacity(qs.len());
-    for (qi, q) in qs.iter().enumerate() {
-        let (ms, ids, path, [estimate, tested, matched]) = run(qi, q)?;
-        results.push(json!({"ms": ms, "ids": ids, "plan": path, "estimate": estimate, "tested": tested, "matched": matched}));
-    }
-    eprintln!("graftdb: {} queries done", qs.len());
+    let db = Db::open(&path)?;
 
     // Spatial join: tile footprints (tiles.npy, T × 4 boxes) against every photo.
     let mut join = Value::Null;
@@ -158,16 +173,22 @@ fn main() -> Result<()> {
         eprintln!("graftdb: join {} photos × {} tiles -> {} pairs in {join_s:.2} s", st.photos, st.tiles, st.pairs);
         join = json!({"tiles": st.tiles, "photos": st.photos, "pairs": st.pairs, "join_s": join_s, "tile_ingest_s": tile_ingest_s});
     }
-    let doc = json!({
-        "engine": "graftdb",
-        "mode": mode,
-        "ingest_s": ingest_s,
-        "build_s": build_s,
-        "disk_bytes": disk,
-        "peak_rss_kb": proc_status("VmHWM:"),
-        "results": results,
-        "join": join,
-    });
-    std::fs::write(out, serde_json::to_string(&doc)?)?;
+    for (ef, mode, results) in docs {
+        let doc = json!({
+            "engine": if let Some(ef) = ef { format!("graftdb-ef{ef}") } else { "graftdb".to_string() },
+            "mode": mode,
+            "ingest_s": ingest_s,
+            "build_s": build_s,
+            "disk_bytes": disk,
+            "peak_rss_kb": proc_status("VmHWM:"),
+            "results": results,
+            "join": if ef.is_none() { join.clone() } else { Value::Null },
+        });
+        let path = match ef {
+            None => out.to_string(),
+            Some(ef) => out.replace(".json", &format!("-ef{ef}.json")),
+        };
+        std::fs::write(path, serde_json::to_string(&doc)?)?;
+    }
     Ok(())
 }
