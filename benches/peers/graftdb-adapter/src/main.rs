@@ -148,7 +148,7 @@ fn main() -> Result<()> {
     // Spatial join: tile footprints (tiles.npy, T × 4 boxes) against every photo.
     let mut join = Value::Null;
     let tiles_path = data.join("tiles.npy");
-    if tiles_path.exists() {
+    if tiles_path.exists() && std::env::var("PEERS_JOIN").map_or(true, |v| v != "0") {
         let (tshape, boxes) = npy::<f64>(&tiles_path)?;
         let nt = tshape[0] as usize;
         let t = Instant::now();
