@@ -1,0 +1,156 @@
+"""PostgreSQL 16 + pgvector 0.6 from the `pgserver` wheel: a real server on a unix socket in
+the work directory (it listens on no IP address), started and stopped by this adapter.
+
+Table photos(id int, pt point, embedding vector(512)); GiST on pt (built-in point type);
+HNSW on embedding (vector_cosine_ops, m 16, ef_construction PEERS_PG_EFC, default 64).
+Queries: ORDER BY embedding <=> q LIMIT k with `pt <@ box`, `pt <@ polygon`, or a haversine
+predicate behind its bounding box (PostGIS is not in the wheel and Debian's does not load
+into it). hnsw.ef_search PEERS_PG_EF (default 128), no parallel workers. The plan the
+planner picked (GiST, HNSW or seq scan) is read from EXPLAIN for every query (untimed)."""
+import math
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pgserver
+import psycopg
+
+import common
+from gen import EARTH_RADIUS_KM
+
+EF = int(os.environ.get("PEERS_PG_EF", "128"))
+EFC = int(os.environ.get("PEERS_PG_EFC", "64"))
+R = EARTH_RADIUS_KM
+
+
+def circle_box(lon0, lat0, km):
+    """The lon/lat box holding a spherical cap, or None when it spans a pole or the antimeridian."""
+    d = math.degrees(km / R)
+    s, n = lat0 - d, lat0 + d
+    if s <= -90 or n >= 90:
+        return None
+    dl = math.degrees(math.asin(min(1.0, math.sin(km / R) / math.cos(math.radians(lat0)))))
+    w, e = lon0 - dl, lon0 + dl
+    if w < -180 or e > 180:
+        return None
+    return w, s, e, n
+
+
+def where(q):
+    k = q["kind"]
+    if k == "bbox":
+        w, s, e, n = q["bbox"]
+        return f"WHERE pt <@ box(point({e!r},{n!r}), point({w!r},{s!r}))"
+    if k == "radius":
+        lon0, lat0, km = q["lon"], q["lat"], q["km"]
+        hav = (f"2*{R!r}*asin(sqrt(least(1.0, sin(radians(pt[1]-({lat0!r}))/2)^2 + "
+               f"cos(radians({lat0!r}))*cos(radians(pt[1]))*sin(radians(pt[0]-({lon0!r}))/2)^2))) <= {km!r}")
+        b = circle_box(lon0, lat0, km)
+        return f"WHERE pt <@ box(point({b[2]!r},{b[3]!r}), point({b[0]!r},{b[1]!r})) AND {hav}" if b else f"WHERE {hav}"
+    if k == "polygon":
+        ring = ",".join(f"({x!r},{y!r})" for x, y in q["ring"][:-1])
+        return f"WHERE pt <@ polygon '({ring})'"
+    return ""
+
+
+def plan_of(text):
+    if "photos_embedding_idx" in text:
+        return "hnsw"
+    if "photos_pt_idx" in text:
+        return "gist"
+    if "Seq Scan" in text:
+        return "seq"
+    return "other"
+
+
+def server_peak_rss_kb(pgdata):
+    """Largest VmHWM among the server's processes (postmaster and backends)."""
+    try:
+        pid = int(open(os.path.join(pgdata, "postmaster.pid")).readline())
+    except OSError:
+        return 0
+    best = 0
+    for p in os.listdir("/proc"):
+        if not p.isdigit():
+            continue
+        try:
+            stat = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
+            if int(p) != pid and int(stat[1]) != pid:
+                continue
+            for line in open(f"/proc/{p}/status"):
+                if line.startswith("VmHWM:"):
+                    best = max(best, int(line.split()[1]))
+        except OSError:
+            pass
+    return best
+
+
+def main():
+    data, work, out = sys.argv[1:4]
+    vecs, lon, lat, qvecs, meta = common.load(data)
+    n, dim, k = len(lon), vecs.shape[1], meta["k"]
+    pgdata = os.path.join(os.path.abspath(work), "pg")
+    shutil.rmtree(pgdata, ignore_errors=True)
+    srv = pgserver.get_server(pgdata, cleanup_mode="stop")
+    try:
+        conn = psycopg.connect(srv.get_uri(), autocommit=True)
+        c = conn.cursor()
+        version = c.execute("SELECT version()").fetchone()[0].split(" on ")[0]
+        c.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        pgv = c.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()[0]
+        c.execute("SET maintenance_work_mem = '4GB'")
+        c.execute("SET max_parallel_maintenance_workers = 1")
+        c.execute(f"CREATE TABLE photos (id int PRIMARY KEY, pt point NOT NULL, embedding vector({dim}) NOT NULL)")
+        with common.Timer() as ingest:
+            with c.copy("COPY photos (id, pt, embedding) FROM STDIN") as cp:
+                lonl, latl = lon.tolist(), lat.tolist()
+                for s in range(0, n, 5_000):
+                    e = min(n, s + 5_000)
+                    rows = [f"{i}\t({lonl[i]!r},{latl[i]!r})\t{vecs[i].tolist()}\n" for i in range(s, e)]
+                    cp.write("".join(rows))
+        print(f"pg: COPY {ingest.s:.1f} s", file=sys.stderr)
+        with common.Timer() as build:
+            c.execute("CREATE INDEX photos_pt_idx ON photos USING gist (pt)")
+            c.execute(f"CREATE INDEX photos_embedding_idx ON photos USING hnsw (embedding vector_cosine_ops) WITH (m = 16, ef_construction = {EFC})")
+            c.execute("VACUUM ANALYZE photos")
+        print(f"pg: GiST + HNSW build {build.s:.1f} s", file=sys.stderr)
+        disk = c.execute("SELECT pg_total_relation_size('photos')").fetchone()[0]
+        c.execute(f"SET hnsw.ef_search = {EF}")
+        c.execute("SET max_parallel_workers_per_gather = 0")
+        c.execute("SET jit = off")
+        qs = meta["queries"]
+        sqls = [f"SELECT id FROM photos {where(q)} ORDER BY embedding <=> %s::vector LIMIT {k}" for q in qs]
+        lits = [str(v.tolist()) for v in qvecs]
+        plans = [plan_of("\n".join(r[0] for r in c.execute("EXPLAIN " + s, (lits[i],)).fetchall())) for i, s in enumerate(sqls)]
+
+        def run(i, q):
+            return [r[0] for r in c.execute(sqls[i], (lits[i],)).fetchall()], plans[i]
+
+        results = common.run_queries(qs, run)
+        print("pg: queries done", file=sys.stderr)
+
+        join = None
+        tiles_path = os.path.join(data, "tiles.npy")
+        if os.path.exists(tiles_path) and os.environ.get("PEERS_JOIN", "1") != "0":
+            tiles = np.load(tiles_path)
+            c.execute("CREATE TABLE tiles (id int PRIMARY KEY, bx box NOT NULL)")
+            with c.copy("COPY tiles (id, bx) FROM STDIN") as cp:
+                cp.write("".join(f"{i}\t(({t[2]!r},{t[3]!r}),({t[0]!r},{t[1]!r}))\n" for i, t in enumerate(tiles.tolist())))
+            c.execute("ANALYZE tiles")
+            with common.Timer() as j:
+                pairs = c.execute("SELECT count(*) FROM photos p JOIN tiles t ON p.pt <@ t.bx").fetchone()[0]
+            jplan = "\n".join(r[0] for r in c.execute("EXPLAIN SELECT count(*) FROM photos p JOIN tiles t ON p.pt <@ t.bx").fetchall())
+            print(f"pg: join {pairs} pairs in {j.s:.2f} s\n{jplan}", file=sys.stderr)
+            join = {"tiles": len(tiles), "photos": n, "pairs": pairs, "join_s": j.s, "plan": jplan}
+        rss = server_peak_rss_kb(pgdata)
+        conn.close()
+    finally:
+        srv.cleanup()
+    common.write(out, {"engine": "pgvector", "mode": f"{version} + pgvector {pgv} (pgserver wheel, unix socket); HNSW m 16, ef_construction {EFC}, ef_search {EF}; GiST on point",
+                       "ingest_s": ingest.s, "build_s": build.s, "disk_bytes": disk, "peak_rss_kb": rss + common.self_peak_rss_kb(), "results": results, "join": join})
+
+
+if __name__ == "__main__":
+    main()

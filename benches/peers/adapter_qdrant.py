@@ -1,0 +1,77 @@
+"""Qdrant Edge, in-process, through the prebuilt `qdrant-edge-py` wheel (not the nightly-only
+`qdrant-edge` crate). One shard; HNSW m = 16, ef_construct = 128; a Geo payload index on
+`loc`; queries with geo_bounding_box / geo_radius / geo_polygon filters, hnsw_ef = 128,
+one search thread. Qdrant's query planner picks payload-index scan vs filtered HNSW."""
+import os
+import shutil
+import sys
+
+import numpy as np
+import qdrant_edge as qe
+
+import common
+
+EF = int(os.environ.get("PEERS_QDRANT_EF", "128"))
+
+
+def qfilter(q):
+    k = q["kind"]
+    if k == "bbox":
+        w, s, e, n = q["bbox"]
+        c = qe.FieldCondition(key="loc", geo_bounding_box=qe.GeoBoundingBox(qe.GeoPoint(lon=w, lat=n), qe.GeoPoint(lon=e, lat=s)))
+    elif k == "radius":
+        c = qe.FieldCondition(key="loc", geo_radius=qe.GeoRadius(qe.GeoPoint(lon=q["lon"], lat=q["lat"]), q["km"] * 1000.0))
+    elif k == "polygon":
+        c = qe.FieldCondition(key="loc", geo_polygon=qe.GeoPolygon([qe.GeoPoint(lon=x, lat=y) for x, y in q["ring"]]))
+    else:
+        return None
+    return qe.Filter(must=[c])
+
+
+def main():
+    data, work, out = sys.argv[1:4]
+    vecs, lon, lat, qvecs, meta = common.load(data)
+    n, dim, k = len(lon), vecs.shape[1], meta["k"]
+    path = os.path.join(work, "qdrant")
+    shutil.rmtree(path, ignore_errors=True)
+    cfg = qe.EdgeConfig(
+        vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine),
+        hnsw_config=qe.HnswIndexConfig(m=16, ef_construct=128, full_scan_threshold=10_000),
+        max_search_threads=1,
+    )
+    shard = qe.EdgeShard.create(path, cfg)
+    with common.Timer() as ingest:
+        shard.update(qe.UpdateOperation.create_field_index("loc", qe.PayloadSchemaType.Geo))
+        for s in range(0, n, 2_000):
+            pts = [qe.Point(i, vecs[i].tolist(), {"loc": {"lon": float(lon[i]), "lat": float(lat[i])}}) for i in range(s, min(n, s + 2_000))]
+            shard.update(qe.UpdateOperation.upsert_points(pts))
+        shard.flush()
+    print(f"qdrant: ingest {ingest.s:.1f} s", file=sys.stderr)
+    with common.Timer() as build:
+        shard.optimize()
+        shard.flush()
+    print(f"qdrant: optimize (HNSW build) {build.s:.1f} s; {shard.info()}", file=sys.stderr)
+    disk = common.dir_bytes(path)
+    # PEERS_QDRANT_EFS (comma list) adds runs at other hnsw_ef, written as qdrant-ef<X>.json.
+    extra = [int(x) for x in os.environ.get("PEERS_QDRANT_EFS", "").split(",") if x.strip()]
+    docs = []
+    for ef in [None] + extra:
+        params = qe.SearchParams(hnsw_ef=ef or EF)
+        # Requests are built before timing (graftdb's adapter also builds its Query first):
+        # the timed part is the shard.query call and reading the ids.
+        reqs = [qe.QueryRequest(limit=k, query=qe.Query.Nearest(qvecs[i].tolist()), filter=qfilter(q), params=params)
+                for i, q in enumerate(meta["queries"])]
+
+        def run(i, q):
+            return [p.id for p in shard.query(reqs[i])], None
+
+        results = common.run_queries(meta["queries"], run)
+        docs.append((ef, {"engine": f"qdrant-edge-ef{ef}" if ef else "qdrant-edge",
+                          "mode": f"qdrant-edge-py 0.9.0 wheel, in-process; HNSW m 16, ef_construct 128, hnsw_ef {ef or EF}, full_scan_threshold 10k",
+                          "ingest_s": ingest.s, "build_s": build.s, "disk_bytes": disk, "peak_rss_kb": common.self_peak_rss_kb(), "results": results}))
+    shard.close()
+    for ef, doc in docs:
+        common.write(out if ef is None else out.replace(".json", f"-ef{ef}.json"), doc)
+
+if __name__ == "__main__":
+    main()

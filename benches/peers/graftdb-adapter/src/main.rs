@@ -1,0 +1,194 @@
+//! graftdb adapter for the peer benchmark: reads the dataset written by `gen.py`, ingests it
+//! through the library (`insert_batch`, `commit`, `checkpoint`), reopens, runs every query
+//! single-threaded with `Db::search` and writes the common adapter JSON (see ../README.md).
+//!
+//! Usage: graftdb-peer-adapter DATA_DIR WORK_DIR OUT.json
+
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use graftdb::{Db, Filter, Level, Metric, Photo, Query, Record, RecordId, Region, Tile};
+use serde_json::{json, Value};
+
+fn npy<T: npyz::Deserialize>(path: &std::path::Path) -> Result<(Vec<u64>, Vec<T>)> {
+    let f = std::fs::File::open(path).with_context(|| path.display().to_string())?;
+    let npy = npyz::NpyFile::new(std::io::BufReader::new(f))?;
+    let shape = npy.shape().to_vec();
+    Ok((shape, npy.into_vec()?))
+}
+
+fn proc_status(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(0)
+}
+
+fn dir_bytes(p: &std::path::Path) -> u64 {
+    let mut total = 0;
+    for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+        let m = e.metadata().unwrap();
+        total += if m.is_dir() { dir_bytes(&e.path()) } else { m.len() };
+    }
+    total
+}
+
+/// The query's region as graftdb sees it (None = no spatial filter).
+fn region(q: &Value) -> Result<Option<Region>> {
+    let f = |k: &str| q[k].as_f64().unwrap_or(f64::NAN);
+    Ok(match q["kind"].as_str().unwrap_or("") {
+        "bbox" => {
+            let b: Vec<f64> = q["bbox"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+            Some(Region::bbox(b[0], b[1], b[2], b[3])?)
+        }
+        "radius" => Some(Region::circle(f("lon"), f("lat"), f("km"))?),
+        "polygon" => {
+            let ring = q["ring"].as_array().unwrap().iter().map(|p| format!("{} {}", p[0], p[1])).collect::<Vec<_>>().join(",");
+            Some(Region::parse_polygon("query", &format!("POLYGON(({ring}))"))?)
+        }
+        _ => None,
+    })
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    anyhow::ensure!(args.len() == 4, "usage: graftdb-peer-adapter DATA_DIR WORK_DIR OUT.json");
+    let (data, work, out) = (std::path::Path::new(&args[1]), std::path::Path::new(&args[2]), &args[3]);
+    let (shape, vecs) = npy::<f32>(&data.join("vecs.npy"))?;
+    let (n, dim) = (shape[0] as usize, shape[1] as usize);
+    let (_, lon) = npy::<f64>(&data.join("lon.npy"))?;
+    let (_, lat) = npy::<f64>(&data.join("lat.npy"))?;
+    let (_, qvecs) = npy::<f32>(&data.join("qvecs.npy"))?;
+    let queries: Value = serde_json::from_str(&std::fs::read_to_string(data.join("queries.json"))?)?;
+    let k = queries["k"].as_u64().unwrap_or(10) as usize;
+    let qs = queries["queries"].as_array().context("queries")?;
+
+    let path = work.join("graftdb");
+    let _ = std::fs::remove_dir_all(&path);
+    std::fs::create_dir_all(work)?;
+    let db = Db::create(&path)?;
+    db.create_space("clip", dim as u32, Metric::Cos, Level::Image)?;
+    let t = Instant::now();
+    for start in (0..n).step_by(10_000) {
+        let rows: Vec<(Record, Vec<f32>)> = (start..(start + 10_000).min(n))
+            .map(|i| {
+                let rec = Record::Photo(Photo {
+                    id: RecordId::Int(i as i64),
+                    lon: lon[i],
+                    lat: lat[i],
+                    accuracy: Some(16),
+                    time: None,
+                    source: "peers".into(),
+                    license: None,
+                    url: None,
+                    user: None,
+                });
+                (rec, vecs[i * dim..(i + 1) * dim].to_vec())
+            })
+            .collect();
+        let mut w = db.begin_write()?;
+        w.insert_batch("peers", start as u64 + 1, "clip", &rows)?;
+        w.commit()?;
+    }
+    let ingest_s = t.elapsed().as_secs_f64();
+    eprintln!("graftdb: ingest {ingest_s:.1} s");
+    let t = Instant::now();
+    db.checkpoint()?;
+    let build_s = t.elapsed().as_secs_f64();
+    eprintln!("graftdb: checkpoint (arena + HNSW) {build_s:.1} s");
+    drop(db);
+    let disk = dir_bytes(&path);
+    // Default Options unless PEERS_GRAFT_EF / PEERS_GRAFT_EXACT set them. PEERS_GRAFT_EFS
+    // (comma list) adds runs at other beams, written beside OUT as graftdb-ef<X>.json.
+    let mut opts = graftdb::Options::default();
+    if let Some(ef) = std::env::var("PEERS_GRAFT_EF").ok().and_then(|v| v.parse().ok()) {
+        opts.ef_search = ef;
+    }
+    if let Some(t) = std::env::var("PEERS_GRAFT_EXACT").ok().and_then(|v| v.parse().ok()) {
+        opts.exact_threshold = t;
+    }
+    let extra: Vec<usize> = std::env::var("PEERS_GRAFT_EFS").unwrap_or_default().split(',').filter_map(|v| v.trim().parse().ok()).collect();
+    let mut docs = Vec::new();
+    for ef in std::iter::once(None).chain(extra.into_iter().map(Some)) {
+        let mut opts = opts.clone();
+        if let Some(ef) = ef {
+            opts.ef_search = ef;
+        }
+        let mode = format!(
+            "library (Db::search), exact_threshold {}, ef_search {}/√selectivity, graph M 16, ef_add {}",
+            opts.exact_threshold,
+            opts.ef_search,
+            graftdb::index::hnsw::EXPANSION_ADD
+        );
+        let db = Db::open_with(&path, opts)?;
+        let run = |qi: usize, q: &Value| -> Result<(f64, Vec<i64>, String, [u64; 3])> {
+            let filter = Filter { regions: region(q)?.into_iter().collect(), ..Default::default() };
+            let query = Query::new("clip", qvecs[qi * dim..(qi + 1) * dim].to_vec(), k).filter(filter);
+            let t = Instant::now();
+            let res = db.search(&query)?;
+            let ms = t.elapsed().as_secs_f64() * 1e3;
+            let ids = res.hits.iter().map(|h| if let RecordId::Int(i) = h.id { i } else { -1 }).collect();
+            let e = &res.explain;
+            Ok((ms, ids, e.path.as_str().to_string(), [e.estimate, e.tested, e.matched]))
+        };
+        // Warm-up: the first 20 queries, untimed (every engine does the same).
+        for (qi, q) in qs.iter().enumerate().take(20) {
+            run(qi, q)?;
+        }
+        let mut results = Vec::with_capacity(qs.len());
+        for (qi, q) in qs.iter().enumerate() {
+            let (ms, ids, path, [estimate, tested, matched]) = run(qi, q)?;
+            results.push(json!({"ms": ms, "ids": ids, "plan": path, "estimate": estimate, "tested": tested, "matched": matched}));
+        }
+        eprintln!("graftdb: {} queries done ({mode})", qs.len());
+        docs.push((ef, mode, results));
+    }
+    let db = Db::open(&path)?;
+
+    // Spatial join: tile footprints (tiles.npy, T × 4 boxes) against every photo.
+    let mut join = Value::Null;
+    let tiles_path = data.join("tiles.npy");
+    if tiles_path.exists() && std::env::var("PEERS_JOIN").map_or(true, |v| v != "0") {
+        let (tshape, boxes) = npy::<f64>(&tiles_path)?;
+        let nt = tshape[0] as usize;
+        let t = Instant::now();
+        let mut w = db.begin_write()?;
+        for i in 0..nt {
+            let b = &boxes[i * 4..i * 4 + 4];
+            w.insert(Record::Tile(Tile {
+                id: RecordId::Int(i as i64),
+                footprint: vec![[b[0], b[1]], [b[2], b[1]], [b[2], b[3]], [b[0], b[3]], [b[0], b[1]]],
+                source: "peers".into(),
+                gsd_m: 10.0,
+                time: None,
+                cloud_cover: None,
+                pixels: Default::default(),
+            }))?;
+        }
+        w.commit()?;
+        let tile_ingest_s = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let st = db.join(|_| Ok(()))?;
+        let join_s = t.elapsed().as_secs_f64();
+        eprintln!("graftdb: join {} photos × {} tiles -> {} pairs in {join_s:.2} s", st.photos, st.tiles, st.pairs);
+        join = json!({"tiles": st.tiles, "photos": st.photos, "pairs": st.pairs, "join_s": join_s, "tile_ingest_s": tile_ingest_s});
+    }
+    for (ef, mode, results) in docs {
+        let doc = json!({
+            "engine": if let Some(ef) = ef { format!("graftdb-ef{ef}") } else { "graftdb".to_string() },
+            "mode": mode,
+            "ingest_s": ingest_s,
+            "build_s": build_s,
+            "disk_bytes": disk,
+            "peak_rss_kb": proc_status("VmHWM:"),
+            "results": results,
+            "join": if ef.is_none() { join.clone() } else { Value::Null },
+        });
+        let path = match ef {
+            None => out.to_string(),
+            Some(ef) => out.replace(".json", &format!("-ef{ef}.json")),
+        };
+        std::fs::write(path, serde_json::to_string(&doc)?)?;
+    }
+    Ok(())
+}

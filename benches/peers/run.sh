@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The peer benchmark (issue 5): graftdb against PostgreSQL + pgvector, LanceDB, Qdrant Edge and
+# numpy brute force on one dataset, one query set, one machine, in one run. See README.md.
+#
+#   benches/peers/run.sh                      # the target: N = 1,000,000, 50 queries per selectivity
+#   PEERS_N=100000 benches/peers/run.sh       # what one session can run on a 2-core VM
+#
+# Env: PEERS_N, PEERS_Q (queries per selectivity), PEERS_ENGINES (subset of
+# "numpy graftdb qdrant lance pg"), PEERS_WORK (scratch dir, default benches/peers/work),
+# PEERS_JOIN=0 to skip the photo→tile join, PEERS_RUN (output dir, default WORK/run-N). Everything it starts (one PostgreSQL server on a
+# unix socket inside the work dir, no TCP) is stopped on exit.
+set -euo pipefail
+HERE="$(cd "$(dirname "$0")" && pwd)"
+N="${PEERS_N:-1000000}"
+Q="${PEERS_Q:-50}"
+ENGINES="${PEERS_ENGINES:-numpy graftdb qdrant lance pg}"
+WORK="${PEERS_WORK:-$HERE/work}"
+DATA="$WORK/data-$N-q$Q"
+RUN="${PEERS_RUN:-$WORK/run-$N}"
+VENV="$HERE/.venv"
+PY="$VENV/bin/python"
+mkdir -p "$WORK" "$RUN"
+
+cleanup() {
+  # Stop the PostgreSQL server if an adapter died before stopping it (its postmaster pid).
+  local pidfile="$RUN/pg/postmaster.pid"
+  if [ -f "$pidfile" ]; then
+    local pid; pid="$(head -1 "$pidfile")"
+    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then kill -INT "$pid" || true; fi
+  fi
+}
+trap cleanup EXIT INT TERM
+
+if [ ! -x "$PY" ]; then python3 -m venv "$VENV"; fi
+"$PY" -m pip install -q --disable-pip-version-check -r "$HERE/requirements.txt"
+
+if [[ " $ENGINES " == *" graftdb "* ]]; then
+  (cd "$HERE/graftdb-adapter" && cargo build --release -q)
+fi
+
+if [ ! -f "$DATA/truth.json" ]; then
+  PEERS_N="$N" PEERS_Q="$Q" "$PY" "$HERE/gen.py" "$DATA"
+fi
+
+# Query latency is single-threaded for every engine: one caller, one query at a time; BLAS
+# held to one thread for numpy; Qdrant's search pool is one thread; PostgreSQL runs no
+# parallel workers. Index builds use both cores where an engine can.
+export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1
+LOAD="$RUN/load.txt"
+: > "$LOAD"
+OUTS=()
+for e in $ENGINES; do
+  echo "== $e  $(date -u +%FT%TZ)  load: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$LOAD" >&2
+  case "$e" in
+    numpy)   "$PY" "$HERE/adapter_numpy.py" "$DATA" "$RUN" "$RUN/numpy.json"; OUTS+=("$RUN/numpy.json") ;;
+    graftdb) "$HERE/graftdb-adapter/target/release/graftdb-peer-adapter" "$DATA" "$RUN" "$RUN/graftdb.json"; OUTS+=("$RUN/graftdb.json") ;;
+    qdrant)  "$PY" "$HERE/adapter_qdrant.py" "$DATA" "$RUN" "$RUN/qdrant.json"; OUTS+=("$RUN/qdrant.json") ;;
+    lance)   "$PY" "$HERE/adapter_lance.py" "$DATA" "$RUN" "$RUN/lance.json"; OUTS+=("$RUN/lance.json" "$RUN/lance-exact.json") ;;
+    pg)      "$PY" "$HERE/adapter_pg.py" "$DATA" "$RUN" "$RUN/pg.json"; OUTS+=("$RUN/pg.json") ;;
+    *) echo "unknown engine $e" >&2; exit 2 ;;
+  esac
+  echo "   $e done $(date -u +%FT%TZ)  load: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$LOAD" >&2
+done
+{
+  echo "# Peer benchmark, N = $N, $Q queries per selectivity"
+  echo
+  echo "- Machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(grep -c ^processor /proc/cpuinfo) logical cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM"
+  echo "- Run: $(date -u +%FT%TZ); load averages (1/5/15 min) at each engine's start and end:"
+  echo '```'
+  cat "$LOAD"
+  echo '```'
+  echo
+  "$PY" "$HERE/report.py" "$DATA" "${OUTS[@]}"
+} | tee "$RUN/peers-$N.md"
