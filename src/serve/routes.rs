@@ -23,6 +23,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/", get(assets::index))
         .route("/assets/{*file}", get(assets::file))
         .route("/healthz", get(healthz))
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .route("/openapi.json", get(|| async { Json(openapi::document()) }))
         .route("/stats", get(stats))
         .route("/query", post(query))
