@@ -82,7 +82,7 @@ pub fn parse(body: &[u8]) -> Result<QueryRequest, ApiError> {
     let req: QueryRequest = serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let msg = e.inner().to_string();
-        let field = path.split(['.', '[']).find(|s| !s.is_empty()).map(str::to_string).or_else(|| unknown_field(&msg));
+        let field = path.split(['.', '[']).find(|s| !s.is_empty() && *s != "?").map(str::to_string).or_else(|| unknown_field(&msg));
         let message = if e.inner().is_syntax() || e.inner().is_eof() { format!("the body is not valid JSON: {msg}") } else { msg };
         ApiError { status: axum::http::StatusCode::BAD_REQUEST, field, message }
     })?;
