@@ -159,3 +159,39 @@ async fn tile_png(State(state): State<Arc<AppState>>, Path(file): Path<String>) 
     .await?;
     Ok(([(header::CONTENT_TYPE, "image/png"), (header::CACHE_CONTROL, "max-age=3600")], png).into_response())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn state(query_time: Duration, concurrent: usize) -> (tempfile::TempDir, Arc<AppState>) {
+        let dir = tempfile::tempdir().unwrap();
+        crate::Db::create(dir.path().join("db")).unwrap();
+        let limits = super::super::Limits { query_time, concurrent, ..Default::default() };
+        let opts = super::super::ServeOptions { limits, ..super::super::ServeOptions::new(dir.path().join("db")) };
+        let st = Arc::new(AppState::open(&opts).unwrap());
+        (dir, st)
+    }
+
+    #[test]
+    fn a_slow_query_gets_503_and_the_next_one_runs() {
+        let (_dir, st) = state(Duration::from_millis(100), 1);
+        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let slow = blocking(&st, |_| {
+                std::thread::sleep(Duration::from_millis(400));
+                Ok(())
+            })
+            .await;
+            let e = slow.expect_err("over the time limit");
+            assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+            assert!(e.message.contains("100 ms"), "{}", e.message);
+            // The abandoned query holds the only permit until its thread ends; then the
+            // next query gets it and runs.
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            let fast = blocking(&st, |s| Ok(s.db.spaces()?.len())).await.expect("runs");
+            assert_eq!(fast, 0);
+        });
+    }
+}

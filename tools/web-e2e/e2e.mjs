@@ -67,10 +67,20 @@ try {
   await page.click('#results li.hit');
   await page.waitForSelector('.leaflet-popup .popup');
   seen.popup_link = await page.getAttribute('.leaflet-popup .popup a', 'href');
+
+  // Patch level: patch footprints and the heat layer.
+  seen.step = 'patch';
+  await page.selectOption('#level', 'patch');
+  await page.click('#run');
+  await page.waitForFunction(() => window.graftdb.lastRequest.level === 'patch' && /results \(|error/.test(document.getElementById('status').textContent));
+  seen.patch_status = await page.textContent('#status');
+  seen.patch_items = await page.locator('#results li.hit').count();
+  seen.heat_layer = await page.locator('canvas.leaflet-heatmap-layer').count();
   console.log(JSON.stringify(seen));
   const fail = [];
   if (!(seen.list_items > 0)) fail.push(`no results listed (status: ${status})`);
   if (!(seen.map_features > 0)) fail.push('no result features drawn on the map');
+  if (!(seen.patch_items > 0) || seen.heat_layer !== 1) fail.push(`patch level: ${seen.patch_items} results, ${seen.heat_layer} heat layers (${seen.patch_status})`);
   if (!seen.request || !Array.isArray(seen.request.bbox)) fail.push('the query did not carry the drawn bbox');
   if (seen.requests_outside.length) fail.push(`requests left the server: ${seen.requests_outside.join(', ')}`);
   if (seen.console_errors.length) fail.push(`console errors: ${seen.console_errors.join(' | ')}`);
