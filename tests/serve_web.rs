@@ -3,7 +3,8 @@
 //! by playwright-core (`tools/web-e2e/e2e.mjs`) with background networking, component
 //! updates and sync off. It loads the page, waits for the database's own imagery as the
 //! basemap, draws a box, submits a text query and checks that result features are on the
-//! map and in the list, that a result clicks through to its tile image, that a patch-level
+//! map and in the list, that a result clicks through to its tile image, that a drawn
+//! polygon works as well as a box, that a patch-level
 //! query draws a heat layer, and that no request left the server. The screenshot is kept at
 //! `target/web-e2e/map.png`. `tools/setup.sh` installs chromium and playwright-core; this
 //! test fails (it does not skip) when they are missing.
@@ -60,6 +61,8 @@ fn map_page_draw_box_text_query_shows_features() {
     assert!(seen["basemap_images"].as_u64().unwrap_or(0) > 0, "the basemap shows the database's tiles: {seen}");
     assert_eq!(seen["request"]["bbox"].as_array().map(Vec::len), Some(4), "{seen}");
     assert!(seen["popup_link"].as_str().is_some_and(|l| l.starts_with("/tiles/") && l.ends_with(".png")), "{seen}");
+    assert_eq!(seen["polygon_type"], "Polygon", "a drawn polygon is sent as GeoJSON: {seen}");
+    assert!(seen["polygon_items"].as_u64().unwrap_or(0) > 0, "results inside the drawn polygon: {seen}");
     assert_eq!(seen["patch_items"], 8, "patch-level results listed: {seen}");
     assert_eq!(seen["heat_layer"], 1, "a heat layer for patch-level results: {seen}");
     assert!(seen["requests_outside"].as_array().is_some_and(Vec::is_empty), "{seen}");

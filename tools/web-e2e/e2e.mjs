@@ -68,6 +68,22 @@ try {
   await page.waitForSelector('.leaflet-popup .popup');
   seen.popup_link = await page.getAttribute('.leaflet-popup .popup a', 'href');
 
+  // A polygon instead of the box: four clicks, then the first vertex again to close it.
+  seen.step = 'polygon';
+  await page.click('#clear-area');
+  await page.click('.leaflet-draw-draw-polygon');
+  const pts = [[0.3, 0.3], [0.7, 0.3], [0.7, 0.7], [0.3, 0.7], [0.3, 0.3]];
+  for (const [fx, fy] of pts) {
+    await page.mouse.click(box.x + box.width * fx, box.y + box.height * fy);
+    await page.waitForTimeout(150);
+  }
+  await page.waitForFunction(() => window.graftdb.drawnCount() === 1);
+  await page.click('#run');
+  await page.waitForFunction(() => window.graftdb.lastRequest.polygon && /results \(|error/.test(document.getElementById('status').textContent));
+  seen.polygon_status = await page.textContent('#status');
+  seen.polygon_type = await page.evaluate(() => window.graftdb.lastRequest.polygon.type);
+  seen.polygon_items = await page.locator('#results li.hit').count();
+
   // Patch level: patch footprints and the heat layer.
   seen.step = 'patch';
   await page.selectOption('#level', 'patch');
@@ -80,6 +96,7 @@ try {
   const fail = [];
   if (!(seen.list_items > 0)) fail.push(`no results listed (status: ${status})`);
   if (!(seen.map_features > 0)) fail.push('no result features drawn on the map');
+  if (seen.polygon_type !== 'Polygon' || !(seen.polygon_items > 0)) fail.push(`polygon: ${seen.polygon_type}, ${seen.polygon_items} results (${seen.polygon_status})`);
   if (!(seen.patch_items > 0) || seen.heat_layer !== 1) fail.push(`patch level: ${seen.patch_items} results, ${seen.heat_layer} heat layers (${seen.patch_status})`);
   if (!seen.request || !Array.isArray(seen.request.bbox)) fail.push('the query did not carry the drawn bbox');
   if (seen.requests_outside.length) fail.push(`requests left the server: ${seen.requests_outside.join(', ')}`);
