@@ -172,7 +172,7 @@ fn main() {
     println!("## graftdb serve load test");
     println!("machine: {} cores, {cpu}", std::thread::available_parallelism().map_or(0, |n| n.get()));
     println!("database: {n} records ({} tiles, {} photos), 64-d cosine space, graph {}", st["tiles"], st["photos"], st["spaces"][0]["graph"]);
-    println!("requests: {} ({}), bbox 1-20 deg, k=20, GeoJSON; {clients} clients, {wall:.1} s", if vector_mode { "random vector" } else { "text, tiny bundle on CPU" }, "POST /query");
+    println!("requests: POST /query, {}, bbox 1-20 deg, k=20, GeoJSON; {clients} clients, {wall:.1} s", if vector_mode { "random vector" } else { "text, tiny bundle on CPU" });
     println!("completed: {} ok, {} errors, {:.1} req/s, mean {:.1} hits/answer", lat.len(), errors.len(), lat.len() as f64 / wall, hits as f64 / lat.len().max(1) as f64);
     println!("latency ms: p50 {:.1}, p90 {:.1}, p99 {:.1}, max {:.1}", percentile(&lat, 0.5), percentile(&lat, 0.9), percentile(&lat, 0.99), lat.last().copied().unwrap_or(f64::NAN));
     for e in errors.iter().take(5) {
