@@ -17,7 +17,7 @@ const browser = await chromium.launch({
   headless: true,
   // No internet here: nothing may phone home.
   args: ['--headless', '--disable-background-networking', '--disable-component-update', '--disable-sync',
-         '--no-first-run', '--no-default-browser-check', '--disable-gpu', '--no-sandbox'],
+         '--no-first-run', '--no-default-browser-check', '--disable-gpu', '--no-sandbox', '--disable-dev-shm-usage'],
 });
 const seen = { step: 'launch', requests_outside: [], console_errors: [] };
 let page;
