@@ -62,21 +62,26 @@ try {
   seen.result_features = await page.evaluate(() => window.graftdb.lastResult ? window.graftdb.lastResult.features.length : 0);
 
   await page.screenshot({ path: shot });
+  await page.evaluate(() => { const m = window.graftdb.map; m.__first_center = m.getCenter(); m.__first_zoom = m.getZoom(); });
   seen.step = 'click-through';
   // Click-through: the first list item opens a popup whose link is the tile image.
   await page.click('#results li.hit');
   await page.waitForSelector('.leaflet-popup .popup');
   seen.popup_link = await page.getAttribute('.leaflet-popup .popup a', 'href');
 
-  // A polygon instead of the box: four clicks, then the first vertex again to close it.
+  // A polygon instead of the box: back to the first view (no animation, popup closed),
+  // four clicks, then the toolbar's Finish.
   seen.step = 'polygon';
   await page.click('#clear-area');
+  await page.evaluate(() => { const m = window.graftdb.map; m.closePopup(); m.setView(m.__first_center || m.getCenter(), m.__first_zoom || m.getZoom(), { animate: false }); });
   await page.click('.leaflet-draw-draw-polygon');
-  const pts = [[0.3, 0.3], [0.7, 0.3], [0.7, 0.7], [0.3, 0.7], [0.3, 0.3]];
-  for (const [fx, fy] of pts) {
-    await page.mouse.click(box.x + box.width * fx, box.y + box.height * fy);
-    await page.waitForTimeout(150);
+  for (const [fx, fy] of [[0.3, 0.3], [0.7, 0.3], [0.7, 0.7], [0.3, 0.7]]) {
+    await page.mouse.move(box.x + box.width * fx, box.y + box.height * fy, { steps: 3 });
+    await page.mouse.down();
+    await page.mouse.up();
+    await page.waitForTimeout(300);
   }
+  await page.click('.leaflet-draw-actions a[title="Finish drawing"]');
   await page.waitForFunction(() => window.graftdb.drawnCount() === 1);
   await page.click('#run');
   await page.waitForFunction(() => window.graftdb.lastRequest.polygon && /results \(|error/.test(document.getElementById('status').textContent));

@@ -10,7 +10,7 @@
   const outlines = L.layerGroup().addTo(map);
   const drawn = new L.FeatureGroup().addTo(map);
   let results = null, heat = null, last = null, spaces = [];
-  const state = { resultLayer: null, lastResult: null, lastRequest: null, basemapTiles: 0, drawnCount: () => drawn.getLayers().length };
+  const state = { map, resultLayer: null, lastResult: null, lastRequest: null, basemapTiles: 0, drawnCount: () => drawn.getLayers().length };
   window.graftdb = state;
 
   map.addControl(new L.Control.Draw({
