@@ -288,3 +288,20 @@ fn text_needs_a_model_and_writes_become_visible() {
     refused(&post_json(a, "/query", &json!({"vector": [0.0, 1.0, 0.1]})), 400, "space");
     assert_eq!(index_files(&db), before, "--read-only wrote nothing into the index folder");
 }
+
+#[test]
+fn serve_refuses_a_missing_database_or_model_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope");
+    let run = |args: &[&str]| Command::new(BIN).arg("serve").args(args).args(["--addr", "127.0.0.1:0"]).output().expect("run graftdb serve");
+    let o = run(&[missing.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("not a graftdb database") && e.trim_end().lines().count() == 1, "{e}");
+    let db = dir.path().join("db");
+    graftdb(&["create", db.to_str().unwrap()]);
+    let o = run(&[db.to_str().unwrap(), "--model", missing.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("nope") && e.trim_end().lines().count() == 1, "{e}");
+}
