@@ -6,6 +6,7 @@
 //! - [`routes`]: the handlers: `/query`, `/tiles`, `/stats`, `/healthz`, `/openapi.json`, `/`.
 //! - [`openapi`]: the OpenAPI 3.1 document served at `/openapi.json`.
 //! - [`assets`]: the map page and the vendored Leaflet files compiled into the binary.
+//! - [`pixels`]: tile windows as PNG, with raster files kept open between requests.
 //!
 //! The database is opened read-only (no writer lock), so `graftdb ingest` and `embed` in
 //! another process keep working while it serves; every query first brings the in-memory
@@ -15,6 +16,7 @@
 pub mod assets;
 pub mod error;
 pub mod openapi;
+pub mod pixels;
 pub mod request;
 pub mod routes;
 
@@ -94,6 +96,8 @@ pub struct AppState {
     pub limits: Limits,
     /// Bounds the queries running at once.
     pub permits: Arc<tokio::sync::Semaphore>,
+    /// Raster files kept open for tile images.
+    pub pixels: pixels::Pixels,
 }
 
 impl AppState {
@@ -108,7 +112,7 @@ impl AppState {
             }
             None => None,
         };
-        Ok(AppState { db, text, permits: Arc::new(tokio::sync::Semaphore::new(opts.limits.concurrent.max(1))), limits: opts.limits.clone() })
+        Ok(AppState { db, text, pixels: pixels::Pixels::default(), permits: Arc::new(tokio::sync::Semaphore::new(opts.limits.concurrent.max(1))), limits: opts.limits.clone() })
     }
 }
 

@@ -146,13 +146,10 @@ async fn tile_png(State(state): State<Arc<AppState>>, Path(file): Path<String>) 
         };
         match t.pixels {
             PixelRef::Stored(bytes) => Ok(bytes),
-            PixelRef::File { path, window } => {
-                let img = crate::ingest::raster::read_window_rgb(std::path::Path::new(&path), window)
-                    .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, Some("id"), format!("tile '{id}': its pixels cannot be read: {e}")))?;
-                let mut out = std::io::Cursor::new(Vec::new());
-                img.write_to(&mut out, image::ImageFormat::Png).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, None, format!("PNG: {e}")))?;
-                Ok(out.into_inner())
-            }
+            PixelRef::File { path, window } => st
+                .pixels
+                .window_png(std::path::Path::new(&path), window)
+                .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, Some("id"), format!("tile '{id}': its pixels cannot be read: {e}"))),
             PixelRef::None => Err(ApiError::new(StatusCode::NOT_FOUND, Some("id"), format!("tile '{id}' keeps no pixels"))),
         }
     })
