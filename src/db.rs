@@ -214,6 +214,12 @@ impl Db {
         Self::open_inner(dir.as_ref(), Options::default(), true)
     }
 
+    /// [`Db::open_read_only`] with options (`persist_index: false` writes nothing at all
+    /// into the database directory).
+    pub fn open_read_only_with(dir: impl AsRef<Path>, opts: Options) -> Result<Db> {
+        Self::open_inner(dir.as_ref(), opts, true)
+    }
+
     /// [`Db::open`] with options.
     pub fn open_with(dir: impl AsRef<Path>, opts: Options) -> Result<Db> {
         Self::open_inner(dir.as_ref(), opts, false)

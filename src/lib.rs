@@ -14,6 +14,9 @@ pub mod index;
 pub mod db;
 pub mod maint;
 pub mod query;
+pub mod spec;
+pub mod json;
+pub mod serve;
 
 pub use db::{Db, Options, WriteTxn};
 pub use maint::{DbStats, JoinPair, JoinStats};

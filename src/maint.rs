@@ -53,6 +53,8 @@ pub struct DbStats {
     pub index_bytes: u64,
     /// Disk bytes per record (all files / records).
     pub bytes_per_record: f64,
+    /// `[west, south, east, north]` of all records (tile footprints included); `None` when empty.
+    pub extent: Option<[f64; 4]>,
 }
 
 /// Statistics of one space.
@@ -92,6 +94,42 @@ impl Db {
             f(k.value(), codec::decode_record(v.value())?)?;
         }
         Ok(())
+    }
+
+    /// Records of `kind` (or any) whose bounding box meets `bbox` (`[w, s, e, n]`, `w <= e`),
+    /// in key order, at most `limit`. Records are keyed by their centre, so the key ranges
+    /// searched are those of `bbox` widened by the largest tile half-extent any space has
+    /// seen (0.5° when no space holds tiles yet). Returns whether the limit cut the list short.
+    pub fn records_in(&self, bbox: [f64; 4], kind: Option<Kind>, limit: usize, mut f: impl FnMut(u64, Record) -> Result<()>) -> Result<bool> {
+        let [w, s, e, n] = bbox;
+        let mut margin = 0f64;
+        for def in self.spaces()? {
+            let h = self.space_state(&def.name)?;
+            margin = margin.max(h.state.read().map_err(|_| Error::Index("lock poisoned".into()))?.max_half_extent);
+        }
+        if margin == 0.0 {
+            margin = 0.5;
+        }
+        let wide = [(w - margin).max(-180.0), (s - margin).max(-90.0), (e + margin).min(180.0), (n + margin).min(90.0)];
+        let r = self.redb().begin_read()?;
+        let t = r.open_table(RECORDS)?;
+        let mut found = 0usize;
+        for (lo, hi) in crate::geo::hash::cover_bbox(wide, 64, 40) {
+            for entry in t.range(lo..=hi)? {
+                let (k, v) = entry?;
+                let rec = codec::decode_record(v.value())?;
+                let b = rec.bbox();
+                if kind.is_some_and(|x| x != rec.kind()) || b[0] > e || b[2] < w || b[1] > n || b[3] < s {
+                    continue;
+                }
+                if found == limit {
+                    return Ok(true);
+                }
+                found += 1;
+                f(k.value(), rec)?;
+            }
+        }
+        Ok(false)
     }
 
     /// Which photos fall in which tiles: an R-tree over tile footprints' boxes, then the
@@ -136,7 +174,10 @@ impl Db {
     /// Counts and sizes.
     pub fn stats(&self) -> Result<DbStats> {
         let (mut tiles, mut photos) = (0u64, 0u64);
+        let mut extent: Option<[f64; 4]> = None;
         self.for_each_record(|_, r| {
+            let b = r.bbox();
+            extent = Some(extent.map_or(b, |e| [e[0].min(b[0]), e[1].min(b[1]), e[2].max(b[2]), e[3].max(b[3])]));
             match r.kind() {
                 Kind::Tile => tiles += 1,
                 Kind::Photo => photos += 1,
@@ -179,6 +220,7 @@ impl Db {
             redb_bytes,
             index_bytes,
             bytes_per_record: if total == 0 { 0.0 } else { (redb_bytes + index_bytes) as f64 / total as f64 },
+            extent,
         })
     }
 

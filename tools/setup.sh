@@ -2,13 +2,17 @@
 # graftdb development setup. Idempotent: a second run only checks and exits quickly.
 #
 # Installs (CI runs this as root on a fresh Debian 12 machine):
-#   - apt: libgdal-dev gdal-bin (and python3-venv when `python3 -m venv` is missing)
+#   - apt: libgdal-dev gdal-bin chromium (and python3-venv when `python3 -m venv` is missing);
+#     chromium runs the map page's browser test (tests/serve_web.rs)
 #   - .venv        onnxruntime==1.31.1 onnx numpy pyarrow   (ONNX Runtime for the `ort` crate)
 #   - .venv-torch  torch open-clip-torch onnx onnxruntime==1.31.1 numpy pytest pyarrow   (exporters and
 #                  tools/train, ~5 GB, ~1.3 min on a fresh machine)
 #   - data/bundles/tiny and data/bundles/vitb16-random: model bundles with seeded random
 #     weights, exported by tools/export (no network needed)
 #   - test imagery via tools/fetch-data.sh when that script exists
+#   - vendor/web: Leaflet, Leaflet.draw, Leaflet.heat from npm (tools/vendor-web.sh), compiled
+#     into the binary for `graftdb serve`'s map page
+#   - tools/web-e2e/node_modules: playwright-core (npm ci from its lock file)
 #
 # Environment: PYTHON (interpreter used to create the venvs, default python3),
 #              GRAFTDB_SKIP_TORCH=1 skips .venv-torch and the bundle export.
@@ -24,7 +28,7 @@ elapsed() { echo "$(( $(date +%s) - $1 ))s"; }
 
 # --- apt -------------------------------------------------------------------------------
 need_apt=()
-for p in libgdal-dev gdal-bin; do
+for p in libgdal-dev gdal-bin chromium; do
     dpkg -s "$p" >/dev/null 2>&1 || need_apt+=("$p")
 done
 if ! "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1; then
@@ -42,7 +46,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
     DID+=("apt: installed ${need_apt[*]} ($(elapsed "$t"))")
 else
-    say "apt packages present (libgdal-dev gdal-bin)"
+    say "apt packages present (libgdal-dev gdal-bin chromium)"
 fi
 
 # --- venvs -----------------------------------------------------------------------------
@@ -106,6 +110,20 @@ if [ -f tools/fetch-data.sh ]; then
     say "running tools/fetch-data.sh"
     bash tools/fetch-data.sh
     DID+=("ran tools/fetch-data.sh ($(elapsed "$t"))")
+fi
+
+# --- the map page: vendored Leaflet, and playwright-core for its browser test -------------
+t=$(date +%s)
+bash tools/vendor-web.sh
+lock_hash=$(sha256sum tools/web-e2e/package-lock.json | cut -c1-16)
+if [ ! -f tools/web-e2e/node_modules/playwright-core/package.json ] \
+    || [ "$(cat tools/web-e2e/node_modules/.graftdb-lock-hash 2>/dev/null)" != "$lock_hash" ]; then
+    say "npm ci in tools/web-e2e (playwright-core; the browser is Debian's chromium)"
+    (cd tools/web-e2e && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --silent)
+    echo "$lock_hash" > tools/web-e2e/node_modules/.graftdb-lock-hash
+    DID+=("tools/web-e2e: npm ci ($(elapsed "$t"))")
+else
+    say "tools/web-e2e/node_modules present"
 fi
 
 say "done in $(elapsed "$START")"

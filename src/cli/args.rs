@@ -50,6 +50,8 @@ pub enum Command {
         /// Database directory.
         db: PathBuf,
     },
+    /// Serve the JSON API and the map page over HTTP (see schema/http.md).
+    Serve(ServeArgs),
     /// Export records and vectors as GeoParquet 1.1 (for LanceDB, DuckDB, Sedona).
     Export {
         /// Database directory.
@@ -209,6 +211,22 @@ pub struct EmbedArgs {
     pub limit: Option<usize>,
 }
 
+/// Flags of `serve`.
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    /// Database directory (opened read-only: ingest and embed keep working beside it).
+    pub db: PathBuf,
+    /// Model bundle whose text encoder embeds `text` queries.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Address to listen on (loopback by default; port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub addr: std::net::SocketAddr,
+    /// Write nothing into the database directory, not even rebuilt index snapshots.
+    #[arg(long)]
+    pub read_only: bool,
+}
+
 /// Flags of `classify`.
 #[derive(clap::Args, Debug)]
 pub struct ClassifyArgs {
@@ -351,17 +369,8 @@ pub fn parse_floats(flag: &str, s: &str, n: usize) -> Result<Vec<f64>> {
     Ok(v)
 }
 
-/// Parse an RFC 3339 timestamp or a date into microseconds since the epoch. A date as an
-/// upper bound means the end of that day, so both bounds include whole days.
+/// Parse an RFC 3339 timestamp or a date into microseconds since the epoch (see
+/// [`graftdb::spec::parse_time`]).
 pub fn parse_time(flag: &str, s: &str, end_of_day: bool) -> Result<i64> {
-    if let Ok(ts) = s.parse::<jiff::Timestamp>() {
-        return Ok(ts.as_microsecond());
-    }
-    match s.parse::<jiff::civil::Date>() {
-        Ok(d) => {
-            let start = d.to_zoned(jiff::tz::TimeZone::UTC).map_err(|e| anyhow::anyhow!("{flag} '{s}': {e}"))?.timestamp().as_microsecond();
-            Ok(if end_of_day { start + 86_400_000_000 - 1 } else { start })
-        }
-        Err(_) => bail!("{flag} '{s}': not an RFC 3339 timestamp (2021-06-01T00:00:00Z) or a date (2021-06-01)"),
-    }
+    Ok(graftdb::spec::parse_time(flag, s, end_of_day)?)
 }

@@ -15,7 +15,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use graftdb::embed::{Bundle, Device, EncoderOptions, ImageEncoder, Preprocessor, SessionOptions, TextEncoder};
+use graftdb::embed::{Bundle, Device, EncoderOptions, ImageEncoder, Preprocessor, SessionOptions};
 use graftdb::ingest::raster::WindowReader;
 use graftdb::{Db, Kind, Level, Metric, PixelRef, Record, RecordId, SpaceDef};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -61,36 +61,10 @@ pub(super) fn device(d: DeviceArg) -> Device {
     }
 }
 
-/// The bundle's dimension must be the space's; otherwise the vectors are not comparable.
-pub(super) fn check_dim(bundle: &Bundle, def: &SpaceDef) -> Result<()> {
-    let m = bundle.manifest();
-    if m.dim != def.dim as usize {
-        bail!(
-            "{}: bundle '{}' makes {}-d vectors but space '{}' holds {}-d vectors; use the bundle that filled the space",
-            bundle.dir().display(),
-            m.name,
-            m.dim,
-            def.name,
-            def.dim
-        );
-    }
-    Ok(())
-}
-
 /// Embed texts with a bundle's text encoder (on CPU: one query is milliseconds), checked
 /// against the space they will be compared with.
 pub(super) fn text_vectors(model: &Path, def: &SpaceDef, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
-    let bundle = Bundle::open(model)?;
-    check_dim(&bundle, def)?;
-    let opts = EncoderOptions {
-        session: SessionOptions { device: Device::Cpu, threads: None, ..SessionOptions::default() },
-        batch_size: 32,
-        normalize: true,
-        patches: false,
-        ..EncoderOptions::default()
-    };
-    let enc = TextEncoder::open(&bundle, &opts)?;
-    Ok(enc.embed(texts)?)
+    Ok(graftdb::spec::text_encoder(model, def)?.embed(texts)?)
 }
 
 /// Where a record's pixels come from.

@@ -15,7 +15,8 @@ use anyhow::{bail, Context, Result};
 use args::{Cli, Command, FilterArgs, IngestCmd, QueryArgs};
 use graftdb::io::geoparquet::{ExportGeom, ExportRow, GeoParquetWriter};
 use graftdb::io::parquet::ParquetVectorReader;
-use graftdb::{Db, Filter, Kind, Level, Metric, Photo, PixelRef, Query, Record, RecordId, Region, Tile};
+use graftdb::spec::{self, FilterSpec};
+use graftdb::{Db, Filter, Kind, Level, Metric, Photo, PixelRef, Query, Record, Tile};
 
 /// How long a write waits for another process's write lock before giving up.
 const WRITE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -69,6 +70,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
             }
         }
         Command::Export { db, out: path } => export(&db, &path, out)?,
+        Command::Serve(a) => serve(a, out)?,
     }
     Ok(())
 }
@@ -121,41 +123,25 @@ fn ingest_vectors(db: &Path, file: &Path, space: &str, kind: Kind, metric: Metri
     Ok(())
 }
 
-fn build_filter(q: &FilterArgs, kind: Option<Kind>) -> Result<Filter> {
-    let mut f = Filter { kind, ..Default::default() };
+pub(crate) fn build_filter(q: &FilterArgs, kind: Option<Kind>) -> Result<Filter> {
+    let mut spec = FilterSpec { kind, geohash: q.geohash.clone(), from: q.from.clone(), to: q.to.clone(), radius_km: q.radius_km, ..Default::default() };
     if let Some(b) = &q.bbox {
         let v = args::parse_floats("--bbox", b, 4)?;
-        f.regions.push(Region::bbox(v[0], v[1], v[2], v[3])?);
+        spec.bbox = Some([v[0], v[1], v[2], v[3]]);
     }
-    match (&q.near, q.radius_km) {
-        (Some(n), Some(r)) => {
-            let v = args::parse_floats("--near", n, 2)?;
-            f.regions.push(Region::circle(v[1], v[0], r)?);
-        }
-        (Some(_), None) => bail!("--near needs --radius-km"),
-        (None, Some(_)) => bail!("--radius-km needs --near LAT,LON"),
-        (None, None) => {}
+    if let Some(n) = &q.near {
+        let v = args::parse_floats("--near", n, 2)?;
+        spec.near = Some([v[0], v[1]]);
     }
     if let Some(p) = &q.polygon {
         let path = Path::new(p);
-        let (at, text) = if path.is_file() {
+        spec.polygon = Some(if path.is_file() {
             (p.clone(), std::fs::read_to_string(path).with_context(|| format!("{p}: cannot read"))?)
         } else {
             ("--polygon".to_string(), p.clone())
-        };
-        f.regions.push(Region::parse_polygon(&at, &text)?);
+        });
     }
-    if let Some(g) = &q.geohash {
-        f.regions.push(Region::geohash(g)?);
-    }
-    f.from = q.from.as_deref().map(|t| args::parse_time("--from", t, false)).transpose()?;
-    f.to = q.to.as_deref().map(|t| args::parse_time("--to", t, true)).transpose()?;
-    if let (Some(a), Some(b)) = (f.from, f.to) {
-        if a > b {
-            bail!("--from is after --to");
-        }
-    }
-    Ok(f)
+    Ok(spec.build()?)
 }
 
 /// The query vectors of `query`: exactly one of --vector, --vectors, --text, --like.
@@ -174,13 +160,7 @@ fn query_vectors(q: &QueryArgs, db: &Db, def: &graftdb::SpaceDef) -> Result<(Vec
         return Ok((v, None));
     }
     if let Some(like) = &q.like {
-        if !matches!(def.level, Level::Image) {
-            bail!("--like: space '{}' is patch-level; use --like with the image-level space (records have no single vector here)", q.space);
-        }
-        let (key, rec) = find_record(db, like)?;
-        let v = db.vector(&q.space, key)?.with_context(|| {
-            format!("--like {like}: {} '{}' has no vector in space '{}'; run graftdb embed first", rec.kind().as_str(), rec.id(), q.space)
-        })?;
+        let (v, key) = spec::like_vector(db, def, like)?;
         return Ok((vec![v], Some(key)));
     }
     let (rows, dim, data) = match (&q.vector, &q.vectors) {
@@ -198,39 +178,19 @@ fn query_vectors(q: &QueryArgs, db: &Db, def: &graftdb::SpaceDef) -> Result<(Vec
     Ok((out, None))
 }
 
-/// A record by the id the user typed: digits try an integer id first, then a string id.
-fn find_record(db: &Db, id: &str) -> Result<(u64, Record)> {
-    if let Ok(i) = id.parse::<i64>() {
-        if let Some(found) = db.get(None, &RecordId::Int(i))? {
-            return Ok(found);
-        }
-    }
-    db.get(None, &RecordId::Str(id.to_string()))?.with_context(|| format!("--like {id}: no tile or photo has this id"))
-}
-
 fn query(q: &QueryArgs, out: &mut dyn Write) -> Result<()> {
     let db = Db::open_read_only(&q.db)?;
     let def = db.space(&q.space)?;
     let filter = build_filter(&q.filter, q.kind)?;
-    match (q.level, def.level) {
-        (args::LevelArg::Patch, Level::Image) => bail!("--level patch: space '{}' is image-level; use a patch-level space", q.space),
-        (args::LevelArg::Image, Level::Patch { .. }) => bail!("--level image: space '{}' is patch-level; add --level patch", q.space),
-        _ => {}
-    }
+    spec::check_level(&def, q.level == args::LevelArg::Patch)?;
     if q.k == 0 {
         bail!("-k must be at least 1");
     }
     let (vectors, leave_out) = query_vectors(q, &db, &def)?;
     let batch = q.vectors.is_some();
     for v in vectors {
-        // --like leaves its own record out, so ask for one more.
-        let k = q.k + usize::from(leave_out.is_some());
-        let query = Query::new(&q.space, v, k).filter(filter.clone()).exact(q.exact);
-        let mut res = db.search(&query)?;
-        if let Some(key) = leave_out {
-            res.hits.retain(|h| h.key != key);
-            res.hits.truncate(q.k);
-        }
+        let query = Query::new(&q.space, v, q.k).filter(filter.clone()).exact(q.exact);
+        let res = spec::search_leaving_out(&db, query, leave_out)?;
         if batch {
             writeln!(out, "{}", serde_json::to_string(&output::hits_json(&res.hits))?)?;
         } else {
@@ -240,6 +200,23 @@ fn query(q: &QueryArgs, out: &mut dyn Write) -> Result<()> {
             eprintln!("{}", output::explain_line(&res.explain));
         }
     }
+    Ok(())
+}
+
+fn serve(a: args::ServeArgs, out: &mut dyn Write) -> Result<()> {
+    let opts = graftdb::serve::ServeOptions { model: a.model, addr: a.addr, read_only: a.read_only, ..graftdb::serve::ServeOptions::new(a.db) };
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    graftdb::serve::serve(
+        opts,
+        |addr| {
+            // One line a script can wait for; stdout is flushed so a pipe sees it at once.
+            let _ = writeln!(out, "graftdb serve: listening on http://{addr}/");
+            let _ = out.flush();
+        },
+        shutdown,
+    )?;
     Ok(())
 }
 

@@ -4,63 +4,16 @@ use std::io::Write;
 
 use anyhow::Result;
 use graftdb::{Explain, Hit};
-use serde_json::{json, Value};
 
 use super::args::Format;
 
-fn time_str(t: Option<i64>) -> Value {
-    t.and_then(|us| jiff::Timestamp::from_microsecond(us).ok()).map_or(Value::Null, |ts| Value::from(ts.to_string()))
-}
-
-/// One hit as a JSON object.
-pub fn hit_json(h: &Hit) -> Value {
-    let mut o = json!({
-        "id": h.id.to_json(),
-        "kind": h.kind.as_str(),
-        "score": h.score,
-        "lon": h.lon,
-        "lat": h.lat,
-        "geohash": h.geohash,
-        "time": time_str(h.time),
-    });
-    if let Some(d) = h.distance_km {
-        o["distance_km"] = json!(d);
-    }
-    if let Some(p) = &h.patch {
-        o["patch"] = json!({"row": p.row, "col": p.col, "footprint": p.footprint});
-    }
-    o
-}
-
-/// Hits as a JSON array.
-pub fn hits_json(hits: &[Hit]) -> Value {
-    Value::Array(hits.iter().map(hit_json).collect())
-}
-
-fn geometry(h: &Hit) -> Value {
-    let ring = h.patch.as_ref().map(|p| &p.footprint).or(h.footprint.as_ref());
-    match ring {
-        Some(r) if r.len() >= 4 => json!({"type": "Polygon", "coordinates": [r]}),
-        _ => json!({"type": "Point", "coordinates": [h.lon, h.lat]}),
-    }
-}
+pub use graftdb::json::hits_json;
 
 /// Print hits in a format.
 pub fn print(out: &mut dyn Write, f: Format, hits: &[Hit]) -> Result<()> {
     match f {
         Format::Json => writeln!(out, "{}", serde_json::to_string_pretty(&hits_json(hits))?)?,
-        Format::Geojson => {
-            let feats: Vec<Value> = hits
-                .iter()
-                .enumerate()
-                .map(|(rank, h)| {
-                    let mut props = hit_json(h);
-                    props["rank"] = json!(rank + 1);
-                    json!({"type": "Feature", "geometry": geometry(h), "properties": props})
-                })
-                .collect();
-            writeln!(out, "{}", serde_json::to_string_pretty(&json!({"type": "FeatureCollection", "features": feats}))?)?;
-        }
+        Format::Geojson => writeln!(out, "{}", serde_json::to_string_pretty(&graftdb::json::feature_collection(hits))?)?,
         Format::Csv => {
             writeln!(out, "rank,id,kind,score,lon,lat,geohash,distance_km,patch_row,patch_col")?;
             for (i, h) in hits.iter().enumerate() {
