@@ -307,11 +307,9 @@ impl Db {
             if let Ok((seg, seq)) = arena::read_snapshot(&self.dir.join(INDEX_DIR).join(&m.arena), st, patch) {
                 if seq == m.seq {
                     // A graph labelled some other way is left unused; the snapshot still serves.
-                    let graph = match &m.hnsw {
-                        Some(h) if m.labels.as_deref() == Some(hnsw::LABELS) => hnsw::view(&self.dir.join(INDEX_DIR).join(h), def.dim as usize, def.metric).ok(),
-                        _ => None,
-                    };
-                    let graph_ok = m.hnsw.is_none() || m.labels.as_deref() != Some(hnsw::LABELS) || graph.as_ref().is_some_and(|g| g.size() == seg.len());
+                    let usable = m.hnsw.as_ref().filter(|_| m.labels.as_deref() == Some(hnsw::LABELS));
+                    let graph = usable.and_then(|h| hnsw::view(&self.dir.join(INDEX_DIR).join(h), def.dim as usize, def.metric).ok());
+                    let graph_ok = usable.is_none() || graph.as_ref().is_some_and(|g| g.size() == seg.len());
                     if graph_ok {
                         idx.max_half_extent = half_extent(&seg);
                         idx.base = seg;

@@ -266,11 +266,17 @@ fn scan_exact(def: &SpaceDef, seg: &Segment, ranges: &[(u64, u64)], m: &Matcher<
                 continue;
             }
             *matched += 1;
-            let s = scan::score(def.metric, q, vecs.get(i * d..(i + 1) * d).unwrap_or(&[]));
-            if s >= top.threshold() {
-                top.push(Scored { score: s, key, extra: () });
-            }
+            score_row(def, q, vecs.get(i * d..(i + 1) * d).unwrap_or(&[]), key, top);
         }
+    }
+}
+
+/// Score one row's vector and keep it if it makes the top k.
+#[inline]
+fn score_row(def: &SpaceDef, q: &[f32], v: &[f32], key: u64, top: &mut TopK<()>) {
+    let s = scan::score(def.metric, q, v);
+    if s >= top.threshold() {
+        top.push(Scored { score: s, key, extra: () });
     }
 }
 
@@ -285,10 +291,7 @@ fn scan_rows(def: &SpaceDef, seg: &Segment, rows: &[u32], m: &Matcher<'_>, q: &[
             continue;
         }
         *matched += 1;
-        let s = scan::score(def.metric, q, vecs.get(i * d..(i + 1) * d).unwrap_or(&[]));
-        if s >= top.threshold() {
-            top.push(Scored { score: s, key, extra: () });
-        }
+        score_row(def, q, vecs.get(i * d..(i + 1) * d).unwrap_or(&[]), key, top);
     }
 }
 
@@ -386,16 +389,16 @@ pub(crate) fn run(def: &SpaceDef, st: &SpaceIndex, q: &Query, recs: &Records<'_>
             g.change_expansion_search(ef);
             let bitmap = listed.as_deref().map(|rows| Bitmap::from_rows(st.base.len(), rows));
             let (keys, metas): (&[u64], _) = (&st.base.keys, st.base.metas());
+            // Counted rows already passed `quick`; only a tile's footprint is left to test.
             let keep = |row: u64| -> bool {
                 let i = row as usize;
-                if bitmap.as_ref().is_some_and(|b| !b.get(i)) {
-                    return false;
-                }
+                let counted = match &bitmap {
+                    Some(b) if !b.get(i) => return false,
+                    Some(_) => true,
+                    None => false,
+                };
                 let (Some(meta), Some(&key)) = (metas.get(i), keys.get(i)) else { return false };
-                match &bitmap {
-                    Some(_) => !m.needs_footprint(&meta) || m.footprint_ok(key),
-                    None => m.matches(key, &meta),
-                }
+                if counted { !m.needs_footprint(&meta) || m.footprint_ok(key) } else { m.matches(key, &meta) }
             };
             let res = if unfiltered { g.search(&qv, want) } else { g.filtered_search(&qv, want, keep) }.map_err(|e| Error::Index(e.to_string()))?;
             for row in res.keys {

@@ -101,6 +101,16 @@ struct StoredTile {
     window: [u32; 4],
 }
 
+impl StoredTile {
+    /// A tile whose pixels are a window of a raster file; `None` for stored or absent pixels.
+    fn from_tile(key: Option<u64>, t: graftdb::Tile) -> Option<Self> {
+        match t.pixels {
+            PixelRef::File { path, window } => Some(StoredTile { key, footprint: t.footprint, gsd_m: t.gsd_m, time: t.time, cloud: t.cloud_cover, path, window }),
+            _ => None,
+        }
+    }
+}
+
 type Fp = GeomWithData<rstar::primitives::Rectangle<[f64; 2]>, usize>;
 
 fn point_in_ring(ring: &[[f64; 2]], x: f64, y: f64) -> bool {
@@ -227,30 +237,14 @@ pub fn build(db_dir: &Path, out: &Path, o: &BuildOptions) -> Result<Value> {
                 PhotoRow { key, id: p.id, time: p.time, license: p.license },
                 PhotoPt { lon: p.lon, lat: p.lat, time: p.time },
             )),
-            Record::Tile(t) => {
-                if let PixelRef::File { path, window } = t.pixels {
-                    stored.push(StoredTile {
-                        key: Some(key),
-                        footprint: t.footprint,
-                        gsd_m: t.gsd_m,
-                        time: t.time,
-                        cloud: t.cloud_cover,
-                        path,
-                        window,
-                    });
-                }
-            }
+            Record::Tile(t) => stored.extend(StoredTile::from_tile(Some(key), t)),
         }
         Ok(())
     })?;
     // Rasters outside the database: the same tiling as `graftdb ingest raster`, in memory.
     for path in &o.rasters {
         let report = tile_raster(path, &RasterOptions::default()).with_context(|| format!("--raster {}", path.display()))?;
-        for t in report.tiles {
-            if let PixelRef::File { path, window } = t.pixels {
-                stored.push(StoredTile { key: None, footprint: t.footprint, gsd_m: t.gsd_m, time: t.time, cloud: t.cloud_cover, path, window });
-            }
-        }
+        stored.extend(report.tiles.into_iter().filter_map(|t| StoredTile::from_tile(None, t)));
     }
     // Deterministic input order: by photo id (then key for equal ids).
     photos.sort_by(|a, b| a.0.id.cmp(&b.0.id).then(a.0.key.cmp(&b.0.key)));
