@@ -141,6 +141,8 @@ trait Engine {
 struct Graft {
     db: Db,
     paths: std::collections::BTreeMap<&'static str, usize>,
+    rescored: u64,
+    queries: u64,
 }
 
 impl Engine for Graft {
@@ -151,11 +153,17 @@ impl Engine for Graft {
         let filter = Filter { regions: q.bbox.map(|b| Region::bbox(b[0], b[1], b[2], b[3]).unwrap()).into_iter().collect(), ..Default::default() };
         let res = self.db.search(&Query::new("clip", q.v.clone(), K).filter(filter)).unwrap();
         *self.paths.entry(res.explain.path.as_str()).or_default() += 1;
+        self.rescored += res.explain.rescored;
+        self.queries += 1;
         res.hits.iter().map(|h| (if let RecordId::Int(i) = h.id { i as usize } else { usize::MAX }, h.score)).collect()
     }
     fn note(&mut self) -> String {
-        let s = self.paths.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ");
+        let mut s = self.paths.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ");
+        if self.queries > 0 {
+            s += &format!("; f32 reads/query {:.0}", self.rescored as f64 / self.queries as f64);
+        }
         self.paths.clear();
+        (self.rescored, self.queries) = (0, 0);
         s
     }
 }
@@ -268,11 +276,20 @@ fn main() {
     eprintln!("generated {n} × {DIM} in {:.1?}", t.elapsed());
 
     let tmp = tempfile::tempdir_in(std::env::var("GRAFTDB_BENCH_DIR").unwrap_or_else(|_| std::env::temp_dir().display().to_string())).unwrap();
-    let path = tmp.path().join("bench.graftdb");
-    let db = Db::create(&path).unwrap();
-    db.create_space("clip", DIM as u32, Metric::Cos, Level::Image).unwrap();
+    // GRAFTDB_BENCH_KEEP=DIR keeps the database in DIR and reuses it on the next run with the
+    // same N (ingest and build figures are then those of the run that made it).
+    let keep = std::env::var("GRAFTDB_BENCH_KEEP").ok().map(|k| std::path::PathBuf::from(k).join(format!("bench-{n}.graftdb")));
+    let reuse = keep.as_ref().is_some_and(|k| k.join("index").exists());
+    let path = keep.clone().unwrap_or_else(|| tmp.path().join("bench.graftdb"));
+    if keep.is_some() && !reuse {
+        let _ = std::fs::remove_dir_all(&path);
+    }
+    let db = if reuse { Db::open(&path).unwrap() } else { Db::create(&path).unwrap() };
+    if !reuse {
+        db.create_space("clip", DIM as u32, Metric::Cos, Level::Image).unwrap();
+    }
     let t = Instant::now();
-    for start in (0..n).step_by(10_000) {
+    for start in (0..n).step_by(10_000).filter(|_| !reuse) {
         let rows: Vec<(Record, Vec<f32>)> = (start..(start + 10_000).min(n))
             .map(|i| {
                 let rec = Record::Photo(Photo {
@@ -318,7 +335,7 @@ fn main() {
     let peer_build = t.elapsed();
     eprintln!("peer build {:.1?}", peer_build);
 
-    let mut engines: Vec<Box<dyn Engine>> = vec![Box::new(Graft { db, paths: Default::default() }), Box::new(Brute), Box::new(PostFilter { index: peer })];
+    let mut engines: Vec<Box<dyn Engine>> = vec![Box::new(Graft { db, paths: Default::default(), rescored: 0, queries: 0 }), Box::new(Brute), Box::new(PostFilter { index: peer })];
     let mut rng = StdRng::seed_from_u64(SEED + 1);
     let qnoise = Normal::new(0.0f32, 0.04).unwrap();
     let make_q = |rng: &mut StdRng, sel: f64| {

@@ -307,7 +307,7 @@ impl Db {
             if let Ok((seg, seq)) = arena::read_snapshot(&self.dir.join(INDEX_DIR).join(&m.arena), st, patch) {
                 if seq == m.seq {
                     // A graph labelled some other way is left unused; the snapshot still serves.
-                    let usable = m.hnsw.as_ref().filter(|_| m.labels.as_deref() == Some(hnsw::LABELS));
+                    let usable = m.hnsw.as_ref().filter(|_| m.labels.as_deref() == Some(hnsw::labels(def.metric)));
                     let graph = usable.and_then(|h| hnsw::view(&self.dir.join(INDEX_DIR).join(h), def.dim as usize, def.metric).ok());
                     let graph_ok = usable.is_none() || graph.as_ref().is_some_and(|g| g.size() == seg.len());
                     if graph_ok {
@@ -566,7 +566,7 @@ impl Db {
         };
         if self.opts.persist_index {
             // Best effort: a failure here leaves the database correct, only slower to open.
-            let _ = self.persist(h.def.number, &seg, graph.as_ref(), seq, h.is_patch());
+            let _ = self.persist(h.def.number, &seg, graph.as_ref(), seq, h.is_patch(), h.def.metric);
         }
         s.max_half_extent = half_extent(&seg);
         s.base = seg;
@@ -576,7 +576,7 @@ impl Db {
         Ok(())
     }
 
-    fn persist(&self, num: u16, seg: &Segment, graph: Option<&usearch::Index>, seq: u64, patch: bool) -> Result<()> {
+    fn persist(&self, num: u16, seg: &Segment, graph: Option<&usearch::Index>, seq: u64, patch: bool, def_metric: Metric) -> Result<()> {
         let dir = self.dir.join(INDEX_DIR);
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         let old = self.read_manifest(num).ok();
@@ -590,7 +590,7 @@ impl Db {
             }
             None => None,
         };
-        let labels = hnsw_name.as_ref().map(|_| hnsw::LABELS.to_string());
+        let labels = hnsw_name.as_ref().map(|_| hnsw::labels(def_metric).to_string());
         let m = Manifest { seq, arena: arena_name, hnsw: hnsw_name, labels };
         let p = self.manifest_path(num);
         let tmp = p.with_extension(format!("tmp{}", std::process::id()));
@@ -643,7 +643,7 @@ struct Manifest {
     seq: u64,
     arena: String,
     hnsw: Option<String>,
-    /// How the graph labels its nodes (`hnsw::LABELS`); absent in manifests written before
+    /// How the graph labels its nodes and what it holds (`hnsw::labels`); absent in manifests written before
     /// graphs were labelled by row, whose graphs are ignored and rebuilt at the next checkpoint.
     #[serde(default)]
     labels: Option<String>,

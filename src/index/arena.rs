@@ -5,6 +5,10 @@
 //! keys is a contiguous range of rows: counting the candidates of a region is a binary
 //! search, and scanning them reads memory front to back.
 //!
+//! Image-level rows also carry i8 codes with a per-row scale and L1 norm (see
+//! [`crate::index::scan`]), a quarter of the f32 bytes, so an exact scan reads f32 only for
+//! rows whose bounded i8 score can still make the top k.
+//!
 //! An arena is a [`Segment`] (mapped from a snapshot file, or built in memory) plus a small
 //! in-memory delta of rows committed since; both are sorted by key.
 
@@ -94,6 +98,12 @@ pub struct Segment {
     pub f32s: Col<f32>,
     /// Patch-level spaces: encoded i8 grids, `row_bytes` per row.
     pub bytes: Col<u8>,
+    /// Image-level spaces: `dim` i8 codes per row (value ≈ code × `qscale`).
+    pub codes: Col<i8>,
+    /// Image-level spaces: the code scale of each row.
+    pub qscale: Col<f32>,
+    /// Image-level spaces: ‖decoded codes‖₁ of each row (for the error bound).
+    pub ql1: Col<f32>,
     /// Payload elements per row (`dim` for f32, grid bytes for patches).
     pub stride: usize,
 }
@@ -108,6 +118,9 @@ impl Segment {
             kind: Col::Owned(vec![]),
             f32s: Col::Owned(vec![]),
             bytes: Col::Owned(vec![]),
+            codes: Col::Owned(vec![]),
+            qscale: Col::Owned(vec![]),
+            ql1: Col::Owned(vec![]),
             stride,
         }
     }
@@ -143,6 +156,11 @@ impl Segment {
     pub fn vector(&self, i: usize) -> &[f32] {
         self.f32s.get(i * self.stride..(i + 1) * self.stride).unwrap_or(&[])
     }
+    /// The i8 codes, scale and ‖x̂‖₁ of a row (image-level spaces).
+    #[inline]
+    pub fn coded(&self, i: usize) -> Option<(&[i8], f32, f32)> {
+        Some((self.codes.get(i * self.stride..(i + 1) * self.stride)?, *self.qscale.get(i)?, *self.ql1.get(i)?))
+    }
     /// The encoded grid of a row (patch-level spaces).
     #[inline]
     pub fn grid(&self, i: usize) -> &[u8] {
@@ -165,6 +183,7 @@ pub struct NewRow {
 /// Builds an owned segment from rows given in ascending key order.
 pub struct SegmentBuilder {
     seg: (Vec<u64>, Vec<i64>, Vec<f64>, Vec<u8>, Vec<f32>, Vec<u8>),
+    codes: (Vec<i8>, Vec<f32>, Vec<f32>),
     stride: usize,
 }
 
@@ -181,11 +200,11 @@ impl SegmentBuilder {
                 Vec::with_capacity(f),
                 Vec::with_capacity(b),
             ),
+            codes: (Vec::with_capacity(f), Vec::with_capacity(if patch { 0 } else { cap }), Vec::with_capacity(if patch { 0 } else { cap })),
             stride,
         }
     }
-    /// Append a row (keys must ascend).
-    pub fn push(&mut self, key: u64, meta: RowMeta, f32s: &[f32], bytes: &[u8]) {
+    fn push_fields(&mut self, key: u64, meta: RowMeta, f32s: &[f32], bytes: &[u8]) {
         let s = &mut self.seg;
         s.0.push(key);
         s.1.push(meta.time.unwrap_or(NO_TIME));
@@ -194,17 +213,34 @@ impl SegmentBuilder {
         s.4.extend_from_slice(f32s);
         s.5.extend_from_slice(bytes);
     }
-    /// Append row `i` of another segment.
+    /// Append a row (keys must ascend). An f32 vector is also quantised to i8 codes.
+    pub fn push(&mut self, key: u64, meta: RowMeta, f32s: &[f32], bytes: &[u8]) {
+        self.push_fields(key, meta, f32s, bytes);
+        if !f32s.is_empty() {
+            let (s, l1) = crate::index::scan::quantise(f32s, &mut self.codes.0);
+            self.codes.1.push(s);
+            self.codes.2.push(l1);
+        }
+    }
+    /// Append row `i` of another segment (its codes are copied, not recomputed).
     pub fn push_from(&mut self, seg: &Segment, i: usize) {
         if let (Some(&k), Some(m)) = (seg.keys.get(i), seg.meta(i)) {
-            let f = if seg.f32s.is_empty() { &[][..] } else { seg.vector(i) };
             let b = if seg.bytes.is_empty() { &[][..] } else { seg.grid(i) };
-            self.push(k, m, f, b);
+            if seg.f32s.is_empty() {
+                self.push(k, m, &[], b);
+            } else if let Some((c, s, l1)) = seg.coded(i) {
+                self.push_fields(k, m, seg.vector(i), b);
+                self.codes.0.extend_from_slice(c);
+                self.codes.1.push(s);
+                self.codes.2.push(l1);
+            } else {
+                self.push(k, m, seg.vector(i), b);
+            }
         }
     }
     /// The segment.
     pub fn finish(self) -> Segment {
-        let s = self.seg;
+        let (s, c) = (self.seg, self.codes);
         Segment {
             keys: Col::Owned(s.0),
             time: Col::Owned(s.1),
@@ -212,6 +248,9 @@ impl SegmentBuilder {
             kind: Col::Owned(s.3),
             f32s: Col::Owned(s.4),
             bytes: Col::Owned(s.5),
+            codes: Col::Owned(c.0),
+            qscale: Col::Owned(c.1),
+            ql1: Col::Owned(c.2),
             stride: self.stride,
         }
     }
@@ -249,14 +288,15 @@ pub fn merge_rows(seg: &Segment, mut rows: Vec<NewRow>, patch: bool) -> Segment 
 }
 
 const MAGIC: &[u8; 8] = b"GRAFTARN";
-const SNAPSHOT_VERSION: u32 = 1;
+/// 2: i8 codes, scales and L1 norms follow the f32 section (version 1 files are rebuilt).
+const SNAPSHOT_VERSION: u32 = 2;
 const HEADER: usize = 64;
 
 fn align64(x: usize) -> usize {
     x.div_ceil(64) * 64
 }
 
-fn layout(rows: usize, stride: usize, patch: bool) -> [Range<usize>; 6] {
+fn layout(rows: usize, stride: usize, patch: bool) -> [Range<usize>; 9] {
     let mut off = HEADER;
     let mut sec = |bytes: usize| {
         let r = off..off + bytes;
@@ -269,7 +309,11 @@ fn layout(rows: usize, stride: usize, patch: bool) -> [Range<usize>; 6] {
     let kind = sec(rows);
     let f32s = sec(if patch { 0 } else { rows * stride * 4 });
     let bytes = sec(if patch { rows * stride } else { 0 });
-    [keys, time, bbox, kind, f32s, bytes]
+    let image = if patch { 0 } else { rows };
+    let codes = sec(image * stride);
+    let qscale = sec(image * 4);
+    let ql1 = sec(image * 4);
+    [keys, time, bbox, kind, f32s, bytes, codes, qscale, ql1]
 }
 
 /// Write a segment as a snapshot file (via a temporary file, fsync, rename).
@@ -304,6 +348,9 @@ pub fn write_snapshot(path: &Path, seg: &Segment, seq: u64, patch: bool) -> Resu
     put(&mut f, lay[3].start, &seg.kind).map_err(io)?;
     if !patch {
         put(&mut f, lay[4].start, bytemuck::cast_slice(&seg.f32s)).map_err(io)?;
+        put(&mut f, lay[6].start, bytemuck::cast_slice(&seg.codes)).map_err(io)?;
+        put(&mut f, lay[7].start, bytemuck::cast_slice(&seg.qscale)).map_err(io)?;
+        put(&mut f, lay[8].start, bytemuck::cast_slice(&seg.ql1)).map_err(io)?;
     } else {
         put(&mut f, lay[5].start, &seg.bytes).map_err(io)?;
     }
@@ -344,7 +391,7 @@ pub fn read_snapshot(path: &Path, expect_stride: usize, patch: bool) -> Result<(
     if map.len() < end {
         return Err(corrupt(&format!("truncated: {} bytes, expected {end}", map.len())));
     }
-    let [k, t, b, kd, f, by] = lay;
+    let [k, t, b, kd, f, by, c, qs, l1] = lay;
     let seg = Segment {
         keys: Col::mapped(&map, k, path)?,
         time: Col::mapped(&map, t, path)?,
@@ -352,6 +399,9 @@ pub fn read_snapshot(path: &Path, expect_stride: usize, patch: bool) -> Result<(
         kind: Col::mapped(&map, kd, path)?,
         f32s: Col::mapped(&map, f, path)?,
         bytes: Col::mapped(&map, by, path)?,
+        codes: Col::mapped(&map, c, path)?,
+        qscale: Col::mapped(&map, qs, path)?,
+        ql1: Col::mapped(&map, l1, path)?,
         stride,
     };
     if !seg.keys.windows(2).all(|w| w[0] < w[1]) {
@@ -385,6 +435,8 @@ mod tests {
         assert_eq!(&*back.keys, &*seg.keys);
         assert_eq!(back.vector(4), &[4.0, 4.0, 4.0]);
         assert_eq!(back.meta(2), seg.meta(2));
+        assert_eq!(back.coded(4), seg.coded(4));
+        assert_eq!(back.coded(4).map(|c| c.0.to_vec()), Some(vec![127i8; 3]));
         let len = std::fs::metadata(&p).unwrap().len();
         let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
         f.set_len(len - 10).unwrap();

@@ -1,8 +1,10 @@
 //! The HNSW graph of an image-level space (usearch), built from the arena's base segment.
 //!
-//! Vectors are held in the graph as f32: without usearch's `numkong` kernels (left out to
-//! keep clean builds short), f32 builds 4.9× faster than f16 here (1,263 vs 260 adds/s on one
-//! core at 5k × 512-d). Every candidate the graph returns is re-scored from the arena.
+//! In `cos` spaces the graph holds the arena's i8 codes (per-row scale, so cosine on the codes
+//! is cosine on the vectors up to rounding) and is searched with the query's codes: a quarter
+//! of the bytes per distance, through usearch's `numkong` kernels. `ip` and `l2` spaces keep
+//! f32 (a per-row scale would change their distances). Every candidate the graph returns is
+//! re-scored in f32 from the arena.
 //!
 //! The graph's labels are **row numbers of the base segment it was built from**, not record
 //! keys: a filter predicate then reads the row's filter fields (or a candidate bitmap) by
@@ -21,17 +23,31 @@ use crate::{Error, Metric, Result};
 pub const CONNECTIVITY: usize = 16;
 /// Candidate list size while building.
 pub const EXPANSION_ADD: usize = 128;
-/// How graph labels are written down in the manifest: row numbers of the base segment.
-pub const LABELS: &str = "row";
+/// How a space's graph is written down in the manifest: its labels are row numbers of the
+/// base segment; `+i8` marks graphs over i8 codes (cos spaces). A manifest naming anything
+/// else (an older graph) leaves the graph unused until the next checkpoint rebuilds it.
+pub fn labels(metric: Metric) -> &'static str {
+    if codes(metric) {
+        "row+i8"
+    } else {
+        "row"
+    }
+}
+
+/// Whether a space's graph holds i8 codes (cos spaces) rather than f32.
+pub fn codes(metric: Metric) -> bool {
+    metric == Metric::Cos
+}
 
 fn options(dim: usize, metric: Metric) -> IndexOptions {
     IndexOptions {
         dimensions: dim,
         metric: match metric {
-            Metric::Cos | Metric::Ip => MetricKind::IP,
+            Metric::Cos => MetricKind::Cos,
+            Metric::Ip => MetricKind::IP,
             Metric::L2 => MetricKind::L2sq,
         },
-        quantization: ScalarKind::F32,
+        quantization: if codes(metric) { ScalarKind::I8 } else { ScalarKind::F32 },
         connectivity: CONNECTIVITY,
         expansion_add: EXPANSION_ADD,
         expansion_search: 64,
@@ -56,7 +72,11 @@ pub fn build(seg: &Segment, dim: usize, metric: Metric, threads: usize) -> Resul
             s.spawn(move || {
                 let mut i = t;
                 while i < n {
-                    if let Err(e) = index.add(i as u64, seg.vector(i)) {
+                    let added = match seg.coded(i).filter(|_| codes(metric)) {
+                        Some((c, _, _)) => index.add(i as u64, c),
+                        None => index.add(i as u64, seg.vector(i)),
+                    };
+                    if let Err(e) = added {
                         if let Ok(mut g) = err.lock() {
                             *g = Some(e.to_string());
                         }

@@ -82,7 +82,8 @@ async fn query(State(state): State<Arc<AppState>>, body: Result<Bytes, BytesReje
         let res = crate::spec::search_leaving_out(&st.db, planned.query, planned.leave_out)?;
         let e = &res.explain;
         let explain = json!({"path": e.path.as_str(), "rows": e.rows, "estimate": e.estimate, "ranges": e.ranges, "tested": e.tested,
-                             "matched": e.matched, "exact_threshold": e.exact_threshold, "unindexed": e.unindexed, "micros": e.micros});
+                             "matched": e.matched, "exact_threshold": e.exact_threshold, "unindexed": e.unindexed,
+                             "f32_reads": e.rescored, "micros": e.micros});
         Ok(Json(match planned.format {
             Format::Json => json!({"hits": crate::json::hits_json(&res.hits), "explain": explain}),
             Format::Geojson => {
