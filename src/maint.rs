@@ -76,7 +76,8 @@ pub struct SpaceStats {
     pub delta_rows: u64,
     /// Whether a graph is loaded.
     pub graph: bool,
-    /// Bytes one stored vector or grid costs in redb (payload + 48-byte header).
+    /// Bytes one stored vector or grid costs in redb: its chunk entry (8-byte key + 48-byte
+    /// header + payload).
     pub value_bytes: u64,
 }
 
@@ -211,7 +212,7 @@ impl Db {
                 snapshot_rows: s.base.len() as u64,
                 delta_rows: s.delta.len() as u64,
                 graph: s.hnsw.is_some(),
-                value_bytes: payload + codec::VECTOR_HEADER as u64,
+                value_bytes: payload + codec::CHUNK_ENTRY_HEAD as u64,
             });
         }
         let redb_bytes = std::fs::metadata(self.path().join(crate::db::REDB_FILE)).map_or(0, |m| m.len());
