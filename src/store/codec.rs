@@ -205,7 +205,7 @@ pub fn push_chunk_entry_f32(out: &mut Vec<u8>, key: u64, meta: &crate::index::ar
 /// (record key, header + payload). Fails on an empty chunk or one that is not whole entries.
 pub fn chunk_entries(bytes: &[u8], payload: usize) -> Result<impl Iterator<Item = (u64, &[u8])> + '_> {
     let size = CHUNK_ENTRY_HEAD + payload;
-    if bytes.is_empty() || bytes.len() % size != 0 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(size) {
         return Err(Error::Storage(format!("corrupt vector chunk: {} bytes is not a whole number of {size}-byte entries", bytes.len())));
     }
     Ok(bytes.chunks_exact(size).map(|e| {
