@@ -11,7 +11,7 @@ use crate::geo::region::validate_point;
 use crate::index::arena::{self, NewRow, RowMeta, Segment, SegmentBuilder};
 use crate::index::{hnsw, scan};
 use crate::query::{self, PlanCounters, Query, SearchResult};
-use crate::store::{codec, FORMAT_VERSION, IDS, KEY_GEO_BITS, KEY_SEQ_MAX, META, RECORDS, SPACES, VECTORS, VECTOR_LOG};
+use crate::store::{codec, CHUNK_TARGET_BYTES, FORMAT_VERSION, IDS, KEY_GEO_BITS, KEY_SEQ_MAX, META, RECORDS, SPACES, V1_VECTORS, V1_VECTOR_LOG, VECTOR_CHUNKS};
 use crate::{Error, Kind, Level, Metric, Record, RecordId, Result, SpaceDef};
 
 /// The redb file inside a database directory.
@@ -65,7 +65,7 @@ pub(crate) struct SpaceIndex {
     pub base: Segment,
     pub delta: Segment,
     pub hnsw: Option<usearch::Index>,
-    /// Last `vector_log` sequence reflected by base + delta.
+    /// Last vector sequence (`vector_chunks`) reflected by base + delta.
     pub applied: u64,
     /// Largest half-width or half-height of any tile footprint, degrees.
     pub max_half_extent: f64,
@@ -82,6 +82,14 @@ impl SpaceHandle {
     }
     fn is_patch(&self) -> bool {
         matches!(self.def.level, Level::Patch { .. })
+    }
+}
+
+/// Bytes of one vector payload in a space: `dim` f32, or the i8 patch grid.
+pub(crate) fn payload_bytes(def: &SpaceDef) -> usize {
+    match def.level {
+        Level::Image => def.dim as usize * 4,
+        Level::Patch { .. } => stride(def),
     }
 }
 
@@ -195,8 +203,7 @@ impl Db {
             w.open_table(SPACES)?;
             w.open_table(RECORDS)?;
             w.open_table(IDS)?;
-            w.open_table(VECTORS)?;
-            w.open_table(VECTOR_LOG)?;
+            w.open_table(VECTOR_CHUNKS)?;
         }
         w.commit()?;
         Ok(Db { dir, redb: Store::ReadWrite(redb), _writer_lock: Some(lock), spaces: RwLock::new(HashMap::new()), counters: PlanCounters::default(), opts })
@@ -249,18 +256,33 @@ impl Db {
             let lock = writer_lock(&dir)?;
             (Store::ReadWrite(builder().open(&file).map_err(|e| map_open_err(&file, e))?), Some(lock))
         };
-        let db = Db { dir, redb, _writer_lock: lock, spaces: RwLock::new(HashMap::new()), counters: PlanCounters::default(), opts };
-        let corrupt = |e: &dyn std::fmt::Display| Error::Corrupt { path: file.clone(), detail: e.to_string() };
-        let r = db.redb.begin_read().map_err(|e| corrupt(&e))?;
-        let version = {
-            let meta = r.open_table(META).map_err(|e| Error::Corrupt { path: file.clone(), detail: e.to_string() })?;
-            let v = meta.get("format_version").map_err(|e| corrupt(&e))?.ok_or_else(|| Error::Corrupt { path: file.clone(), detail: "no format version".into() })?;
-            let b: [u8; 4] = v.value().try_into().map_err(|_| Error::Corrupt { path: file.clone(), detail: "bad format version".into() })?;
-            u32::from_le_bytes(b)
-        };
+        let version = read_version(&redb, &file)?;
         if version > FORMAT_VERSION {
             return Err(Error::FormatTooNew { path: file, found: version, supported: FORMAT_VERSION });
         }
+        let redb = if version < FORMAT_VERSION {
+            match redb {
+                Store::ReadWrite(d) => {
+                    migrate(&d, &file)?;
+                    Store::ReadWrite(d)
+                }
+                // A read-only handle cannot write: upgrade through a brief read-write open,
+                // as repair does (failing with `Locked` if a writer is busy), then read.
+                Store::ReadOnly(ro) => {
+                    drop(ro);
+                    let lock = writer_lock(&dir)?;
+                    let d = builder().open(&file).map_err(|e| map_open_err(&file, e))?;
+                    migrate(&d, &file)?;
+                    drop(d);
+                    drop(lock);
+                    Store::ReadOnly(builder().open_read_only(&file).map_err(|e| map_open_err(&file, e))?)
+                }
+            }
+        } else {
+            redb
+        };
+        let db = Db { dir, redb, _writer_lock: lock, spaces: RwLock::new(HashMap::new()), counters: PlanCounters::default(), opts };
+        let r = db.redb.begin_read().map_err(|e| Error::Corrupt { path: file.clone(), detail: e.to_string() })?;
         let defs: Vec<SpaceDef> = {
             let t = r.open_table(SPACES)?;
             let mut v = Vec::new();
@@ -438,7 +460,7 @@ impl Db {
     /// Begin the one write transaction. A second concurrent writer, in this process or
     /// another, gets [`Error::Locked`] at once.
     pub fn begin_write(&self) -> Result<WriteTxn<'_>> {
-        Ok(WriteTxn { db: self, txn: self.try_write()?, next_in_cell: HashMap::new(), next_seq: HashMap::new(), metas: HashMap::new() })
+        Ok(WriteTxn { db: self, txn: self.try_write()?, next_in_cell: HashMap::new(), chunks: HashMap::new(), put: std::collections::HashSet::new(), caught_up: std::collections::HashSet::new(), metas: HashMap::new() })
     }
 
     /// Look a record up by id; `kind` narrows the search when ids are shared.
@@ -467,16 +489,32 @@ impl Db {
         recs.get(key)?.map(|v| codec::decode_record(v.value())).transpose()
     }
 
-    /// The stored vector of a record in an image-level space.
+    /// The stored vector of a record: in an image-level space its `dim` f32; in a patch space
+    /// its grid dequantised (`rows × cols × dim` f32). Answered from the space's arena, which
+    /// is first brought up to the latest commit.
     pub fn vector(&self, space: &str, key: u64) -> Result<Option<Vec<f32>>> {
         let h = self.handle(space)?;
-        let r = self.redb.begin_read()?;
-        let t = r.open_table(VECTORS)?;
-        let Some(v) = t.get((h.def.number, key))? else { return Ok(None) };
-        let (_, payload) = codec::decode_vector_value(v.value())?;
-        let mut out = Vec::new();
-        codec::decode_f32_into(payload, &mut out);
-        Ok(Some(out))
+        self.refresh(&h)?;
+        let s = h.state.read().map_err(|_| Error::Index("lock poisoned".into()))?;
+        let Some((seg, i)) = [&s.base, &s.delta].into_iter().find_map(|seg| seg.find(key).map(|i| (seg, i))) else {
+            return Ok(None);
+        };
+        if let Level::Patch { rows, cols } = h.def.level {
+            let dim = h.def.dim as usize;
+            let grid = seg.grid(i);
+            let mut out = Vec::with_capacity(usize::from(rows) * usize::from(cols) * dim);
+            for p in 0..usize::from(rows) * usize::from(cols) {
+                out.extend(codec::patch_decode(grid, dim, p).ok_or_else(|| Error::Index(format!("space '{space}': key {key}: short patch grid")))?);
+            }
+            return Ok(Some(out));
+        }
+        Ok(Some(seg.vector(i).to_vec()))
+    }
+
+    /// True when `key` has a vector in the space as of the latest commit (from the arena).
+    fn has_vector(&self, h: &SpaceHandle, key: u64) -> Result<bool> {
+        let s = h.state.read().map_err(|_| Error::Index("lock poisoned".into()))?;
+        Ok(s.base.find(key).is_some() || s.delta.find(key).is_some())
     }
 
     /// Run a query. Never returns fewer than `min(k, matches)` hits.
@@ -506,15 +544,19 @@ impl Db {
         let lag = (last - s.applied) as usize;
         if s.delta.len() + lag <= self.opts.delta_max {
             let r = self.redb.begin_read()?;
-            let log = r.open_table(VECTOR_LOG)?;
-            let vt = r.open_table(VECTORS)?;
+            let t = r.open_table(VECTOR_CHUNKS)?;
+            let payload = payload_bytes(&h.def);
             let mut rows = Vec::with_capacity(lag);
-            let mut applied = s.applied;
-            for e in log.range((num, s.applied + 1)..=(num, u64::MAX))? {
+            let from = s.applied;
+            let mut applied = from;
+            // The first chunk whose last sequence is past `from` holds `from + 1`.
+            for e in t.range((num, from + 1)..=(num, u64::MAX))? {
                 let (k, v) = e?;
-                let key = v.value();
-                let val = vt.get((num, key))?.ok_or_else(|| Error::Storage(format!("vector log names key {key} with no vector")))?;
-                rows.push(new_row(h, key, val.value())?);
+                for (seq, key, entry) in chunk_rows(k.value().1, v.value(), payload)? {
+                    if seq > from {
+                        rows.push(new_row(h, key, entry)?);
+                    }
+                }
                 applied = k.value().1;
             }
             let patch = h.is_patch();
@@ -529,32 +571,38 @@ impl Db {
 
     fn last_seq(&self, num: u16) -> Result<u64> {
         let r = self.redb.begin_read()?;
-        let log = r.open_table(VECTOR_LOG)?;
-        last_log_seq(&log, num)
+        let t = r.open_table(VECTOR_CHUNKS)?;
+        last_chunk_seq(&t, num)
     }
 
-    /// Rebuild a space's arena from redb in one sequential scan, then its graph, then persist.
+    /// Rebuild a space's arena from redb in one sequential scan of its chunks (commit order),
+    /// sorted by key at the end; then its graph; then persist.
     fn rebuild(&self, h: &SpaceHandle, s: &mut SpaceIndex) -> Result<()> {
         let num = h.def.number;
         let r = self.redb.begin_read()?;
-        let vt = r.open_table(VECTORS)?;
-        let log = r.open_table(VECTOR_LOG)?;
-        let last = last_log_seq(&log, num)?;
+        let t = r.open_table(VECTOR_CHUNKS)?;
+        let last = last_chunk_seq(&t, num)?;
+        let payload = payload_bytes(&h.def);
         let patch = h.is_patch();
-        let mut b = SegmentBuilder::new(h.stride(), 0, patch);
+        // Sequences are dense, so `last` is the row count; bounded by what the table can hold.
+        let per_chunk = ChunkBuf::new(payload, 1).per_chunk as u64;
+        let cap = last.min(t.len()?.saturating_mul(per_chunk)) as usize;
+        let mut b = SegmentBuilder::new(h.stride(), cap, patch);
         let mut buf = Vec::new();
-        for e in vt.range((num, 0)..=(num, u64::MAX))? {
+        for e in t.range((num, 0)..=(num, u64::MAX))? {
             let (k, v) = e?;
-            let (meta, payload) = codec::decode_vector_value(v.value())?;
-            if patch {
-                b.push(k.value().1, meta, &[], payload);
-            } else {
-                codec::decode_f32_into(payload, &mut buf);
-                b.push(k.value().1, meta, &buf, &[]);
+            for (_, key, entry) in chunk_rows(k.value().1, v.value(), payload)? {
+                let (meta, p) = codec::decode_vector_value(entry)?;
+                if patch {
+                    b.push(key, meta, &[], p);
+                } else {
+                    codec::decode_f32_into(p, &mut buf);
+                    b.push(key, meta, &buf, &[]);
+                }
             }
         }
-        drop((vt, log, r));
-        let seg = b.finish();
+        drop((t, r));
+        let seg = b.finish_sorted();
         self.install(h, s, seg, last)
     }
 
@@ -649,6 +697,134 @@ struct Manifest {
     labels: Option<String>,
 }
 
+/// The `format_version` in `meta`.
+fn read_version(store: &Store, file: &Path) -> Result<u32> {
+    let corrupt = |detail: String| Error::Corrupt { path: file.into(), detail };
+    let r = store.begin_read().map_err(|e| corrupt(e.to_string()))?;
+    let meta = r.open_table(META).map_err(|e| corrupt(e.to_string()))?;
+    let v = meta.get("format_version").map_err(|e| corrupt(e.to_string()))?.ok_or_else(|| corrupt("no format version".into()))?;
+    let b: [u8; 4] = v.value().try_into().map_err(|_| corrupt("bad format version".into()))?;
+    Ok(u32::from_le_bytes(b))
+}
+
+/// Upgrade a format-version-1 database to the current version in one write transaction:
+/// each space's `vector_log` is walked in sequence order and its vectors are written to
+/// `vector_chunks` under the same sequence numbers (so arena snapshots stay valid), then
+/// `vectors` and `vector_log` are deleted and `format_version` is bumped. Nothing changes
+/// unless all of it commits; a log entry without a vector, or a vector without a log entry,
+/// stops the upgrade with `Error::Corrupt`.
+fn migrate(d: &redb::Database, file: &Path) -> Result<()> {
+    let w = d.begin_write()?;
+    // Read again under the write lock: another process may have upgraded it meanwhile.
+    let from = {
+        let meta = w.open_table(META)?;
+        let v = meta.get("format_version")?.map(|v| v.value().to_vec()).unwrap_or_default();
+        <[u8; 4]>::try_from(v.as_slice()).map(u32::from_le_bytes).map_err(|_| Error::Corrupt { path: file.into(), detail: "bad format version".into() })?
+    };
+    if from == FORMAT_VERSION {
+        return Ok(());
+    }
+    if from != 1 {
+        return Err(Error::Corrupt { path: file.into(), detail: format!("format version {from} is unknown (this graftdb reads 1 and {FORMAT_VERSION})") });
+    }
+    let corrupt = |detail: String| Error::Corrupt { path: file.into(), detail: format!("upgrading format 1 to {FORMAT_VERSION}: {detail}") };
+    {
+        let defs: Vec<SpaceDef> = {
+            let t = w.open_table(SPACES)?;
+            let mut v = Vec::new();
+            for e in t.iter()? {
+                v.push(decode_space(e?.1.value())?);
+            }
+            v
+        };
+        let vt = w.open_table(V1_VECTORS)?;
+        let log = w.open_table(V1_VECTOR_LOG)?;
+        let mut chunks = w.open_table(VECTOR_CHUNKS)?;
+        for def in &defs {
+            let num = def.number;
+            let payload = payload_bytes(def);
+            let mut buf = ChunkBuf::new(payload, 1);
+            let mut moved = 0u64;
+            for e in log.range((num, 0)..=(num, u64::MAX))? {
+                let (k, v) = e?;
+                let (seq, key) = (k.value().1, v.value());
+                if buf.count > 0 && seq != buf.next_seq {
+                    buf.write(&mut chunks, num)?;
+                }
+                buf.next_seq = seq;
+                let val = vt.get((num, key))?.ok_or_else(|| corrupt(format!("space {}: vector_log sequence {seq} names key {key}, which has no vector", def.name)))?;
+                let val = val.value();
+                if val.len() != codec::VECTOR_HEADER + payload {
+                    return Err(corrupt(format!("space {}: key {key}: vector value of {} bytes, expected {}", def.name, val.len(), codec::VECTOR_HEADER + payload)));
+                }
+                buf.bytes.extend_from_slice(&key.to_le_bytes());
+                buf.bytes.extend_from_slice(val);
+                buf.count += 1;
+                buf.next_seq += 1;
+                moved += 1;
+                if buf.count >= buf.per_chunk {
+                    buf.write(&mut chunks, num)?;
+                }
+            }
+            buf.write(&mut chunks, num)?;
+            let stored = vt.range((num, 0)..=(num, u64::MAX))?.count() as u64;
+            if stored != moved {
+                return Err(corrupt(format!("space {}: {stored} vectors but {moved} vector_log entries", def.name)));
+            }
+        }
+    }
+    w.delete_table(V1_VECTORS)?;
+    w.delete_table(V1_VECTOR_LOG)?;
+    w.open_table(META)?.insert("format_version", FORMAT_VERSION.to_le_bytes().as_slice())?;
+    w.commit()?;
+    Ok(())
+}
+
+/// Vector entries of one space waiting to be written as a `vector_chunks` value.
+struct ChunkBuf {
+    /// Payload bytes per entry.
+    payload: usize,
+    /// Entries per full chunk.
+    per_chunk: usize,
+    bytes: Vec<u8>,
+    count: usize,
+    /// Sequence number of the next entry pushed.
+    next_seq: u64,
+}
+
+impl ChunkBuf {
+    fn new(payload: usize, next_seq: u64) -> Self {
+        let per_chunk = (CHUNK_TARGET_BYTES / (codec::CHUNK_ENTRY_HEAD + payload)).max(1);
+        ChunkBuf { payload, per_chunk, bytes: Vec::new(), count: 0, next_seq }
+    }
+
+    /// Write the buffered entries as one chunk keyed by their last sequence, and empty it.
+    fn write(&mut self, t: &mut redb::Table<(u16, u64), &'static [u8]>, num: u16) -> Result<()> {
+        if self.count > 0 {
+            t.insert((num, self.next_seq - 1), self.bytes.as_slice())?;
+            self.bytes.clear();
+            self.count = 0;
+        }
+        Ok(())
+    }
+}
+
+/// The last vector sequence of a space (0 when it has none): the key of its last chunk.
+fn last_chunk_seq(t: &impl ReadableTable<(u16, u64), &'static [u8]>, num: u16) -> Result<u64> {
+    Ok(t.range((num, 0)..=(num, u64::MAX))?.next_back().transpose()?.map_or(0, |(k, _)| k.value().1))
+}
+
+/// The entries of one chunk with their sequence numbers: `(seq, record key, header + payload)`.
+/// `last` is the chunk's key; fails when the chunk is malformed or claims sequences below 1.
+pub(crate) fn chunk_rows(last: u64, bytes: &[u8], payload: usize) -> Result<impl Iterator<Item = (u64, u64, &[u8])> + '_> {
+    let n = (bytes.len() / (codec::CHUNK_ENTRY_HEAD + payload)) as u64;
+    if n > last {
+        return Err(Error::Storage(format!("vector chunk ending at sequence {last} holds {n} entries")));
+    }
+    let first = last + 1 - n;
+    Ok(codec::chunk_entries(bytes, payload)?.enumerate().map(move |(i, (k, e))| (first + i as u64, k, e)))
+}
+
 fn decode_space(bytes: &[u8]) -> Result<SpaceDef> {
     bincode::serde::decode_from_slice(bytes, bincode::config::standard())
         .map(|(d, _)| d)
@@ -664,11 +840,6 @@ fn new_row(h: &SpaceHandle, key: u64, value: &[u8]) -> Result<NewRow> {
         codec::decode_f32_into(payload, &mut v);
         Ok(NewRow { key, meta, f32s: v, bytes: vec![] })
     }
-}
-
-/// The last `vector_log` sequence of a space (0 when empty).
-fn last_log_seq(log: &impl ReadableTable<(u16, u64), u64>, num: u16) -> Result<u64> {
-    Ok(log.range((num, 0)..=(num, u64::MAX))?.next_back().transpose()?.map_or(0, |(k, _)| k.value().1))
 }
 
 /// The next free key in the geohash cell of `(lon, lat)`: the cell's last key in `recs` (or in
@@ -721,11 +892,19 @@ pub fn validate_record(at: &str, rec: &Record) -> Result<()> {
 
 /// The single write transaction. Nothing is visible to readers until [`WriteTxn::commit`];
 /// dropping it without commit discards everything.
+///
+/// Vectors are buffered per space and go to `vector_chunks` as values of about 1 MiB of
+/// consecutive entries (when a buffer fills, and at commit), all inside the transaction.
 pub struct WriteTxn<'db> {
     db: &'db Db,
     txn: redb::WriteTransaction,
     next_in_cell: HashMap<u64, u64>,
-    next_seq: HashMap<u16, u64>,
+    /// Per space number: entries not yet written as a chunk, and the next sequence.
+    chunks: HashMap<u16, ChunkBuf>,
+    /// (space number, key) of every vector put in this transaction.
+    put: std::collections::HashSet<(u16, u64)>,
+    /// Spaces whose arena was brought up to the last commit for the duplicate-vector check.
+    caught_up: std::collections::HashSet<u16>,
     metas: HashMap<u64, RowMeta>,
 }
 
@@ -763,29 +942,28 @@ impl WriteTxn<'_> {
             return Err(Error::invalid(at, format!("space '{space}' holds patch grids, not image vectors")));
         }
         let row_at = |i: usize| format!("{at} row {}", first_row + i as u64);
-        let mut payloads = Vec::with_capacity(rows.len());
+        let mut vectors = Vec::with_capacity(rows.len());
         let mut seen = std::collections::HashSet::with_capacity(rows.len());
         for (i, (rec, v)) in rows.iter().enumerate() {
             validate_record(&row_at(i), rec)?;
-            payloads.push(codec::encode_f32(&check_vector(&row_at(i), &h.def, v)?));
+            vectors.push(check_vector(&row_at(i), &h.def, v)?);
             if !seen.insert((rec.kind(), rec.id())) {
                 return Err(Error::DuplicateId { at: row_at(i), id: rec.id().to_string() });
             }
         }
         let num = h.def.number;
+        let idks: Vec<Vec<u8>> = rows.iter().map(|(rec, _)| codec::id_key(rec.kind(), rec.id())).collect();
+        // `ids` in id order, `records` and vectors in key order: neighbouring inserts land on
+        // the same B-tree pages.
+        let mut by_id: Vec<usize> = (0..rows.len()).collect();
+        by_id.sort_unstable_by(|&a, &b| idks[a].cmp(&idks[b]));
         let mut ids = self.txn.open_table(IDS)?;
-        let mut recs = self.txn.open_table(RECORDS)?;
-        let mut vt = self.txn.open_table(VECTORS)?;
-        let mut log = self.txn.open_table(VECTOR_LOG)?;
-        let mut idks = Vec::with_capacity(rows.len());
-        for (i, (rec, _)) in rows.iter().enumerate() {
-            let idk = codec::id_key(rec.kind(), rec.id());
-            if ids.get(idk.as_slice())?.is_some() {
-                return Err(Error::DuplicateId { at: row_at(i), id: rec.id().to_string() });
+        for &i in &by_id {
+            if ids.get(idks[i].as_slice())?.is_some() {
+                return Err(Error::DuplicateId { at: row_at(i), id: rows[i].0.id().to_string() });
             }
-            idks.push(idk);
         }
-        // Keys first, then write in key order so B-tree pages fill front to back.
+        let mut recs = self.txn.open_table(RECORDS)?;
         let mut keys = Vec::with_capacity(rows.len());
         for (i, (rec, _)) in rows.iter().enumerate() {
             let (lon, lat) = rec.point();
@@ -793,22 +971,48 @@ impl WriteTxn<'_> {
         }
         let mut order: Vec<usize> = (0..rows.len()).collect();
         order.sort_unstable_by_key(|&i| keys[i]);
-        let mut seq = match self.next_seq.get(&num) {
-            Some(s) => *s,
-            None => last_log_seq(&log, num)? + 1,
-        };
+        let mut enc = Vec::new();
         for &i in &order {
-            let (rec, _) = &rows[i];
-            let key = keys[i];
-            let meta = RowMeta { kind: rec.kind(), time: rec.time(), bbox: rec.bbox() };
-            recs.insert(key, codec::encode_record(rec)?.as_slice())?;
-            ids.insert(idks[i].as_slice(), key)?;
-            vt.insert((num, key), codec::encode_vector_value(&meta, &payloads[i]).as_slice())?;
-            log.insert((num, seq), key)?;
-            seq += 1;
+            enc.clear();
+            codec::encode_record_into(&rows[i].0, &mut enc)?;
+            recs.insert(keys[i], enc.as_slice())?;
         }
-        self.next_seq.insert(num, seq);
+        for &i in &by_id {
+            ids.insert(idks[i].as_slice(), keys[i])?;
+        }
+        drop((ids, recs));
+        self.chunk_buf(&h)?;
+        let mut t = None;
+        for &i in &order {
+            let rec = &rows[i].0;
+            let meta = RowMeta { kind: rec.kind(), time: rec.time(), bbox: rec.bbox() };
+            self.put.insert((num, keys[i]));
+            let Some(buf) = self.chunks.get_mut(&num) else { return Err(Error::Index(format!("no chunk buffer for space '{space}'"))) };
+            codec::push_chunk_entry_f32(&mut buf.bytes, keys[i], &meta, &vectors[i]);
+            buf.count += 1;
+            buf.next_seq += 1;
+            if buf.count >= buf.per_chunk {
+                let t = match &mut t {
+                    Some(t) => t,
+                    None => t.insert(self.txn.open_table(VECTOR_CHUNKS)?),
+                };
+                buf.write(t, num)?;
+            }
+        }
         Ok(keys)
+    }
+
+    /// The chunk buffer of a space, created on first use with the sequence after the space's
+    /// last chunk.
+    fn chunk_buf(&mut self, h: &SpaceHandle) -> Result<&mut ChunkBuf> {
+        let num = h.def.number;
+        Ok(match self.chunks.entry(num) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let next = last_chunk_seq(&self.txn.open_table(VECTOR_CHUNKS)?, num)? + 1;
+                e.insert(ChunkBuf::new(payload_bytes(&h.def), next))
+            }
+        })
     }
 
     fn meta_of(&mut self, key: u64) -> Result<RowMeta> {
@@ -826,18 +1030,27 @@ impl WriteTxn<'_> {
     fn put_raw(&mut self, at: &str, h: &SpaceHandle, key: u64, payload: &[u8]) -> Result<()> {
         let meta = self.meta_of(key)?;
         let num = h.def.number;
-        let mut vt = self.txn.open_table(VECTORS)?;
-        if vt.get((num, key))?.is_some() {
+        // Committed vectors are in the arena once it has caught up with the last commit,
+        // which nothing else can move while this transaction holds the writer.
+        if !self.caught_up.contains(&num) {
+            self.db.refresh(h)?;
+            self.caught_up.insert(num);
+        }
+        if self.put.contains(&(num, key)) || self.db.has_vector(h, key)? {
             return Err(Error::invalid(at, format!("already has a vector in space '{}'", h.def.name)));
         }
-        vt.insert((num, key), codec::encode_vector_value(&meta, payload).as_slice())?;
-        let mut log = self.txn.open_table(VECTOR_LOG)?;
-        let seq = match self.next_seq.get(&num) {
-            Some(s) => *s,
-            None => last_log_seq(&log, num)? + 1,
-        };
-        log.insert((num, seq), key)?;
-        self.next_seq.insert(num, seq + 1);
+        self.chunk_buf(h)?;
+        let Some(buf) = self.chunks.get_mut(&num) else { return Err(Error::Index(format!("no chunk buffer for space '{}'", h.def.name))) };
+        if payload.len() != buf.payload {
+            return Err(Error::invalid(at, format!("vector payload of {} bytes, space '{}' stores {}", payload.len(), h.def.name, buf.payload)));
+        }
+        codec::push_chunk_entry(&mut buf.bytes, key, &meta, payload);
+        buf.count += 1;
+        buf.next_seq += 1;
+        if buf.count >= buf.per_chunk {
+            buf.write(&mut self.txn.open_table(VECTOR_CHUNKS)?, num)?;
+        }
+        self.put.insert((num, key));
         Ok(())
     }
 
@@ -879,7 +1092,13 @@ impl WriteTxn<'_> {
     }
 
     /// Make everything durable and visible, atomically.
-    pub fn commit(self) -> Result<()> {
+    pub fn commit(mut self) -> Result<()> {
+        {
+            let mut t = self.txn.open_table(VECTOR_CHUNKS)?;
+            for (num, buf) in self.chunks.iter_mut() {
+                buf.write(&mut t, *num)?;
+            }
+        }
         self.txn.commit()?;
         Ok(())
     }

@@ -9,7 +9,7 @@ use rstar::RTree;
 
 use crate::db::{Db, INDEX_DIR};
 use crate::geo::Region;
-use crate::store::{codec, IDS, RECORDS, VECTORS, VECTOR_LOG};
+use crate::store::{codec, IDS, RECORDS, VECTOR_CHUNKS};
 use crate::{Error, Kind, Level, Record, Result, SpaceDef};
 
 /// One pair of the spatial join.
@@ -76,7 +76,8 @@ pub struct SpaceStats {
     pub delta_rows: u64,
     /// Whether a graph is loaded.
     pub graph: bool,
-    /// Bytes one stored vector or grid costs in redb (payload + 48-byte header).
+    /// Bytes one stored vector or grid costs in redb: its chunk entry (8-byte key + 48-byte
+    /// header + payload).
     pub value_bytes: u64,
 }
 
@@ -185,10 +186,14 @@ impl Db {
             Ok(())
         })?;
         let r = self.redb().begin_read()?;
-        let vt = r.open_table(VECTORS)?;
+        let vt = r.open_table(VECTOR_CHUNKS)?;
         let mut spaces = Vec::new();
         for def in self.spaces()? {
-            let n = vt.range((def.number, 0)..=(def.number, u64::MAX))?.count() as u64;
+            let entry = (codec::CHUNK_ENTRY_HEAD + crate::db::payload_bytes(&def)) as u64;
+            let mut n = 0u64;
+            for e in vt.range((def.number, 0)..=(def.number, u64::MAX))? {
+                n += e?.1.value().len() as u64 / entry;
+            }
             let h = self.space_state(&def.name)?;
             let s = h.state.read().map_err(|_| Error::Index("lock poisoned".into()))?;
             let payload = match def.level {
@@ -207,7 +212,7 @@ impl Db {
                 snapshot_rows: s.base.len() as u64,
                 delta_rows: s.delta.len() as u64,
                 graph: s.hnsw.is_some(),
-                value_bytes: payload + codec::VECTOR_HEADER as u64,
+                value_bytes: payload + codec::CHUNK_ENTRY_HEAD as u64,
             });
         }
         let redb_bytes = std::fs::metadata(self.path().join(crate::db::REDB_FILE)).map_or(0, |m| m.len());
@@ -231,8 +236,7 @@ impl Db {
         let r = self.redb().begin_read()?;
         let recs = r.open_table(RECORDS)?;
         let ids = r.open_table(IDS)?;
-        let vt = r.open_table(VECTORS)?;
-        let log = r.open_table(VECTOR_LOG)?;
+        let vt = r.open_table(VECTOR_CHUNKS)?;
         // Records and ids agree both ways; an R-tree over all records finds each at its box.
         let mut entries = Vec::new();
         let mut metas = std::collections::HashMap::new();
@@ -270,7 +274,7 @@ impl Db {
             problems.push(format!("R-tree holds {} of {} records", tree.size(), metas.len()));
         }
         for def in self.spaces()? {
-            problems.extend(self.check_space(&def, &vt, &log, &metas)?);
+            problems.extend(self.check_space(&def, &vt, &metas)?);
         }
         Ok(problems)
     }
@@ -279,33 +283,48 @@ impl Db {
         &self,
         def: &SpaceDef,
         vt: &redb::ReadOnlyTable<(u16, u64), &'static [u8]>,
-        log: &redb::ReadOnlyTable<(u16, u64), u64>,
         metas: &std::collections::HashMap<u64, (Kind, Option<i64>, [f64; 4])>,
     ) -> Result<Vec<String>> {
         let mut p = Vec::new();
         let num = def.number;
+        let payload_len = crate::db::payload_bytes(def);
         let mut stored: Vec<(u64, Vec<u8>)> = Vec::new();
+        let mut seen = HashSet::new();
+        // Chunks hold sequences 1, 2, 3, … without gaps or overlaps, each key once.
+        let mut expect = 1u64;
         for e in vt.range((num, 0)..=(num, u64::MAX))? {
             let (k, v) = e?;
-            let key = k.value().1;
-            match codec::decode_vector_value(v.value()) {
-                Ok((m, payload)) => {
-                    match metas.get(&key) {
-                        None => p.push(format!("space {}: vector for missing record key {key}", def.name)),
-                        Some((kind, time, b)) => {
-                            if *kind != m.kind || *time != m.time || *b != m.bbox {
-                                p.push(format!("space {}: vector header of key {key} disagrees with its record", def.name));
+            let last = k.value().1;
+            let rows = match crate::db::chunk_rows(last, v.value(), payload_len) {
+                Ok(rows) => rows,
+                Err(e) => {
+                    p.push(format!("space {}: vector chunk ending at sequence {last}: {e}", def.name));
+                    continue;
+                }
+            };
+            for (seq, key, entry) in rows {
+                if seq != expect {
+                    p.push(format!("space {}: vector sequence {seq} follows {} (chunk ending at {last})", def.name, expect - 1));
+                }
+                expect = seq + 1;
+                if !seen.insert(key) {
+                    p.push(format!("space {}: key {key} has more than one vector (again at sequence {seq})", def.name));
+                }
+                match codec::decode_vector_value(entry) {
+                    Ok((m, payload)) => {
+                        match metas.get(&key) {
+                            None => p.push(format!("space {}: vector for missing record key {key}", def.name)),
+                            Some((kind, time, b)) => {
+                                if *kind != m.kind || *time != m.time || *b != m.bbox {
+                                    p.push(format!("space {}: vector header of key {key} disagrees with its record", def.name));
+                                }
                             }
                         }
+                        stored.push((key, payload.to_vec()));
                     }
-                    stored.push((key, payload.to_vec()));
+                    Err(e) => p.push(format!("space {}: key {key} (sequence {seq}): {e}", def.name)),
                 }
-                Err(e) => p.push(format!("space {}: key {key}: {e}", def.name)),
             }
-        }
-        let logged: HashSet<u64> = log.range((num, 0)..=(num, u64::MAX))?.filter_map(|e| e.ok()).map(|(_, v)| v.value()).collect();
-        if logged.len() != stored.len() || stored.iter().any(|(k, _)| !logged.contains(k)) {
-            p.push(format!("space {}: vector log ({}) and vectors ({}) disagree", def.name, logged.len(), stored.len()));
         }
         let h = self.space_state(&def.name)?;
         let s = h.state.read().map_err(|_| Error::Index("lock poisoned".into()))?;

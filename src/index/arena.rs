@@ -238,6 +238,30 @@ impl SegmentBuilder {
             }
         }
     }
+    /// The segment, its rows sorted by key first (rows may have been pushed in any order,
+    /// e.g. in commit order from the vector chunks). The payload column is permuted in place,
+    /// one row of scratch, so a rebuild never holds two copies of the vectors.
+    pub fn finish_sorted(mut self) -> Segment {
+        let n = self.seg.0.len();
+        if self.seg.0.windows(2).all(|w| w[0] <= w[1]) {
+            return self.finish();
+        }
+        let mut perm: Vec<usize> = (0..n).collect();
+        perm.sort_unstable_by_key(|&i| self.seg.0[i]);
+        let s = &mut self.seg;
+        s.0 = perm.iter().map(|&i| s.0[i]).collect();
+        s.1 = perm.iter().map(|&i| s.1[i]).collect();
+        s.2 = perm.iter().flat_map(|&i| [s.2[4 * i], s.2[4 * i + 1], s.2[4 * i + 2], s.2[4 * i + 3]]).collect();
+        s.3 = perm.iter().map(|&i| s.3[i]).collect();
+        permute_rows(&mut s.4, self.stride, &perm);
+        permute_rows(&mut s.5, self.stride, &perm);
+        let c = &mut self.codes;
+        permute_rows(&mut c.0, self.stride, &perm);
+        permute_rows(&mut c.1, 1, &perm);
+        permute_rows(&mut c.2, 1, &perm);
+        self.finish()
+    }
+
     /// The segment.
     pub fn finish(self) -> Segment {
         let (s, c) = (self.seg, self.codes);
@@ -252,6 +276,33 @@ impl SegmentBuilder {
             qscale: Col::Owned(c.1),
             ql1: Col::Owned(c.2),
             stride: self.stride,
+        }
+    }
+}
+
+/// Reorder fixed-size rows in place so row `i` becomes old row `perm[i]` (cycle by cycle).
+fn permute_rows<T: Copy>(data: &mut [T], stride: usize, perm: &[usize]) {
+    if stride == 0 || data.len() != perm.len() * stride {
+        return;
+    }
+    let mut done = vec![false; perm.len()];
+    let mut tmp = Vec::with_capacity(stride);
+    for start in 0..perm.len() {
+        if done[start] || perm[start] == start {
+            continue;
+        }
+        tmp.clear();
+        tmp.extend_from_slice(&data[start * stride..(start + 1) * stride]);
+        let mut j = start;
+        loop {
+            done[j] = true;
+            let k = perm[j];
+            if k == start {
+                data[j * stride..(j + 1) * stride].copy_from_slice(&tmp);
+                break;
+            }
+            data.copy_within(k * stride..(k + 1) * stride, j * stride);
+            j = k;
         }
     }
 }
@@ -416,6 +467,38 @@ mod tests {
 
     fn meta(x: f64) -> RowMeta {
         RowMeta { kind: Kind::Photo, time: Some(x as i64), bbox: [x, x, x, x] }
+    }
+
+    #[test]
+    fn finish_sorted_permutes_every_column() {
+        // Keys in a scrambled order with several permutation cycles, image and patch payloads.
+        let keys = [50u64, 10, 40, 0, 30, 20, 70, 60];
+        for patch in [false, true] {
+            let mut b = SegmentBuilder::new(3, 0, patch);
+            for &k in &keys {
+                let f = [k as f32, k as f32 + 0.5, -(k as f32)];
+                let g = [k as u8, k as u8 + 1, k as u8 + 2];
+                if patch {
+                    b.push(k, meta(k as f64), &[], &g);
+                } else {
+                    b.push(k, meta(k as f64), &f, &[]);
+                }
+            }
+            let seg = b.finish_sorted();
+            assert_eq!(&*seg.keys, &[0, 10, 20, 30, 40, 50, 60, 70]);
+            for i in 0..seg.len() {
+                let k = seg.keys[i];
+                assert_eq!(seg.meta(i), Some(meta(k as f64)), "row {i}");
+                if patch {
+                    assert_eq!(seg.grid(i), &[k as u8, k as u8 + 1, k as u8 + 2]);
+                } else {
+                    assert_eq!(seg.vector(i), &[k as f32, k as f32 + 0.5, -(k as f32)]);
+                    let mut codes = Vec::new();
+                    let (s, l1) = crate::index::scan::quantise(seg.vector(i), &mut codes);
+                    assert_eq!(seg.coded(i), Some((&codes[..], s, l1)), "codes of row {i}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -11,10 +11,16 @@ fn bincode_config() -> impl bincode::config::Config {
 
 /// Encode a record: one version byte, then bincode (standard config).
 pub fn encode_record(r: &Record) -> Result<Vec<u8>> {
-    let mut out = vec![RECORD_ENCODING];
-    bincode::serde::encode_into_std_write(r, &mut out, bincode_config())
-        .map_err(|e| Error::Storage(format!("encoding record {}: {e}", r.id())))?;
+    let mut out = Vec::new();
+    encode_record_into(r, &mut out)?;
     Ok(out)
+}
+
+/// [`encode_record`], appended to `out` (a buffer reused across records).
+pub fn encode_record_into(r: &Record, out: &mut Vec<u8>) -> Result<()> {
+    out.push(RECORD_ENCODING);
+    bincode::serde::encode_into_std_write(r, out, bincode_config()).map_err(|e| Error::Storage(format!("encoding record {}: {e}", r.id())))?;
+    Ok(())
 }
 
 /// Decode a record written by [`encode_record`].
@@ -149,14 +155,13 @@ mod tests {
     }
 }
 
-/// Bytes of the header in front of every `vectors` value.
+/// Bytes of the header in front of every vector payload.
 pub const VECTOR_HEADER: usize = 48;
 
-/// A `vectors` value: a 48-byte header with the record fields the planner filters on
-/// (kind u8, has-time u8, 6 zero bytes, time i64 LE, bbox w,s,e,n as f64 LE) and the payload.
-/// The header lets the derived arena be rebuilt from this one table in one sequential scan.
-pub fn encode_vector_value(meta: &crate::index::arena::RowMeta, payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(VECTOR_HEADER + payload.len());
+/// The 48-byte vector header: the record fields the planner filters on (kind u8, has-time
+/// u8, 6 zero bytes, time i64 LE, bbox w,s,e,n as f64 LE), appended to `out`. The header
+/// lets the derived arena be rebuilt from the vector table alone in one sequential scan.
+pub fn push_vector_header(out: &mut Vec<u8>, meta: &crate::index::arena::RowMeta) {
     out.push(meta.kind.to_u8());
     out.push(u8::from(meta.time.is_some()));
     out.extend_from_slice(&[0u8; 6]);
@@ -164,11 +169,53 @@ pub fn encode_vector_value(meta: &crate::index::arena::RowMeta, payload: &[u8]) 
     for v in meta.bbox {
         out.extend_from_slice(&v.to_le_bytes());
     }
+}
+
+/// A format-version-1 `vectors` value: the 48-byte header, then the payload.
+pub fn encode_vector_value(meta: &crate::index::arena::RowMeta, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(VECTOR_HEADER + payload.len());
+    push_vector_header(&mut out, meta);
     out.extend_from_slice(payload);
     out
 }
 
-/// Split a `vectors` value into its header fields and payload.
+/// Bytes in front of each payload in a `vector_chunks` entry: record key u64 LE + header.
+pub const CHUNK_ENTRY_HEAD: usize = 8 + VECTOR_HEADER;
+
+/// Append one `vector_chunks` entry: record key u64 LE, the 48-byte header
+/// ([`push_vector_header`]), then the payload. Every entry of a space has the same length,
+/// `CHUNK_ENTRY_HEAD` + the space's payload bytes, so a chunk is entries back to back.
+pub fn push_chunk_entry(out: &mut Vec<u8>, key: u64, meta: &crate::index::arena::RowMeta, payload: &[u8]) {
+    out.extend_from_slice(&key.to_le_bytes());
+    push_vector_header(out, meta);
+    out.extend_from_slice(payload);
+}
+
+/// [`push_chunk_entry`] for an image-level vector, written as f32 LE straight into `out`.
+pub fn push_chunk_entry_f32(out: &mut Vec<u8>, key: u64, meta: &crate::index::arena::RowMeta, v: &[f32]) {
+    out.extend_from_slice(&key.to_le_bytes());
+    push_vector_header(out, meta);
+    out.reserve(v.len() * 4);
+    for x in v {
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+}
+
+/// The entries of a `vector_chunks` value whose entries carry `payload` bytes each, as
+/// (record key, header + payload). Fails on an empty chunk or one that is not whole entries.
+pub fn chunk_entries(bytes: &[u8], payload: usize) -> Result<impl Iterator<Item = (u64, &[u8])> + '_> {
+    let size = CHUNK_ENTRY_HEAD + payload;
+    if bytes.is_empty() || !bytes.len().is_multiple_of(size) {
+        return Err(Error::Storage(format!("corrupt vector chunk: {} bytes is not a whole number of {size}-byte entries", bytes.len())));
+    }
+    Ok(bytes.chunks_exact(size).map(|e| {
+        let (k, rest) = e.split_at(8);
+        (u64::from_le_bytes([k[0], k[1], k[2], k[3], k[4], k[5], k[6], k[7]]), rest)
+    }))
+}
+
+/// Split a header + payload (a chunk entry after its key, or a version-1 `vectors` value)
+/// into its header fields and payload.
 pub fn decode_vector_value(bytes: &[u8]) -> Result<(crate::index::arena::RowMeta, &[u8])> {
     let bad = || Error::Storage("corrupt vector value".into());
     if bytes.len() < VECTOR_HEADER {

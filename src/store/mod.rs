@@ -11,8 +11,9 @@ pub mod record;
 
 use redb::TableDefinition;
 
-/// The newest on-disk format this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The newest on-disk format this build writes and reads. Version 1 databases are migrated
+/// to it on open (see `schema/storage.md`, version history).
+pub const FORMAT_VERSION: u32 = 2;
 
 /// `meta`: format version and counters. Keys: `format_version` (u32 LE).
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -22,11 +23,22 @@ pub(crate) const SPACES: TableDefinition<&str, &[u8]> = TableDefinition::new("sp
 pub(crate) const RECORDS: TableDefinition<u64, &[u8]> = TableDefinition::new("records");
 /// `ids`: kind byte + id bytes → record key. See [`codec::id_key`].
 pub(crate) const IDS: TableDefinition<&[u8], u64> = TableDefinition::new("ids");
-/// `vectors`: (space number, record key) → encoded vector or patch grid.
-pub(crate) const VECTORS: TableDefinition<(u16, u64), &[u8]> = TableDefinition::new("vectors");
-/// `vector_log`: (space number, sequence) → record key, one entry per vector put, in commit order.
-/// Derived indexes remember the last sequence they reflect and replay the rest.
-pub(crate) const VECTOR_LOG: TableDefinition<(u16, u64), u64> = TableDefinition::new("vector_log");
+/// `vector_chunks`: (space number, last sequence in the chunk) → a chunk of consecutive
+/// vector entries (see [`codec::push_chunk_entry`]). Append-only: a space's vectors get
+/// sequence numbers 1, 2, 3, … in commit order, and each chunk holds the run ending at its
+/// key, so this table is also the log derived indexes replay.
+pub(crate) const VECTOR_CHUNKS: TableDefinition<(u16, u64), &[u8]> = TableDefinition::new("vector_chunks");
+/// Format version 1's `vectors`: (space number, record key) → 48-byte header + payload.
+/// Read only by the migration to version 2, which deletes it.
+pub(crate) const V1_VECTORS: TableDefinition<(u16, u64), &[u8]> = TableDefinition::new("vectors");
+/// Format version 1's `vector_log`: (space number, sequence) → record key.
+/// Read only by the migration to version 2, which deletes it.
+pub(crate) const V1_VECTOR_LOG: TableDefinition<(u16, u64), u64> = TableDefinition::new("vector_log");
+
+/// Target size of a `vector_chunks` value. redb stores a value larger than a page in a leaf
+/// rounded up to a power of two pages, so chunks stay a little under 1 MiB (room for the
+/// leaf's own header) rather than just over it.
+pub const CHUNK_TARGET_BYTES: usize = (1 << 20) - 8192;
 
 /// Bits of a record key taken by the geohash of its position; the rest is a per-cell sequence.
 pub const KEY_GEO_BITS: u32 = 40;
