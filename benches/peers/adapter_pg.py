@@ -6,7 +6,10 @@ HNSW on embedding (vector_cosine_ops, m 16, ef_construction PEERS_PG_EFC, defaul
 Queries: ORDER BY embedding <=> q LIMIT k with `pt <@ box`, `pt <@ polygon`, or a haversine
 predicate behind its bounding box (PostGIS is not in the wheel and Debian's does not load
 into it). hnsw.ef_search PEERS_PG_EF (default 128), no parallel workers. The plan the
-planner picked (GiST, HNSW or seq scan) is read from EXPLAIN for every query (untimed)."""
+planner picked (GiST, HNSW or seq scan) is read from EXPLAIN for every query (untimed).
+
+PEERS_JOIN_ONLY=1: photos(id, pt) and tiles(id, bx) only (no vectors), GiST on pt, then the
+photo→tile join `pt <@ bx` timed (see `join_only`)."""
 import math
 import os
 import shutil
@@ -87,13 +90,77 @@ def server_peak_rss_kb(pgdata):
     return best
 
 
-def main():
-    data, work, out = sys.argv[1:4]
-    vecs, lon, lat, qvecs, meta = common.load(data)
-    n, dim, k = len(lon), vecs.shape[1], meta["k"]
+def start(work):
     pgdata = os.path.join(os.path.abspath(work), "pg")
     shutil.rmtree(pgdata, ignore_errors=True)
-    srv = pgserver.get_server(pgdata, cleanup_mode="stop")
+    return pgdata, pgserver.get_server(pgdata, cleanup_mode="stop")
+
+
+def copy_tiles(c, tiles):
+    c.execute("CREATE TABLE tiles (id int PRIMARY KEY, bx box NOT NULL)")
+    with c.copy("COPY tiles (id, bx) FROM STDIN") as cp:
+        cp.write("".join(f"{i}\t(({t[2]!r},{t[3]!r}),({t[0]!r},{t[1]!r}))\n" for i, t in enumerate(tiles.tolist())))
+
+
+JOIN_SQL = "SELECT count(*) FROM photos p JOIN tiles t ON p.pt <@ t.bx"
+
+
+def join_only(data, work, out):
+    """Photos as (id, point) and tiles as boxes, COPY in; GiST on the photo points (built
+    after the load, ANALYZE both); the join counted with `pt <@ bx`, no parallel workers."""
+    lon, lat = np.load(f"{data}/lon.npy"), np.load(f"{data}/lat.npy")
+    tiles = np.load(f"{data}/tiles.npy")
+    n = len(lon)
+    pgdata, srv = start(work)
+    try:
+        conn = psycopg.connect(srv.get_uri(), autocommit=True)
+        c = conn.cursor()
+        version = c.execute("SELECT version()").fetchone()[0].split(" on ")[0]
+        c.execute("SET maintenance_work_mem = '4GB'")
+        c.execute("SET max_parallel_maintenance_workers = 1")
+        c.execute("SET max_parallel_workers_per_gather = 0")
+        c.execute("SET jit = off")
+        c.execute("CREATE TABLE photos (id int PRIMARY KEY, pt point NOT NULL)")
+        with common.Timer() as ingest:
+            with c.copy("COPY photos (id, pt) FROM STDIN") as cp:
+                lonl, latl = lon.tolist(), lat.tolist()
+                for s in range(0, n, 50_000):
+                    cp.write("".join(f"{i}\t({lonl[i]!r},{latl[i]!r})\n" for i in range(s, min(n, s + 50_000))))
+        print(f"pg: COPY {n} photos {ingest.s:.1f} s", file=sys.stderr)
+        with common.Timer() as tingest:
+            copy_tiles(c, tiles)
+        print(f"pg: COPY {len(tiles)} tiles {tingest.s:.1f} s", file=sys.stderr)
+        with common.Timer() as build:
+            c.execute("CREATE INDEX photos_pt_idx ON photos USING gist (pt)")
+            c.execute("ANALYZE photos")
+            c.execute("ANALYZE tiles")
+        print(f"pg: GiST build + ANALYZE {build.s:.1f} s", file=sys.stderr)
+        disk = sum(c.execute(f"SELECT pg_total_relation_size('{t}')").fetchone()[0] for t in ("photos", "tiles"))
+        jplan = "\n".join(r[0] for r in c.execute("EXPLAIN " + JOIN_SQL).fetchall())
+        with common.Timer() as j:
+            pairs = c.execute(JOIN_SQL).fetchone()[0]
+        print(f"pg: join {pairs} pairs in {j.s:.2f} s\n{jplan}", file=sys.stderr)
+        with common.Timer() as j2:
+            pairs2 = c.execute(JOIN_SQL).fetchone()[0]
+        assert pairs2 == pairs
+        print(f"pg: join again {j2.s:.2f} s", file=sys.stderr)
+        rss = server_peak_rss_kb(pgdata)
+        conn.close()
+    finally:
+        srv.cleanup()
+    common.write(out, {"engine": "pg", "mode": f"{version} (pgserver wheel, unix socket); COPY, GiST on point after the load, `pt <@ box` join, no parallel workers",
+                       "ingest_s": ingest.s, "tile_ingest_s": tingest.s, "build_s": build.s, "build": "GiST on photos.pt + ANALYZE",
+                       "disk_bytes": disk, "peak_rss_kb": rss + common.self_peak_rss_kb(), "server_peak_rss_kb": rss,
+                       "join": {"tiles": len(tiles), "photos": n, "pairs": pairs, "join_s": j.s, "join_again_s": j2.s, "plan": jplan}})
+
+
+def main():
+    data, work, out = sys.argv[1:4]
+    if os.environ.get("PEERS_JOIN_ONLY", "0") != "0":
+        return join_only(data, work, out)
+    vecs, lon, lat, qvecs, meta = common.load(data)
+    n, dim, k = len(lon), vecs.shape[1], meta["k"]
+    pgdata, srv = start(work)
     try:
         conn = psycopg.connect(srv.get_uri(), autocommit=True)
         c = conn.cursor()
@@ -135,13 +202,11 @@ def main():
         tiles_path = os.path.join(data, "tiles.npy")
         if os.path.exists(tiles_path) and os.environ.get("PEERS_JOIN", "1") != "0":
             tiles = np.load(tiles_path)
-            c.execute("CREATE TABLE tiles (id int PRIMARY KEY, bx box NOT NULL)")
-            with c.copy("COPY tiles (id, bx) FROM STDIN") as cp:
-                cp.write("".join(f"{i}\t(({t[2]!r},{t[3]!r}),({t[0]!r},{t[1]!r}))\n" for i, t in enumerate(tiles.tolist())))
+            copy_tiles(c, tiles)
             c.execute("ANALYZE tiles")
             with common.Timer() as j:
-                pairs = c.execute("SELECT count(*) FROM photos p JOIN tiles t ON p.pt <@ t.bx").fetchone()[0]
-            jplan = "\n".join(r[0] for r in c.execute("EXPLAIN SELECT count(*) FROM photos p JOIN tiles t ON p.pt <@ t.bx").fetchall())
+                pairs = c.execute(JOIN_SQL).fetchone()[0]
+            jplan = "\n".join(r[0] for r in c.execute("EXPLAIN " + JOIN_SQL).fetchall())
             print(f"pg: join {pairs} pairs in {j.s:.2f} s\n{jplan}", file=sys.stderr)
             join = {"tiles": len(tiles), "photos": n, "pairs": pairs, "join_s": j.s, "plan": jplan}
         rss = server_peak_rss_kb(pgdata)

@@ -16,6 +16,11 @@ next record, so no record lies on a boundary and float differences between engin
 change the match set.
 
 Usage: python gen.py DATA_DIR   (env PEERS_N, PEERS_Q queries per selectivity, PEERS_SEED)
+
+PEERS_JOIN_ONLY=1 writes only lon.npy, lat.npy and tiles.npy (no vectors, queries or truth):
+the photo→tile join needs positions alone, so 1M photos × 100k tiles fit the dev VM. The
+positions are the ones the full generator draws for the same N and seed (the draws before
+the vectors are the same); the tiles come from a later rng state, so they differ.
 """
 import json
 import os
@@ -81,7 +86,7 @@ def cross(p, q, axis, bound):
     return r
 
 
-def generate(n, rng):
+def generate(n, rng, vectors=True):
     cities = [(rng.uniform(-160, 160), rng.uniform(-50, 65), rng.uniform(0.02, 0.8), 1.0 / (i + 1)) for i in range(CITIES)]
     w = np.array([c[3] for c in cities])
     centroids = rng.standard_normal((CENTROIDS, DIM)).astype(np.float32)
@@ -95,6 +100,8 @@ def generate(n, rng):
     scattered = rng.random(n) < 0.05
     lon[scattered] = rng.uniform(-179, 179, scattered.sum())
     lat[scattered] = rng.uniform(-60, 70, scattered.sum())
+    if not vectors:
+        return lon, lat, None, centroids
     pref = rng.random(n) < 0.7
     cent = np.where(pref, (city * 7 + rng.integers(0, 5, n)) % CENTROIDS, rng.integers(0, CENTROIDS, n))
     vecs = np.empty((n, DIM), dtype=np.float32)
@@ -144,6 +151,17 @@ def make_filter(kind, sel, lon, lat, rng):
     return {"kind": "polygon", "ring": ring}, in_convex(ring, lon, lat)
 
 
+def make_tiles(lon, lat, rng):
+    """Tile footprints for the join: N/10 distinct 0.02° grid cells (≈ a 224-px tile at 10 m)
+    at record positions, so most tiles hold photos."""
+    n = len(lon)
+    tn = max(1, n // 10)
+    cells = np.unique(np.stack([np.floor(lon / 0.02), np.floor(lat / 0.02)], 1)[rng.permutation(n)[: 3 * tn]], axis=0)
+    cells = cells[rng.permutation(len(cells))[:tn]]
+    tiles = np.concatenate([cells * 0.02, cells * 0.02 + 0.02], 1)[:, [0, 1, 2, 3]]
+    return np.ascontiguousarray(tiles)
+
+
 def main():
     out = sys.argv[1]
     os.makedirs(out, exist_ok=True)
@@ -151,6 +169,14 @@ def main():
     nq = int(os.environ.get("PEERS_Q", "50"))
     rng = np.random.default_rng(int(os.environ.get("PEERS_SEED", "0x6AF7BE4C"), 0))
     t = time.time()
+    if os.environ.get("PEERS_JOIN_ONLY", "0") != "0":
+        lon, lat, _, _ = generate(n, rng, vectors=False)
+        np.save(f"{out}/lon.npy", lon)
+        np.save(f"{out}/lat.npy", lat)
+        tiles = make_tiles(lon, lat, rng)
+        np.save(f"{out}/tiles.npy", tiles)
+        print(f"gen: join only, {n} points, {len(tiles)} tiles in {time.time() - t:.1f} s", file=sys.stderr)
+        return
     lon, lat, vecs, centroids = generate(n, rng)
     np.save(f"{out}/vecs.npy", vecs)
     np.save(f"{out}/lon.npy", lon)
@@ -177,13 +203,8 @@ def main():
     with open(f"{out}/truth.json", "w") as fh:
         json.dump(truth, fh)
 
-    # Tile footprints for the join: N/10 distinct 0.02° grid cells (≈ a 224-px tile at 10 m)
-    # at record positions, so most tiles hold photos.
-    tn = max(1, n // 10)
-    cells = np.unique(np.stack([np.floor(lon / 0.02), np.floor(lat / 0.02)], 1)[rng.permutation(n)[: 3 * tn]], axis=0)
-    cells = cells[rng.permutation(len(cells))[:tn]]
-    tiles = np.concatenate([cells * 0.02, cells * 0.02 + 0.02], 1)[:, [0, 1, 2, 3]]
-    np.save(f"{out}/tiles.npy", np.ascontiguousarray(tiles))
+    tiles = make_tiles(lon, lat, rng)
+    np.save(f"{out}/tiles.npy", tiles)
     print(f"gen: {len(queries)} queries, {len(tiles)} tiles, done in {time.time() - t:.1f} s", file=sys.stderr)
 
 

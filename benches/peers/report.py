@@ -2,7 +2,10 @@
 
 recall@10: a returned id counts when it is in the filter and scores at least the exact
 k-th score less 1e-5 (ties), divided by min(k, matches). short: the share of queries that
-returned fewer than min(k, matches) ids. Usage: python report.py DATA_DIR OUT1.json ..."""
+returned fewer than min(k, matches) ids. Usage: python report.py DATA_DIR OUT1.json ...
+
+`python report.py --join OUT1.json ...` (PEERS_JOIN_ONLY runs): one table of the photo→tile
+join per engine; exits non-zero unless every engine found the same number of pairs."""
 import json
 import sys
 from collections import Counter
@@ -14,7 +17,32 @@ from adapter_numpy import mask
 SEL_NAMES = {0.0001: "0.01 %", 0.001: "0.1 %", 0.01: "1 %", 0.1: "10 %", 1.0: "100 %"}
 
 
+def join_report(outs):
+    docs = [json.load(open(o)) for o in outs]
+    j0 = docs[0]["join"]
+    print(f"{j0['photos']:,} photos × {j0['tiles']:,} tile footprints (0.02° boxes), no vectors\n")
+    print("| engine | how it ran | photo ingest s | tile ingest s | index build s | join s | join again s | pairs | disk MB | peak RSS MB |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for d in docs:
+        j = d["join"]
+        again = f"{j['join_again_s']:.2f}" if "join_again_s" in j else ""
+        print(f"| {d['engine']} | {d['mode']} | {d['ingest_s']:.1f} | {d['tile_ingest_s']:.1f} | {d['build_s']:.1f} ({d['build']}) | {j['join_s']:.2f} | {again} | "
+              f"{j['pairs']:,} | {d['disk_bytes'] / 1e6:.0f} | {d['peak_rss_kb'] / 1024:.0f} |")
+    for d in docs:
+        if d["join"].get("plan"):
+            print(f"\n{d['engine']} join plan:\n```\n{d['join']['plan']}\n```")
+    pairs = {d["engine"]: d["join"]["pairs"] for d in docs}
+    photos = {d["join"]["photos"] for d in docs}
+    tiles = {d["join"]["tiles"] for d in docs}
+    if len(set(pairs.values())) != 1 or len(photos) != 1 or len(tiles) != 1:
+        print(f"\nMISMATCH: pairs {pairs}, photos {photos}, tiles {tiles}")
+        sys.exit(1)
+    print(f"\nEvery engine found the same {j0['pairs']:,} pairs.")
+
+
 def main():
+    if sys.argv[1] == "--join":
+        return join_report(sys.argv[2:])
     data, outs = sys.argv[1], sys.argv[2:]
     vecs = np.load(f"{data}/vecs.npy", mmap_mode="r")
     lon, lat = np.load(f"{data}/lon.npy"), np.load(f"{data}/lat.npy")

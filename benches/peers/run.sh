@@ -7,7 +7,10 @@
 #
 # Env: PEERS_N, PEERS_Q (queries per selectivity), PEERS_ENGINES (subset of
 # "numpy graftdb qdrant lance pg"), PEERS_WORK (scratch dir, default benches/peers/work),
-# PEERS_JOIN=0 to skip the photo→tile join, PEERS_RUN (output dir, default WORK/run-N). Everything it starts (one PostgreSQL server on a
+# PEERS_JOIN=0 to skip the photo→tile join, PEERS_RUN (output dir, default WORK/run-N).
+# PEERS_JOIN_ONLY=1: the photo→tile join alone, N photos × N/10 tiles, no vectors (data in
+# WORK/join-N, output in WORK/join-run-N, engines "graftdb pg"); the report fails unless both
+# engines find the same pairs. Everything it starts (one PostgreSQL server on a
 # unix socket inside the work dir, no TCP) is stopped on exit.
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -15,8 +18,16 @@ N="${PEERS_N:-1000000}"
 Q="${PEERS_Q:-50}"
 ENGINES="${PEERS_ENGINES:-numpy graftdb qdrant lance pg}"
 WORK="${PEERS_WORK:-$HERE/work}"
-DATA="$WORK/data-$N-q$Q"
-RUN="${PEERS_RUN:-$WORK/run-$N}"
+JOIN_ONLY="${PEERS_JOIN_ONLY:-0}"
+if [ "$JOIN_ONLY" != 0 ]; then
+  export PEERS_JOIN_ONLY=1
+  ENGINES="${PEERS_ENGINES:-graftdb pg}"
+  DATA="$WORK/join-$N"
+  RUN="${PEERS_RUN:-$WORK/join-run-$N}"
+else
+  DATA="$WORK/data-$N-q$Q"
+  RUN="${PEERS_RUN:-$WORK/run-$N}"
+fi
 VENV="$HERE/.venv"
 PY="$VENV/bin/python"
 mkdir -p "$WORK" "$RUN"
@@ -37,8 +48,11 @@ if [ ! -x "$PY" ]; then python3 -m venv "$VENV"; fi
 if [[ " $ENGINES " == *" graftdb "* ]]; then
   (cd "$HERE/graftdb-adapter" && cargo build --release -q)
 fi
+ADAPTER="${CARGO_TARGET_DIR:-$HERE/graftdb-adapter/target}/release/graftdb-peer-adapter"
 
-if [ ! -f "$DATA/truth.json" ]; then
+if [ "$JOIN_ONLY" != 0 ]; then
+  if [ ! -f "$DATA/tiles.npy" ]; then PEERS_N="$N" "$PY" "$HERE/gen.py" "$DATA"; fi
+elif [ ! -f "$DATA/truth.json" ]; then
   PEERS_N="$N" PEERS_Q="$Q" "$PY" "$HERE/gen.py" "$DATA"
 fi
 
@@ -53,7 +67,7 @@ for e in $ENGINES; do
   echo "== $e  $(date -u +%FT%TZ)  load: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$LOAD" >&2
   case "$e" in
     numpy)   "$PY" "$HERE/adapter_numpy.py" "$DATA" "$RUN" "$RUN/numpy.json"; OUTS+=("$RUN/numpy.json") ;;
-    graftdb) "$HERE/graftdb-adapter/target/release/graftdb-peer-adapter" "$DATA" "$RUN" "$RUN/graftdb.json"; OUTS+=("$RUN/graftdb.json") ;;
+    graftdb) "$ADAPTER" "$DATA" "$RUN" "$RUN/graftdb.json"; OUTS+=("$RUN/graftdb.json") ;;
     qdrant)  "$PY" "$HERE/adapter_qdrant.py" "$DATA" "$RUN" "$RUN/qdrant.json"; OUTS+=("$RUN/qdrant.json") ;;
     lance)   "$PY" "$HERE/adapter_lance.py" "$DATA" "$RUN" "$RUN/lance.json"; OUTS+=("$RUN/lance.json" "$RUN/lance-exact.json") ;;
     pg)      "$PY" "$HERE/adapter_pg.py" "$DATA" "$RUN" "$RUN/pg.json"; OUTS+=("$RUN/pg.json") ;;
@@ -61,6 +75,20 @@ for e in $ENGINES; do
   esac
   echo "   $e done $(date -u +%FT%TZ)  load: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$LOAD" >&2
 done
+if [ "$JOIN_ONLY" != 0 ]; then
+  {
+    echo "# Peer benchmark, spatial join only, $N photos"
+    echo
+    echo "- Machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(grep -c ^processor /proc/cpuinfo) logical cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM"
+    echo "- Run: $(date -u +%FT%TZ); load averages (1/5/15 min) at each engine's start and end:"
+    echo '```'
+    cat "$LOAD"
+    echo '```'
+    echo
+    "$PY" "$HERE/report.py" --join "${OUTS[@]}"
+  } | tee "$RUN/peers-join-$N.md"
+  exit "${PIPESTATUS[0]}"
+fi
 {
   echo "# Peer benchmark, N = $N, $Q queries per selectivity"
   echo

@@ -3,6 +3,7 @@
 //! single-threaded with `Db::search` and writes the common adapter JSON (see ../README.md).
 //!
 //! Usage: graftdb-peer-adapter DATA_DIR WORK_DIR OUT.json
+//! With PEERS_JOIN_ONLY=1 it runs the photo→tile join alone (no vectors; see `join_only`).
 
 use std::time::Instant;
 
@@ -50,10 +51,103 @@ fn region(q: &Value) -> Result<Option<Region>> {
     })
 }
 
+/// One photo at (lon, lat) with integer id `i`, as every run ingests it.
+fn photo(i: usize, lon: f64, lat: f64) -> Record {
+    Record::Photo(Photo {
+        id: RecordId::Int(i as i64),
+        lon,
+        lat,
+        accuracy: Some(16),
+        time: None,
+        source: "peers".into(),
+        license: None,
+        url: None,
+        user: None,
+    })
+}
+
+/// The tile boxes (`[w, s, e, n]` per tile, flattened) as Tile records with ids 0.., one commit.
+fn insert_tiles(db: &Db, boxes: &[f64]) -> Result<()> {
+    let mut w = db.begin_write()?;
+    for (i, b) in boxes.chunks_exact(4).enumerate() {
+        w.insert(Record::Tile(Tile {
+            id: RecordId::Int(i as i64),
+            footprint: vec![[b[0], b[1]], [b[2], b[1]], [b[2], b[3]], [b[0], b[3]], [b[0], b[1]]],
+            source: "peers".into(),
+            gsd_m: 10.0,
+            time: None,
+            cloud_cover: None,
+            pixels: Default::default(),
+        }))?;
+    }
+    w.commit()?;
+    Ok(())
+}
+
+/// PEERS_JOIN_ONLY: photos (lon.npy, lat.npy) and tiles (tiles.npy) as records without
+/// vectors (`WriteTxn::insert`, 10k-row commits), reopen, then `Db::join` timed. graftdb keeps
+/// no stored index for the join: `join` bulk-loads an R-tree over the tile boxes and probes it
+/// with every photo, so that build is inside the join time.
+fn join_only(data: &std::path::Path, work: &std::path::Path, out: &str) -> Result<()> {
+    let (_, lon) = npy::<f64>(&data.join("lon.npy"))?;
+    let (_, lat) = npy::<f64>(&data.join("lat.npy"))?;
+    let (tshape, boxes) = npy::<f64>(&data.join("tiles.npy"))?;
+    let (n, nt) = (lon.len(), tshape[0] as usize);
+    let path = work.join("graftdb-join");
+    let _ = std::fs::remove_dir_all(&path);
+    std::fs::create_dir_all(work)?;
+    let db = Db::create(&path)?;
+    let t = Instant::now();
+    for start in (0..n).step_by(10_000) {
+        let mut w = db.begin_write()?;
+        for i in start..(start + 10_000).min(n) {
+            w.insert(photo(i, lon[i], lat[i]))?;
+        }
+        w.commit()?;
+    }
+    let ingest_s = t.elapsed().as_secs_f64();
+    eprintln!("graftdb: ingest {n} photos (no vectors) {ingest_s:.1} s");
+    let t = Instant::now();
+    insert_tiles(&db, &boxes[..nt * 4])?;
+    let tile_ingest_s = t.elapsed().as_secs_f64();
+    eprintln!("graftdb: ingest {nt} tiles {tile_ingest_s:.1} s");
+    drop(db);
+    let disk = dir_bytes(&path);
+    let rss_ingest = proc_status("VmHWM:");
+    let db = Db::open(&path)?;
+    let t = Instant::now();
+    let st = db.join(|_| Ok(()))?;
+    let join_s = t.elapsed().as_secs_f64();
+    eprintln!("graftdb: join {} photos × {} tiles -> {} pairs in {join_s:.2} s", st.photos, st.tiles, st.pairs);
+    anyhow::ensure!(st.photos as usize == n && st.tiles as usize == nt, "join saw {} photos, {} tiles", st.photos, st.tiles);
+    let t = Instant::now();
+    let again = db.join(|_| Ok(()))?;
+    let join_again_s = t.elapsed().as_secs_f64();
+    anyhow::ensure!(again.pairs == st.pairs, "second join: {} pairs, first {}", again.pairs, st.pairs);
+    eprintln!("graftdb: join again {join_again_s:.2} s");
+    let doc = json!({
+        "engine": "graftdb",
+        "mode": "library: WriteTxn::insert (records, no vectors) in 10k-row commits; Db::join (R-tree over tile boxes built in the call, every photo probed, footprint test)",
+        "ingest_s": ingest_s,
+        "tile_ingest_s": tile_ingest_s,
+        "build_s": 0.0,
+        "build": "none stored; the tile R-tree is bulk-loaded inside Db::join (in join_s)",
+        "disk_bytes": disk,
+        "peak_rss_kb_ingest": rss_ingest,
+        "peak_rss_kb": proc_status("VmHWM:"),
+        "join": {"tiles": st.tiles, "photos": st.photos, "pairs": st.pairs, "unmatched_photos": st.unmatched_photos, "join_s": join_s, "join_again_s": join_again_s},
+    });
+    std::fs::write(out, serde_json::to_string(&doc)?)?;
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     anyhow::ensure!(args.len() == 4, "usage: graftdb-peer-adapter DATA_DIR WORK_DIR OUT.json");
     let (data, work, out) = (std::path::Path::new(&args[1]), std::path::Path::new(&args[2]), &args[3]);
+    if std::env::var("PEERS_JOIN_ONLY").is_ok_and(|v| v != "0") {
+        return join_only(data, work, out);
+    }
     let (shape, vecs) = npy::<f32>(&data.join("vecs.npy"))?;
     let (n, dim) = (shape[0] as usize, shape[1] as usize);
     let (_, lon) = npy::<f64>(&data.join("lon.npy"))?;
@@ -72,18 +166,7 @@ fn main() -> Result<()> {
     for start in (0..n).step_by(10_000) {
         let rows: Vec<(Record, Vec<f32>)> = (start..(start + 10_000).min(n))
             .map(|i| {
-                let rec = Record::Photo(Photo {
-                    id: RecordId::Int(i as i64),
-                    lon: lon[i],
-                    lat: lat[i],
-                    accuracy: Some(16),
-                    time: None,
-                    source: "peers".into(),
-                    license: None,
-                    url: None,
-                    user: None,
-                });
-                (rec, vecs[i * dim..(i + 1) * dim].to_vec())
+                (photo(i, lon[i], lat[i]), vecs[i * dim..(i + 1) * dim].to_vec())
             })
             .collect();
         let mut w = db.begin_write()?;
@@ -152,20 +235,7 @@ fn main() -> Result<()> {
         let (tshape, boxes) = npy::<f64>(&tiles_path)?;
         let nt = tshape[0] as usize;
         let t = Instant::now();
-        let mut w = db.begin_write()?;
-        for i in 0..nt {
-            let b = &boxes[i * 4..i * 4 + 4];
-            w.insert(Record::Tile(Tile {
-                id: RecordId::Int(i as i64),
-                footprint: vec![[b[0], b[1]], [b[2], b[1]], [b[2], b[3]], [b[0], b[3]], [b[0], b[1]]],
-                source: "peers".into(),
-                gsd_m: 10.0,
-                time: None,
-                cloud_cover: None,
-                pixels: Default::default(),
-            }))?;
-        }
-        w.commit()?;
+        insert_tiles(&db, &boxes[..nt * 4])?;
         let tile_ingest_s = t.elapsed().as_secs_f64();
         let t = Instant::now();
         let st = db.join(|_| Ok(()))?;
