@@ -25,7 +25,9 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
 fn main() {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let web = root.join("vendor").join("web");
-    println!("cargo:rerun-if-changed={}", web.display());
+    // Watch `vendor/` (tracked, so it always exists): watching a missing `vendor/web` would
+    // mark the build script dirty on every cargo call; `vendor/web` appearing changes `vendor/`.
+    println!("cargo:rerun-if-changed={}", root.join("vendor").display());
     println!("cargo:rerun-if-changed=build.rs");
     let mut files = Vec::new();
     walk(&web, &mut files);
