@@ -75,22 +75,9 @@ for e in $ENGINES; do
   esac
   echo "   $e done $(date -u +%FT%TZ)  load: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$LOAD" >&2
 done
-if [ "$JOIN_ONLY" != 0 ]; then
-  {
-    echo "# Peer benchmark, spatial join only, $N photos"
-    echo
-    echo "- Machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(grep -c ^processor /proc/cpuinfo) logical cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM"
-    echo "- Run: $(date -u +%FT%TZ); load averages (1/5/15 min) at each engine's start and end:"
-    echo '```'
-    cat "$LOAD"
-    echo '```'
-    echo
-    "$PY" "$HERE/report.py" --join "${OUTS[@]}"
-  } | tee "$RUN/peers-join-$N.md"
-  exit "${PIPESTATUS[0]}"
-fi
-{
-  echo "# Peer benchmark, N = $N, $Q queries per selectivity"
+# The report's heading: title, machine, run time and the load at each engine's start and end.
+report_head() {
+  echo "# $1"
   echo
   echo "- Machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(grep -c ^processor /proc/cpuinfo) logical cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM"
   echo "- Run: $(date -u +%FT%TZ); load averages (1/5/15 min) at each engine's start and end:"
@@ -98,5 +85,15 @@ fi
   cat "$LOAD"
   echo '```'
   echo
+}
+if [ "$JOIN_ONLY" != 0 ]; then
+  {
+    report_head "Peer benchmark, spatial join only, $N photos"
+    "$PY" "$HERE/report.py" --join "${OUTS[@]}"
+  } | tee "$RUN/peers-join-$N.md"
+  exit "${PIPESTATUS[0]}"
+fi
+{
+  report_head "Peer benchmark, N = $N, $Q queries per selectivity"
   "$PY" "$HERE/report.py" "$DATA" "${OUTS[@]}"
 } | tee "$RUN/peers-$N.md"
