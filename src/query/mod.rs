@@ -268,14 +268,14 @@ const SCAN_COST_I8: f64 = 0.3;
 /// Scores the rows that pass the filter, keeping the best `k`.
 ///
 /// In `cos` and `ip` spaces a row is first scored from its i8 codes, as an upper bound
-/// ([`Bound`]); [`Scorer::finish`] then reads the f32 vectors of the best bounds, and of every
+/// ([`Bound`]); [`Scorer::settle`] then reads the f32 vectors of the best bounds, and of every
 /// other row whose bound still reaches the k-th exact score. The result is the f32 scan's,
 /// reading about a quarter of its bytes. `l2` spaces are scored in f32 directly.
 struct Scorer<'a> {
     def: &'a SpaceDef,
     q: &'a [f32],
     bound: Option<Bound>,
-    /// Bounded rows waiting for [`Scorer::finish`]: (upper bound, segment, row).
+    /// Bounded rows waiting for [`Scorer::settle`]: (upper bound, segment, row).
     cands: Vec<(f32, u8, u32)>,
     top: TopK<()>,
     rescored: u64,
@@ -298,10 +298,11 @@ impl<'a> Scorer<'a> {
         }
     }
 
-    /// Read f32 for the rows that can still make the top k; return the top k.
-    fn finish(mut self, segs: [&Segment; 2]) -> (TopK<()>, u64) {
+    /// Read f32 for the bounded rows that can still make the top k, leaving the top k in
+    /// `self.top` and no rows waiting.
+    fn settle(&mut self, segs: [&Segment; 2]) {
         let mut cands = std::mem::take(&mut self.cands);
-        let first = (self.top_k() * 2).max(32).min(cands.len());
+        let first = (self.top.capacity() * 2).max(32).min(cands.len());
         if first < cands.len() {
             cands.select_nth_unstable_by(first, |a, b| b.0.total_cmp(&a.0));
         }
@@ -314,13 +315,9 @@ impl<'a> Scorer<'a> {
                 self.rescore(segs, sn, i);
             }
         }
-        (self.top, self.rescored)
     }
 
-    fn top_k(&self) -> usize {
-        self.top.capacity()
-    }
-
+    /// Score row `i` of segment `sn` in f32.
     #[inline]
     fn rescore(&mut self, segs: [&Segment; 2], sn: u8, i: u32) {
         let seg = segs[usize::from(sn).min(1)];
@@ -488,26 +485,17 @@ pub(crate) fn run(def: &SpaceDef, st: &SpaceIndex, q: &Query, recs: &Records<'_>
             }
             .map_err(|e| Error::Index(e.to_string()))?;
             for row in res.keys {
-                let i = row as usize;
-                if let Some(&key) = st.base.keys.get(i) {
-                    sc.rescored += 1;
-                    score_row(def, &qv, st.base.vector(i), key, &mut sc.top);
-                }
+                sc.rescore([&st.base, &st.delta], 0, row as u32);
             }
             let (mut t, mut mm) = (0, 0);
             scan_exact(&st.delta, 1, &ranges, &m, &mut sc, &mut t, &mut mm);
             ex.tested += t;
             ex.matched += mm;
             ex.path = PlanPath::Hnsw;
-            let (top, rescored) = sc.finish([&st.base, &st.delta]);
-            if top.len() < q.k && (top.len() as u64) < est {
+            sc.settle([&st.base, &st.delta]);
+            if sc.top.len() < q.k && (sc.top.len() as u64) < est {
                 ex.path = PlanPath::HnswThenExact;
-                sc = Scorer::new(def, &qv, q.k);
-                sc.rescored = rescored;
-            } else {
-                sc = Scorer::new(def, &qv, q.k);
-                sc.top = top;
-                sc.rescored = rescored;
+                sc.top = TopK::new(q.k);
             }
         }
     }
@@ -524,8 +512,9 @@ pub(crate) fn run(def: &SpaceDef, st: &SpaceIndex, q: &Query, recs: &Records<'_>
         }
         _ => {}
     }
-    let (top, rescored) = sc.finish([&st.base, &st.delta]);
-    ex.rescored = rescored;
+    sc.settle([&st.base, &st.delta]);
+    ex.rescored = sc.rescored;
+    let top = sc.top;
     match ex.path {
         PlanPath::Exact => counters.exact.fetch_add(1, Ordering::Relaxed),
         PlanPath::Hnsw => counters.hnsw.fetch_add(1, Ordering::Relaxed),
