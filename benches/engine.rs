@@ -8,8 +8,11 @@
 //!
 //! It prints one markdown report: the machine, the generator, ingest/build/open/disk/RSS
 //! figures, and per selectivity (0.01 % … 100 %) p50/p99 latency, mean recall@10 and mean
-//! results returned for three engines in the same run, each behind the same small adapter:
-//! - **graftdb**: `Db::search` with default options (the planner picks exact or graph);
+//! results returned for four engines in the same run, each behind the same small adapter:
+//! - **graftdb**: `Db::search` with default options (the planner picks exact scan, cone
+//!   partitions or graph);
+//! - **graftdb, no partitions**: the same database through a read-only handle with
+//!   `Options::partitions = false` (`GRAFTDB_BENCH_NOPARTS=0` leaves it out);
 //! - **brute force**: a plain single-thread Rust loop over every vector with the bbox mask,
 //!   which is also the reference for recall;
 //! - **hnsw+post-filter**: a separate usearch index over the same vectors (same M, ef_add and
@@ -141,31 +144,40 @@ trait Engine {
 }
 
 struct Graft {
+    name: &'static str,
     db: Db,
     paths: std::collections::BTreeMap<&'static str, usize>,
     rescored: u64,
+    tested: u64,
+    partitions: u64,
     queries: u64,
 }
 
 impl Engine for Graft {
     fn name(&self) -> &'static str {
-        "graftdb"
+        self.name
     }
     fn search(&mut self, _d: &Data, q: &Q) -> Vec<(usize, f32)> {
         let filter = Filter { regions: q.bbox.map(|b| Region::bbox(b[0], b[1], b[2], b[3]).unwrap()).into_iter().collect(), ..Default::default() };
         let res = self.db.search(&Query::new("clip", q.v.clone(), K).filter(filter)).unwrap();
         *self.paths.entry(res.explain.path.as_str()).or_default() += 1;
         self.rescored += res.explain.rescored;
+        self.tested += res.explain.tested;
+        self.partitions += res.explain.partitions;
         self.queries += 1;
         res.hits.iter().map(|h| (if let RecordId::Int(i) = h.id { i as usize } else { usize::MAX }, h.score)).collect()
     }
     fn note(&mut self) -> String {
         let mut s = self.paths.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ");
         if self.queries > 0 {
-            s += &format!("; f32 reads/query {:.0}", self.rescored as f64 / self.queries as f64);
+            let per = |x: u64| x as f64 / self.queries as f64;
+            s += &format!("; f32 reads/query {:.0}; rows tested/query {:.0}", per(self.rescored), per(self.tested));
+            if self.partitions > 0 {
+                s += &format!("; partitions/query {:.1}", per(self.partitions));
+            }
         }
         self.paths.clear();
-        (self.rescored, self.queries) = (0, 0);
+        (self.rescored, self.tested, self.partitions, self.queries) = (0, 0, 0, 0);
         s
     }
 }
@@ -378,7 +390,16 @@ fn main() {
     let peer_build = t.elapsed();
     eprintln!("peer build {:.1?}", peer_build);
 
-    let mut engines: Vec<Box<dyn Engine>> = vec![Box::new(Graft { db, paths: Default::default(), rescored: 0, queries: 0 }), Box::new(Brute), Box::new(PostFilter { index: peer })];
+    let graft = |name, db| Box::new(Graft { name, db, paths: Default::default(), rescored: 0, tested: 0, partitions: 0, queries: 0 });
+    let mut engines: Vec<Box<dyn Engine>> = vec![graft("graftdb", db)];
+    // The same database through a second, read-only handle whose planner never uses the cone
+    // partitions: the baseline for them, in the same run (GRAFTDB_BENCH_NOPARTS=0 leaves it out).
+    if std::env::var("GRAFTDB_BENCH_NOPARTS").map_or(true, |v| v != "0") {
+        let opts = graftdb::Options { partitions: false, ef_search, persist_index: false, ..Default::default() };
+        engines.push(graft("graftdb, no partitions", Db::open_read_only_with(&path, opts).unwrap()));
+    }
+    engines.push(Box::new(Brute));
+    engines.push(Box::new(PostFilter { index: peer }));
     let mut rng = StdRng::seed_from_u64(SEED + 1);
     let qnoise = Normal::new(0.0f32, 0.04).unwrap();
     let make_q = |rng: &mut StdRng, sel: f64| {

@@ -9,6 +9,7 @@ use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use crate::geo::hash;
 use crate::geo::region::validate_point;
 use crate::index::arena::{self, NewRow, RowMeta, Segment, SegmentBuilder};
+use crate::index::parts::Parts;
 use crate::index::{hnsw, scan};
 use crate::query::{self, PlanCounters, Query, SearchResult};
 use crate::store::{codec, CHUNK_TARGET_BYTES, FORMAT_VERSION, IDS, KEY_GEO_BITS, KEY_SEQ_MAX, META, RECORDS, SPACES, V1_VECTORS, V1_VECTOR_LOG, VECTOR_CHUNKS};
@@ -43,6 +44,9 @@ pub struct Options {
     pub ef_search: usize,
     /// Write derived index files (turn off for read-only media).
     pub persist_index: bool,
+    /// Build cone partitions (`index::parts`) for image-level cosine spaces that get a graph,
+    /// and let the planner scan them exactly when their bounds prune enough.
+    pub partitions: bool,
 }
 
 impl Default for Options {
@@ -56,6 +60,7 @@ impl Default for Options {
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             ef_search: 384,
             persist_index: true,
+            partitions: true,
         }
     }
 }
@@ -65,6 +70,8 @@ pub(crate) struct SpaceIndex {
     pub base: Segment,
     pub delta: Segment,
     pub hnsw: Option<usearch::Index>,
+    /// Cone partitions of the base rows (image-level cosine spaces with a graph).
+    pub parts: Option<Parts>,
     /// Last vector sequence (`vector_chunks`) reflected by base + delta.
     pub applied: u64,
     /// Largest half-width or half-height of any tile footprint, degrees.
@@ -323,7 +330,7 @@ impl Db {
     fn load_space(&self, def: SpaceDef) -> Arc<SpaceHandle> {
         let st = stride(&def);
         let patch = matches!(def.level, Level::Patch { .. });
-        let mut idx = SpaceIndex { base: Segment::empty(st), delta: Segment::empty(st), hnsw: None, applied: 0, max_half_extent: 0.0 };
+        let mut idx = SpaceIndex { base: Segment::empty(st), delta: Segment::empty(st), hnsw: None, parts: None, applied: 0, max_half_extent: 0.0 };
         // A missing or damaged snapshot is not an error: the arena is rebuilt from redb.
         if let Ok(m) = self.read_manifest(def.number) {
             if let Ok((seg, seq)) = arena::read_snapshot(&self.dir.join(INDEX_DIR).join(&m.arena), st, patch) {
@@ -333,6 +340,8 @@ impl Db {
                     let graph = usable.and_then(|h| hnsw::view(&self.dir.join(INDEX_DIR).join(h), def.dim as usize, def.metric).ok());
                     let graph_ok = usable.is_none() || graph.as_ref().is_some_and(|g| g.size() == seg.len());
                     if graph_ok {
+                        // Partitions that fail to load are rebuilt at the next checkpoint.
+                        idx.parts = m.parts.as_ref().and_then(|p| Parts::load(&self.dir.join(INDEX_DIR).join(p), def.dim as usize, seg.len()).ok());
                         idx.max_half_extent = half_extent(&seg);
                         idx.base = seg;
                         idx.hnsw = graph;
@@ -612,19 +621,56 @@ impl Db {
         } else {
             None
         };
+        let parts = if self.wants_parts(h, seg.len()) { Parts::build(&seg, h.def.dim as usize, self.opts.threads) } else { None };
         if self.opts.persist_index {
             // Best effort: a failure here leaves the database correct, only slower to open.
-            let _ = self.persist(h.def.number, &seg, graph.as_ref(), seq, h.is_patch(), h.def.metric);
+            let _ = self.persist(h.def.number, &seg, graph.as_ref(), parts.as_ref(), seq, h.is_patch(), h.def.metric);
         }
         s.max_half_extent = half_extent(&seg);
         s.base = seg;
         s.delta = Segment::empty(h.stride());
         s.hnsw = graph;
+        s.parts = parts;
         s.applied = seq;
         Ok(())
     }
 
-    fn persist(&self, num: u16, seg: &Segment, graph: Option<&usearch::Index>, seq: u64, patch: bool, def_metric: Metric) -> Result<()> {
+    /// Whether a base segment of `rows` rows gets cone partitions: image-level cosine spaces
+    /// large enough for a graph.
+    fn wants_parts(&self, h: &SpaceHandle, rows: usize) -> bool {
+        self.opts.partitions && !h.is_patch() && h.def.metric == Metric::Cos && rows >= self.opts.hnsw_min_rows
+    }
+
+    /// Build the partitions of an installed base that lacks them (a database checkpointed by
+    /// a graftdb without partitions), leaving the snapshot and graph as they are.
+    fn install_parts(&self, h: &SpaceHandle, s: &mut SpaceIndex) -> Result<()> {
+        let Some(parts) = Parts::build(&s.base, h.def.dim as usize, self.opts.threads) else { return Ok(()) };
+        if self.opts.persist_index {
+            if let Ok(mut m) = self.read_manifest(h.def.number) {
+                let dir = self.dir.join(INDEX_DIR);
+                let name = format!("space-{}-{}.parts", h.def.number, m.seq);
+                if parts.save(&dir.join(&name)).is_ok() {
+                    m.parts = Some(name);
+                    let _ = self.write_manifest(h.def.number, &m);
+                }
+            }
+        }
+        s.parts = Some(parts);
+        Ok(())
+    }
+
+    /// Replace a space's manifest atomically (temporary file, fsync, rename).
+    fn write_manifest(&self, num: u16, m: &Manifest) -> Result<()> {
+        let p = self.manifest_path(num);
+        let tmp = p.with_extension(format!("tmp{}", std::process::id()));
+        let text = serde_json::to_vec_pretty(m).map_err(|e| Error::Index(e.to_string()))?;
+        std::fs::write(&tmp, text).map_err(|e| Error::io(&tmp, e))?;
+        std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| Error::io(&tmp, e))?;
+        std::fs::rename(&tmp, &p).map_err(|e| Error::io(&p, e))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn persist(&self, num: u16, seg: &Segment, graph: Option<&usearch::Index>, parts: Option<&Parts>, seq: u64, patch: bool, def_metric: Metric) -> Result<()> {
         let dir = self.dir.join(INDEX_DIR);
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         let old = self.read_manifest(num).ok();
@@ -638,14 +684,17 @@ impl Db {
             }
             None => None,
         };
+        let parts_name = match parts {
+            Some(p) => {
+                let n = format!("space-{num}-{seq}.parts");
+                p.save(&dir.join(&n))?;
+                Some(n)
+            }
+            None => None,
+        };
         let labels = hnsw_name.as_ref().map(|_| hnsw::labels(def_metric).to_string());
-        let m = Manifest { seq, arena: arena_name, hnsw: hnsw_name, labels };
-        let p = self.manifest_path(num);
-        let tmp = p.with_extension(format!("tmp{}", std::process::id()));
-        let text = serde_json::to_vec_pretty(&m).map_err(|e| Error::Index(e.to_string()))?;
-        std::fs::write(&tmp, text).map_err(|e| Error::io(&tmp, e))?;
-        std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| Error::io(&tmp, e))?;
-        std::fs::rename(&tmp, &p).map_err(|e| Error::io(&p, e))?;
+        let m = Manifest { seq, arena: arena_name, hnsw: hnsw_name, labels, parts: parts_name };
+        self.write_manifest(num, &m)?;
         if let Some(o) = old {
             if o.arena != m.arena {
                 let _ = std::fs::remove_file(dir.join(o.arena));
@@ -653,10 +702,12 @@ impl Db {
             if let Some(hn) = o.hnsw.filter(|hn| Some(hn) != m.hnsw.as_ref()) {
                 let _ = std::fs::remove_file(dir.join(hn));
             }
+            if let Some(pn) = o.parts.filter(|pn| Some(pn) != m.parts.as_ref()) {
+                let _ = std::fs::remove_file(dir.join(pn));
+            }
         }
         Ok(())
     }
-
     /// Fold every space's delta into a new snapshot and graph, so the next open is fast
     /// and queries use the graph for everything. Ingest commands call this at the end.
     pub fn checkpoint(&self) -> Result<()> {
@@ -666,6 +717,9 @@ impl Db {
             let mut s = h.state.write().map_err(|_| Error::Index("lock poisoned".into()))?;
             let want_graph = !h.is_patch() && s.base.len() + s.delta.len() >= self.opts.hnsw_min_rows;
             if s.delta.is_empty() && (s.hnsw.is_some() || !want_graph) && self.read_manifest(def.number).is_ok_and(|m| m.seq == s.applied) {
+                if s.parts.is_none() && self.wants_parts(&h, s.base.len()) {
+                    self.install_parts(&h, &mut s)?;
+                }
                 continue;
             }
             let merged = arena::merge(&s.base, &s.delta, h.is_patch());
@@ -695,6 +749,9 @@ struct Manifest {
     /// graphs were labelled by row, whose graphs are ignored and rebuilt at the next checkpoint.
     #[serde(default)]
     labels: Option<String>,
+    /// The cone partitions file (`index::parts`); absent when the space has none.
+    #[serde(default)]
+    parts: Option<String>,
 }
 
 /// The `format_version` in `meta`.

@@ -356,6 +356,17 @@ impl Db {
                 }
             }
         }
+        if let Some(parts) = &s.parts {
+            // The partitions' copy must name the snapshot's rows with their keys, codes and
+            // filter fields (the file's own checks already made the rows a permutation).
+            let bad = (0..parts.rows_total()).find(|&j| {
+                let Some(r) = parts.row(j).map(|r| r as usize) else { return true };
+                parts.key(j) != s.base.keys.get(r).copied() || parts.coded(j) != s.base.coded(r) || parts.metas().get(j) != s.base.meta(r)
+            });
+            if let Some(j) = bad {
+                p.push(format!("space {}: partition position {j} disagrees with the snapshot", def.name));
+            }
+        }
         Ok(p)
     }
 }

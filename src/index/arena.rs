@@ -41,7 +41,7 @@ impl<T: bytemuck::Pod> Deref for Col<T> {
 }
 
 impl<T: bytemuck::Pod> Col<T> {
-    fn mapped(m: &Arc<Mmap>, r: Range<usize>, path: &Path) -> Result<Self> {
+    pub(crate) fn mapped(m: &Arc<Mmap>, r: Range<usize>, path: &Path) -> Result<Self> {
         if r.is_empty() {
             return Ok(Col::Owned(Vec::new()));
         }
@@ -71,7 +71,12 @@ pub struct MetaView<'a> {
     kind: &'a [u8],
 }
 
-impl MetaView<'_> {
+impl<'a> MetaView<'a> {
+    /// A view of filter-field columns laid out as a segment's (`bbox` four per row).
+    pub(crate) fn new(time: &'a [i64], bbox: &'a [f64], kind: &'a [u8]) -> Self {
+        MetaView { time, bbox, kind }
+    }
+
     /// The filter fields of row `i`.
     #[inline]
     pub fn get(&self, i: usize) -> Option<RowMeta> {
@@ -343,7 +348,7 @@ const MAGIC: &[u8; 8] = b"GRAFTARN";
 const SNAPSHOT_VERSION: u32 = 2;
 const HEADER: usize = 64;
 
-fn align64(x: usize) -> usize {
+pub(crate) fn align64(x: usize) -> usize {
     x.div_ceil(64) * 64
 }
 

@@ -1,4 +1,5 @@
-//! Derived indexes: the per-space vector arena and HNSW graph. Rebuildable from `store`.
+//! Derived indexes: the per-space vector arena, HNSW graph and cone partitions. Rebuildable from `store`.
 pub mod arena;
 pub mod hnsw;
+pub mod parts;
 pub mod scan;

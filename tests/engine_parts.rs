@@ -1,0 +1,140 @@
+//! Cone partitions: the planner's `parts` path must give the exact scan's answer (same ids,
+//! same scores) with and without filters, must actually prune on clustered data, must give
+//! way to another path when pruning fails, and must survive a reopen (the partitions file)
+//! and rows added after the checkpoint (the delta).
+
+use graftdb::geo::{Filter, Region};
+use graftdb::{Db, Level, Metric, Options, Photo, PlanPath, Query, Record, RecordId};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const DIM: usize = 48;
+const K: usize = 10;
+const CLUSTERS: usize = 40;
+
+fn unit(mut v: Vec<f32>) -> Vec<f32> {
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.iter_mut().for_each(|x| *x /= n);
+    v
+}
+
+struct Data {
+    centres: Vec<Vec<f32>>,
+    rows: Vec<(Record, Vec<f32>)>,
+}
+
+fn data(n: usize, seed: u64) -> Data {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let centres: Vec<Vec<f32>> = (0..CLUSTERS).map(|_| unit((0..DIM).map(|_| rng.random_range(-1.0f32..1.0)).collect())).collect();
+    let rows = (0..n)
+        .map(|i| {
+            let c = &centres[rng.random_range(0..CLUSTERS)];
+            let v = unit(c.iter().map(|x| x + rng.random_range(-0.12f32..0.12)).collect());
+            let rec = Record::Photo(Photo {
+                id: RecordId::Int(i as i64),
+                lon: rng.random_range(-20.0..20.0),
+                lat: rng.random_range(-20.0..20.0),
+                accuracy: None,
+                time: None,
+                source: "test".into(),
+                license: None,
+                url: None,
+                user: None,
+            });
+            (rec, v)
+        })
+        .collect();
+    Data { centres, rows }
+}
+
+fn options() -> Options {
+    // A small graph threshold so 12k rows get a graph and partitions.
+    Options { hnsw_min_rows: 2_000, exact_threshold: 1_000, ..Options::default() }
+}
+
+/// Compare one planned query with the forced exact scan: same ids in the same order and the
+/// same scores. Returns the path the planner took and the partitions it scanned.
+fn same_as_exact(db: &Db, q: Query, what: &str) -> (PlanPath, u64) {
+    let got = db.search(&q).unwrap();
+    let want = db.search(&q.clone().exact(true)).unwrap();
+    assert_eq!(want.explain.path, PlanPath::Exact);
+    let ids = |r: &graftdb::SearchResult| r.hits.iter().map(|h| h.id.clone()).collect::<Vec<_>>();
+    assert_eq!(ids(&got), ids(&want), "{what}: path {:?} disagrees with the exact scan", got.explain.path);
+    for (a, b) in got.hits.iter().zip(&want.hits) {
+        assert!((a.score - b.score).abs() <= 1e-6, "{what}: score {} vs exact {}", a.score, b.score);
+    }
+    (got.explain.path, got.explain.partitions)
+}
+
+fn query_near(d: &Data, rng: &mut StdRng, noise: f32) -> Vec<f32> {
+    let c = &d.centres[rng.random_range(0..CLUSTERS)];
+    unit(c.iter().map(|x| x + rng.random_range(-noise..noise)).collect())
+}
+
+#[test]
+fn partitions_answer_exactly_and_prune() {
+    let d = data(12_000, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    {
+        let db = Db::create_with(&path, options()).unwrap();
+        db.create_space("s", DIM as u32, Metric::Cos, Level::Image).unwrap();
+        let mut w = db.begin_write().unwrap();
+        w.insert_batch("test", 1, "s", &d.rows).unwrap();
+        w.commit().unwrap();
+        db.checkpoint().unwrap();
+    }
+    // Reopen: the partitions come from their file.
+    let db = Db::open_with(&path, options()).unwrap();
+    let mut rng = StdRng::seed_from_u64(2);
+    let (mut via_parts, mut scanned) = (0, 0);
+    for qi in 0..40 {
+        let q = query_near(&d, &mut rng, 0.1);
+        let (p, n) = same_as_exact(&db, Query::new("s", q.clone(), K), &format!("unfiltered query {qi}"));
+        if p == PlanPath::Parts {
+            via_parts += 1;
+            scanned += n;
+        }
+        // A wide box keeps most rows, so the partitions stay worth trying.
+        let f = Filter { regions: vec![Region::bbox(-20.0, -20.0, 12.0, 20.0).unwrap()], ..Default::default() };
+        same_as_exact(&db, Query::new("s", q, K).filter(f), &format!("filtered query {qi}"));
+    }
+    let parts = graftdb::index::parts::count_for(12_000) as u64;
+    assert!(via_parts >= 30, "only {via_parts} of 40 unfiltered queries took the partitions");
+    // Clustered data: a query near one centre should scan a small share of the partitions.
+    assert!(scanned / via_parts < parts / 2, "{} of {parts} partitions scanned per query: the cone bound is not pruning", scanned / via_parts);
+    // Rows committed after the checkpoint (the delta) are found too: add a row equal to a
+    // query, which must come back first.
+    let q = query_near(&d, &mut rng, 0.1);
+    let extra = Record::Photo(Photo { id: RecordId::Int(1_000_000), lon: 1.0, lat: 1.0, accuracy: None, time: None, source: "test".into(), license: None, url: None, user: None });
+    let mut w = db.begin_write().unwrap();
+    w.insert_batch("test", 2, "s", &[(extra, q.clone())]).unwrap();
+    w.commit().unwrap();
+    let res = db.search(&Query::new("s", q.clone(), K)).unwrap();
+    assert_eq!(res.hits[0].id, RecordId::Int(1_000_000), "the delta row is missing (path {:?})", res.explain.path);
+    same_as_exact(&db, Query::new("s", q, K), "with a delta");
+}
+
+#[test]
+fn a_query_far_from_every_cluster_still_gets_the_exact_answer() {
+    // A random direction is about equally far from every centre: the bounds prune little,
+    // and the planner either scans (exactly) or gives up and takes the graph — then the
+    // answer must still hold k results; when it is the scan, it must be exact.
+    let d = data(6_000, 5);
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::create_with(dir.path().join("db"), Options { cost_switch: false, ..options() }).unwrap();
+    db.create_space("s", DIM as u32, Metric::Cos, Level::Image).unwrap();
+    let mut w = db.begin_write().unwrap();
+    w.insert_batch("test", 1, "s", &d.rows).unwrap();
+    w.commit().unwrap();
+    db.checkpoint().unwrap();
+    let mut rng = StdRng::seed_from_u64(8);
+    for qi in 0..20 {
+        let q = unit((0..DIM).map(|_| rng.random_range(-1.0f32..1.0)).collect());
+        let res = db.search(&Query::new("s", q.clone(), K)).unwrap();
+        assert_eq!(res.hits.len(), K, "query {qi} is short");
+        if res.explain.path == PlanPath::Parts {
+            same_as_exact(&db, Query::new("s", q, K), &format!("far query {qi}"));
+        }
+    }
+}
