@@ -7,6 +7,10 @@
 //!
 //! `angle(q, x) ≥ angle(q, c) − r`, hence `q·x ≤ cos(max(0, angle(q, c) − r))`.
 //!
+//! The same holds row by row with the row's own angle `∠(x, c)` in place of `r`. Within a
+//! partition, rows are stored widest angle first, so once the k-th score `t` is known a scan
+//! stops inside a partition at the first row whose angle is too small to reach `t`.
+//!
 //! A query visits partitions in order of that bound and stops when the next bound is below
 //! its k-th exact score: every row it skips provably cannot make the top k, so the answer
 //! is the exact scan's. How much it skips depends on the data: content clusters that lie
@@ -52,8 +56,10 @@ pub struct Parts {
     min_cos: Vec<f32>,
     /// `parts + 1` offsets into the positions.
     offsets: Vec<u32>,
-    /// Segment row of each position (ascending within a partition).
+    /// Segment row of each position (within a partition, widest angle to the centroid first).
     rows: Col<u32>,
+    /// `x·c` of each position with its partition's centroid (ascending within a partition).
+    cos_c: Col<f32>,
     codes: Col<i8>,
     qscale: Col<f32>,
     ql1: Col<f32>,
@@ -70,14 +76,25 @@ pub fn count_for(n: usize) -> usize {
 }
 
 /// Byte ranges of the sections after the header.
-fn layout(np: usize, n: usize, dim: usize) -> [Range<usize>; 11] {
+fn layout(np: usize, n: usize, dim: usize) -> [Range<usize>; 12] {
     let mut off = HEADER;
     let mut sec = |bytes: usize| {
         let r = off..off + bytes;
         off = align64(off + bytes);
         r
     };
-    [sec(np * dim * 4), sec(np * 4), sec((np + 1) * 4), sec(n * 4), sec(n * dim), sec(n * 4), sec(n * 4), sec(n * 8), sec(n * 8), sec(n * 32), sec(n)]
+    [sec(np * dim * 4), sec(np * 4), sec((np + 1) * 4), sec(n * 4), sec(n * 4), sec(n * dim), sec(n * 4), sec(n * 4), sec(n * 8), sec(n * 8), sec(n * 32), sec(n)]
+}
+
+/// One partition's bound for a query.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PartBound {
+    /// No member scores above this.
+    pub bound: f32,
+    /// The partition.
+    pub part: u32,
+    /// The query's angle to the centroid (radians), made small by the slack.
+    pub theta: f64,
 }
 
 impl Parts {
@@ -120,10 +137,34 @@ impl Parts {
         Some((self.codes.get(j * self.dim..(j + 1) * self.dim)?, *self.qscale.get(j)?, *self.ql1.get(j)?))
     }
 
+    /// The positions of a partition that can still score `t` or more: rows are stored widest
+    /// angle first and `q·x ≤ cos(max(0, θ − ∠(x, c)))`, so the rows whose angle is below
+    /// `θ − acos(t)` are a suffix that cannot reach `t`. `t = −∞` keeps them all.
+    pub fn reaching(&self, b: &PartBound, t: f32) -> Range<usize> {
+        let all = self.positions(b.part as usize);
+        let tt = f64::from(t) - SLACK;
+        if tt > 1.0 {
+            return all.start..all.start;
+        }
+        if !(tt > -1.0) {
+            return all;
+        }
+        let min_angle = b.theta - tt.acos();
+        if min_angle <= 0.0 {
+            return all;
+        }
+        // A row is kept while its (widened) angle is at least `min_angle`, i.e. while
+        // `cos_c − SLACK ≤ cos(min_angle)`; `cos_c` ascends, so this is a prefix.
+        let cut = min_angle.cos();
+        let cos: &[f32] = &self.cos_c;
+        let slice = cos.get(all.clone()).unwrap_or(&[]);
+        all.start..all.start + slice.partition_point(|&c| f64::from(c) - SLACK <= cut)
+    }
+
     /// An upper bound of `q·x` for every member `x` of each partition, best first, for a unit
     /// query `q`.
-    pub fn bounds(&self, q: &[f32]) -> Vec<(f32, u32)> {
-        let mut out: Vec<(f32, u32)> = (0..self.len())
+    pub fn bounds(&self, q: &[f32]) -> Vec<PartBound> {
+        let mut out: Vec<PartBound> = (0..self.len())
             .map(|p| {
                 let c = &self.centroids[p * self.dim..(p + 1) * self.dim];
                 let qc = f64::from(scan::dot(q, c));
@@ -132,10 +173,10 @@ impl Parts {
                 let theta = (qc + SLACK).clamp(-1.0, 1.0).acos();
                 let r = (f64::from(self.min_cos[p]) - SLACK).clamp(-1.0, 1.0).acos();
                 let b = (theta - r).max(0.0).cos() + SLACK;
-                (b as f32, p as u32)
+                PartBound { bound: b as f32, part: p as u32, theta }
             })
             .collect();
-        out.sort_unstable_by(|a, b| b.0.total_cmp(&a.0));
+        out.sort_unstable_by(|a, b| b.bound.total_cmp(&a.bound));
         out
     }
 
@@ -188,15 +229,21 @@ impl Parts {
             offsets[p + 1] += offsets[p];
         }
         let mut fill: Vec<u32> = offsets[..np].to_vec();
-        let mut rows = vec![0u32; n];
-        let mut min_cos = vec![1f32; np];
+        let mut by_pos = vec![(0f32, 0u32); n];
         for (i, &p) in part.iter().enumerate() {
             let p = p as usize;
-            rows[fill[p] as usize] = i as u32;
-            fill[p] += 1;
             let c = scan::dot(seg.vector(i), &centroids[p * dim..(p + 1) * dim]);
-            min_cos[p] = min_cos[p].min(c);
+            by_pos[fill[p] as usize] = (c, i as u32);
+            fill[p] += 1;
         }
+        let mut min_cos = vec![1f32; np];
+        for p in 0..np {
+            let part = &mut by_pos[offsets[p] as usize..offsets[p + 1] as usize];
+            part.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+            min_cos[p] = part.first().map_or(1.0, |x| x.0);
+        }
+        let rows: Vec<u32> = by_pos.iter().map(|x| x.1).collect();
+        let cos_c: Vec<f32> = by_pos.iter().map(|x| x.0).collect();
         let gather = |col: &[f32]| -> Vec<f32> { rows.iter().map(|&r| col[r as usize]).collect() };
         let mut codes = Vec::with_capacity(n * dim);
         let mut bbox = Vec::with_capacity(n * 4);
@@ -218,6 +265,7 @@ impl Parts {
             bbox: Col::Owned(bbox),
             codes: Col::Owned(codes),
             rows: Col::Owned(rows),
+            cos_c: Col::Owned(cos_c),
         })
     }
 
@@ -232,11 +280,12 @@ impl Parts {
         for (i, v) in [VERSION, self.dim as u32, np as u32, n as u32].into_iter().enumerate() {
             head[8 + 4 * i..12 + 4 * i].copy_from_slice(&v.to_le_bytes());
         }
-        let sections: [&[u8]; 11] = [
+        let sections: [&[u8]; 12] = [
             bytemuck::cast_slice(&self.centroids),
             bytemuck::cast_slice(&self.min_cos),
             bytemuck::cast_slice(&self.offsets),
             bytemuck::cast_slice(&self.rows),
+            bytemuck::cast_slice(&self.cos_c),
             bytemuck::cast_slice(&self.codes),
             bytemuck::cast_slice(&self.qscale),
             bytemuck::cast_slice(&self.ql1),
@@ -283,10 +332,10 @@ impl Parts {
             return Err(corrupt("partitions were built for another segment"));
         }
         let lay = layout(np, n, dim);
-        if map.len() != lay[10].end {
+        if map.len() != lay[11].end {
             return Err(corrupt("partitions file has the wrong length"));
         }
-        let [c, mc, o, r, cd, qs, l1, k, t, b, kd] = lay;
+        let [c, mc, o, r, cc, cd, qs, l1, k, t, b, kd] = lay;
         let centroids = Col::<f32>::mapped(&map, c, path)?.to_vec();
         let min_cos = Col::<f32>::mapped(&map, mc, path)?.to_vec();
         let offsets = Col::<u32>::mapped(&map, o, path)?.to_vec();
@@ -310,6 +359,7 @@ impl Parts {
             min_cos,
             offsets,
             rows: prows,
+            cos_c: Col::mapped(&map, cc, path)?,
             codes: Col::mapped(&map, cd, path)?,
             qscale: Col::mapped(&map, qs, path)?,
             ql1: Col::mapped(&map, l1, path)?,
@@ -385,22 +435,28 @@ mod tests {
             assert_eq!(parts.metas().get(j), seg.meta(r));
         }
         let mut rng = rand::rngs::StdRng::seed_from_u64(9);
-        let mut pruned = 0;
+        let (mut pruned, mut cut) = (0, 0);
         for _ in 0..50 {
             let mut q: Vec<f32> = (0..dim).map(|_| rng.random_range(-1.0..1.0)).collect();
             scan::normalise(&mut q);
             let bounds = parts.bounds(&q);
-            assert!(bounds.windows(2).all(|w| w[0].0 >= w[1].0), "bounds are sorted best first");
-            for &(b, p) in &bounds {
-                for r in members(&parts, p as usize) {
+            assert!(bounds.windows(2).all(|w| w[0].bound >= w[1].bound), "bounds are sorted best first");
+            let t: f32 = rng.random_range(0.3..0.95);
+            for pb in &bounds {
+                let keep = parts.reaching(pb, t);
+                for j in parts.positions(pb.part as usize) {
+                    let r = parts.row(j).unwrap();
                     let s = scan::dot(&q, seg.vector(r as usize));
-                    assert!(s <= b, "row {r} scores {s} above its partition's bound {b}");
+                    assert!(s <= pb.bound, "row {r} scores {s} above its partition's bound {}", pb.bound);
+                    assert!(keep.contains(&j) || s < t, "row {r} scores {s} ≥ {t} but was cut");
                 }
-                pruned += usize::from(b < 0.9);
+                pruned += usize::from(pb.bound < 0.9);
+                cut += parts.positions(pb.part as usize).len() - keep.len();
             }
         }
         // Clustered data: some bounds must be below 0.9, or the bound is useless.
         assert!(pruned > 0, "no partition bound was ever below 0.9");
+        assert!(cut > 0, "the per-row angle never cut a row");
     }
 
     #[test]
@@ -430,7 +486,7 @@ mod tests {
         std::fs::write(&p, &b).unwrap();
         assert!(Parts::load(&p, 16, 500).is_err(), "truncated");
         // Two positions naming row 0.
-        let [.., rows_sec, _, _, _, _, _, _, _] = layout(parts.len(), 500, 16);
+        let [.., rows_sec, _, _, _, _, _, _, _, _] = layout(parts.len(), 500, 16);
         let mut b = good.clone();
         b[rows_sec.start..rows_sec.start + 8].copy_from_slice(&[0u8; 8]);
         std::fs::write(&p, &b).unwrap();
