@@ -3,7 +3,10 @@
 //! scores equal to brute force — on data the codes can and cannot tell apart, and that the
 //! bound actually prunes (few f32 reads) when the codes can.
 
-use graftdb::{Db, Level, Metric, Options, Photo, Query, Record, RecordId};
+#[path = "support/records.rs"]
+mod records;
+
+use graftdb::{Db, Level, Metric, Options, Query, Record};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -16,17 +19,7 @@ fn unit(v: &mut [f32]) {
 }
 
 fn photo(i: usize, rng: &mut StdRng) -> Record {
-    Record::Photo(Photo {
-        id: RecordId::Int(i as i64),
-        lon: rng.random_range(-10.0..10.0),
-        lat: rng.random_range(-10.0..10.0),
-        accuracy: None,
-        time: None,
-        source: "test".into(),
-        license: None,
-        url: None,
-        user: None,
-    })
+    records::photo_at(i as i64, rng.random_range(-10.0..10.0), rng.random_range(-10.0..10.0))
 }
 
 /// Store `vecs` (unit vectors) in a fresh cos space, fold them into a snapshot (no graph),

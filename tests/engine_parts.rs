@@ -3,8 +3,11 @@
 //! way to another path when pruning fails, and must survive a reopen (the partitions file)
 //! and rows added after the checkpoint (the delta).
 
+#[path = "support/records.rs"]
+mod records;
+
 use graftdb::geo::{Filter, Region};
-use graftdb::{Db, Level, Metric, Options, Photo, PlanPath, Query, Record, RecordId};
+use graftdb::{Db, Level, Metric, Options, PlanPath, Query, Record, RecordId};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -30,17 +33,7 @@ fn data(n: usize, seed: u64) -> Data {
         .map(|i| {
             let c = &centres[rng.random_range(0..CLUSTERS)];
             let v = unit(c.iter().map(|x| x + rng.random_range(-0.12f32..0.12)).collect());
-            let rec = Record::Photo(Photo {
-                id: RecordId::Int(i as i64),
-                lon: rng.random_range(-20.0..20.0),
-                lat: rng.random_range(-20.0..20.0),
-                accuracy: None,
-                time: None,
-                source: "test".into(),
-                license: None,
-                url: None,
-                user: None,
-            });
+            let rec = records::photo_at(i as i64, rng.random_range(-20.0..20.0), rng.random_range(-20.0..20.0));
             (rec, v)
         })
         .collect();
@@ -106,7 +99,7 @@ fn partitions_answer_exactly_and_prune() {
     // Rows committed after the checkpoint (the delta) are found too: add a row equal to a
     // query, which must come back first.
     let q = query_near(&d, &mut rng, 0.1);
-    let extra = Record::Photo(Photo { id: RecordId::Int(1_000_000), lon: 1.0, lat: 1.0, accuracy: None, time: None, source: "test".into(), license: None, url: None, user: None });
+    let extra = records::photo_at(1_000_000, 1.0, 1.0);
     let mut w = db.begin_write().unwrap();
     w.insert_batch("test", 2, "s", &[(extra, q.clone())]).unwrap();
     w.commit().unwrap();
