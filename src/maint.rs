@@ -349,11 +349,9 @@ impl Db {
             if g.size() != s.base.len() {
                 p.push(format!("space {}: graph holds {} vectors, snapshot {}", def.name, g.size(), s.base.len()));
             }
-            for &k in s.base.keys.iter() {
-                if !g.contains(k) {
-                    p.push(format!("space {}: graph lacks key {k}", def.name));
-                    break;
-                }
+            // Graph nodes are labelled by snapshot row number (`hnsw::labels`).
+            if let Some((row, k)) = s.base.keys.iter().enumerate().find(|&(row, _)| !g.contains(row as u64)) {
+                p.push(format!("space {}: graph lacks row {row} (key {k})", def.name));
             }
         }
         if let Some(parts) = &s.parts {

@@ -131,3 +131,28 @@ fn a_query_far_from_every_cluster_still_gets_the_exact_answer() {
         }
     }
 }
+
+#[test]
+fn check_catches_a_partitions_copy_that_disagrees_with_the_snapshot() {
+    let d = data(3_000, 11);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    {
+        let db = Db::create_with(&path, options()).unwrap();
+        db.create_space("s", DIM as u32, Metric::Cos, Level::Image).unwrap();
+        let mut w = db.begin_write().unwrap();
+        w.insert_batch("test", 1, "s", &d.rows).unwrap();
+        w.commit().unwrap();
+        db.checkpoint().unwrap();
+        assert_eq!(db.check().unwrap(), Vec::<String>::new());
+    }
+    let parts: Vec<_> = std::fs::read_dir(path.join("index")).unwrap().filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "parts")).collect();
+    assert_eq!(parts.len(), 1, "one partitions file after the checkpoint");
+    // The file ends with the kind byte of its last position: make it no kind at all.
+    let mut b = std::fs::read(&parts[0]).unwrap();
+    *b.last_mut().unwrap() = 0xFF;
+    std::fs::write(&parts[0], &b).unwrap();
+    let db = Db::open_with(&path, options()).unwrap();
+    let problems = db.check().unwrap();
+    assert!(problems.iter().any(|p| p.contains("partition position")), "check missed the damaged copy: {problems:?}");
+}
