@@ -4,6 +4,9 @@
 //! (binary searches over the sorted arena), and pick a path:
 //! - **exact**: at or below `Options::exact_threshold` candidates, or when asked, or with no
 //!   graph: scan the candidate rows in key order, test each exactly, score exactly;
+//! - **parts**: above it, in cos spaces with cone partitions: partitions scanned best bound
+//!   first until no bound reaches the k-th exact score (exact; see [`crate::index::parts`]),
+//!   given up within a budget when the bounds do not prune;
 //! - **count**: above it (and up to `Options::prefilter_max`), one pass over the candidates'
 //!   filter fields counts the rows that really pass. If they are few, or an exact scan of them
 //!   is expected to compute fewer distances than a filtered graph walk would (`ef/sel × M`),
