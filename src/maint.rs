@@ -76,6 +76,8 @@ pub struct SpaceStats {
     pub delta_rows: u64,
     /// Whether a graph is loaded.
     pub graph: bool,
+    /// Cone partitions loaded (0: none; see `index::parts`).
+    pub partitions: u64,
     /// Bytes one stored vector or grid costs in redb: its chunk entry (8-byte key + 48-byte
     /// header + payload).
     pub value_bytes: u64,
@@ -212,6 +214,7 @@ impl Db {
                 snapshot_rows: s.base.len() as u64,
                 delta_rows: s.delta.len() as u64,
                 graph: s.hnsw.is_some(),
+                partitions: s.parts.as_ref().map_or(0, |p| p.len() as u64),
                 value_bytes: payload + codec::CHUNK_ENTRY_HEAD as u64,
             });
         }

@@ -79,6 +79,8 @@ fn partitions_answer_exactly_and_prune() {
     }
     // Reopen: the partitions come from their file.
     let db = Db::open_with(&path, options()).unwrap();
+    let stats = db.stats().unwrap();
+    assert_eq!(stats.spaces[0].partitions, graftdb::index::parts::count_for(12_000) as u64, "stats names the loaded partitions");
     let mut rng = StdRng::seed_from_u64(2);
     let (mut via_parts, mut scanned) = (0, 0);
     for qi in 0..40 {
