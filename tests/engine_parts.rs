@@ -64,19 +64,23 @@ fn query_near(d: &Data, rng: &mut StdRng, noise: f32) -> Vec<f32> {
     unit(c.iter().map(|x| x + rng.random_range(-noise..noise)).collect())
 }
 
+/// A database at `path` holding `d` in space "s", checkpointed (snapshot, graph, partitions).
+fn checkpointed(d: &Data, path: &std::path::Path, opts: Options) -> Db {
+    let db = Db::create_with(path, opts).unwrap();
+    db.create_space("s", DIM as u32, Metric::Cos, Level::Image).unwrap();
+    let mut w = db.begin_write().unwrap();
+    w.insert_batch("test", 1, "s", &d.rows).unwrap();
+    w.commit().unwrap();
+    db.checkpoint().unwrap();
+    db
+}
+
 #[test]
 fn partitions_answer_exactly_and_prune() {
     let d = data(12_000, 1);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
-    {
-        let db = Db::create_with(&path, options()).unwrap();
-        db.create_space("s", DIM as u32, Metric::Cos, Level::Image).unwrap();
-        let mut w = db.begin_write().unwrap();
-        w.insert_batch("test", 1, "s", &d.rows).unwrap();
-        w.commit().unwrap();
-        db.checkpoint().unwrap();
-    }
+    drop(checkpointed(&d, &path, options()));
     // Reopen: the partitions come from their file.
     let db = Db::open_with(&path, options()).unwrap();
     let stats = db.stats().unwrap();
@@ -117,12 +121,7 @@ fn a_query_far_from_every_cluster_still_gets_the_exact_answer() {
     // answer must still hold k results; when it is the scan, it must be exact.
     let d = data(6_000, 5);
     let dir = tempfile::tempdir().unwrap();
-    let db = Db::create_with(dir.path().join("db"), Options { cost_switch: false, ..options() }).unwrap();
-    db.create_space("s", DIM as u32, Metric::Cos, Level::Image).unwrap();
-    let mut w = db.begin_write().unwrap();
-    w.insert_batch("test", 1, "s", &d.rows).unwrap();
-    w.commit().unwrap();
-    db.checkpoint().unwrap();
+    let db = checkpointed(&d, &dir.path().join("db"), Options { cost_switch: false, ..options() });
     let mut rng = StdRng::seed_from_u64(8);
     for qi in 0..20 {
         let q = unit((0..DIM).map(|_| rng.random_range(-1.0f32..1.0)).collect());
@@ -140,12 +139,7 @@ fn check_catches_a_partitions_copy_that_disagrees_with_the_snapshot() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
     {
-        let db = Db::create_with(&path, options()).unwrap();
-        db.create_space("s", DIM as u32, Metric::Cos, Level::Image).unwrap();
-        let mut w = db.begin_write().unwrap();
-        w.insert_batch("test", 1, "s", &d.rows).unwrap();
-        w.commit().unwrap();
-        db.checkpoint().unwrap();
+        let db = checkpointed(&d, &path, options());
         assert_eq!(db.check().unwrap(), Vec::<String>::new());
     }
     let parts: Vec<_> = std::fs::read_dir(path.join("index")).unwrap().filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "parts")).collect();
