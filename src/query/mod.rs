@@ -301,20 +301,19 @@ impl<'a> Scorer<'a> {
     /// Score row `i` of `seg` (segment number `sn`: 0 base, 1 delta), which passed the filter.
     #[inline]
     fn offer(&mut self, seg: &Segment, sn: u8, i: usize, key: u64) {
-        if let (Some(b), Some((codes, scale, l1))) = (&self.bound, seg.coded(i)) {
+        self.offer_coded(seg.coded(i), seg, sn, i, key);
+    }
+
+    /// [`Scorer::offer`] with the row's codes read from wherever they are held (the
+    /// segment, or the partitions' copy); rows without codes, or a space without a bound,
+    /// are scored in f32.
+    #[inline]
+    fn offer_coded(&mut self, coded: Option<(&[i8], f32, f32)>, seg: &Segment, sn: u8, i: usize, key: u64) {
+        if let (Some(b), Some((codes, scale, l1))) = (&self.bound, coded) {
             self.cands.push((b.upper(codes, scale, l1), sn, i as u32));
         } else {
             self.rescored += 1;
             score_row(self.def, self.q, seg.vector(i), key, &mut self.top);
-        }
-    }
-
-    /// Offer a row of the base (segment 0) scored from codes held elsewhere (the partitions'
-    /// copy); a cos or ip space always has a bound.
-    #[inline]
-    fn offer_coded(&mut self, codes: &[i8], scale: f32, l1: f32, sn: u8, row: u32) {
-        if let Some(b) = &self.bound {
-            self.cands.push((b.upper(codes, scale, l1), sn, row));
         }
     }
 
@@ -332,15 +331,9 @@ impl<'a> Scorer<'a> {
         if first < cands.len() {
             cands.select_nth_unstable_by(first, |a, b| b.0.total_cmp(&a.0));
         }
-        let (best, rest) = cands.split_at_mut(first);
         // Best bounds first, so the threshold rises fast and later rows can be skipped.
-        best.sort_unstable_by(|a, b| b.0.total_cmp(&a.0));
-        for &(upper, sn, i) in best.iter() {
-            if upper >= self.top.threshold() {
-                self.rescore(segs, sn, i);
-            }
-        }
-        for &(upper, sn, i) in rest.iter() {
+        cands[..first].sort_unstable_by(|a, b| b.0.total_cmp(&a.0));
+        for &(upper, sn, i) in &cands {
             if upper >= self.top.threshold() {
                 self.rescore(segs, sn, i);
             }
@@ -359,6 +352,16 @@ impl<'a> Scorer<'a> {
     }
 }
 
+/// The filtered graph walk when `passing` of `rows` rows pass: its beam and its expected cost
+/// in distances. Lower selectivity needs a wider beam for the walk to meet enough passing
+/// nodes (ef = ef_search/√sel, at least `want`); the walk expands about ef/sel nodes and scores
+/// each one's M neighbours.
+fn walk(opts: &Options, want: usize, passing: u64, rows: usize) -> (usize, f64) {
+    let sel = (passing as f64 / rows.max(1) as f64).clamp(1e-6, 1.0);
+    let ef = ((opts.ef_search as f64 / sel.sqrt()) as usize).clamp(want.max(opts.ef_search), 4096);
+    (ef, ef as f64 / sel * hnsw::CONNECTIVITY as f64)
+}
+
 /// How many times the graph walk's expected cost the partitions may spend before giving up:
 /// their answer is exact and the graph's is not (at 1M the graph's recall is 0.84 unfiltered).
 const GRAPH_PREMIUM: f64 = 4.0;
@@ -371,13 +374,14 @@ const FILTER_COST: f64 = 0.15;
 /// below the k-th exact score; every skipped row provably scores below it. Returns false,
 /// with the scorer emptied, when the rows it would still have to visit exceed `budget`;
 /// another path then answers.
-fn scan_parts(parts: &Parts, st: &SpaceIndex, ranges: &[(u64, u64)], m: &Matcher<'_>, filter: &Filter, sc: &mut Scorer<'_>, budget: u64, ex: &mut Explain) -> bool {
+fn scan_parts(parts: &Parts, st: &SpaceIndex, ranges: &[(u64, u64)], m: &Matcher<'_>, sc: &mut Scorer<'_>, budget: u64, ex: &mut Explain) -> bool {
     let segs = [&st.base, &st.delta];
     let (mut tested, mut matched) = (0, 0);
     scan_exact(&st.delta, 1, ranges, m, sc, &mut tested, &mut matched);
     sc.settle(segs);
     let bounds = parts.bounds(sc.q);
-    let filtered = !filter.is_empty();
+    let filtered = !m.filter.is_empty();
+    let metas = parts.metas();
     let mut visited = 0u64;
     let mut scanned = 0u64;
     for (j, pb) in bounds.iter().enumerate() {
@@ -404,9 +408,8 @@ fn scan_parts(parts: &Parts, st: &SpaceIndex, ranges: &[(u64, u64)], m: &Matcher
             sc.reset();
             return false;
         }
-        let metas = parts.metas();
         for j in pos {
-            let (Some(row), Some(key), Some((codes, scale, l1))) = (parts.row(j), parts.key(j), parts.coded(j)) else { continue };
+            let (Some(row), Some(key)) = (parts.row(j), parts.key(j)) else { continue };
             if filtered {
                 let Some(meta) = metas.get(j) else { continue };
                 if !m.matches(key, &meta) {
@@ -414,7 +417,7 @@ fn scan_parts(parts: &Parts, st: &SpaceIndex, ranges: &[(u64, u64)], m: &Matcher
                 }
             }
             matched += 1;
-            sc.offer_coded(codes, scale, l1, 0, row);
+            sc.offer_coded(parts.coded(j), &st.base, 0, row as usize, key);
         }
         sc.settle(segs);
         scanned += 1;
@@ -520,6 +523,8 @@ pub(crate) fn run(def: &SpaceDef, st: &SpaceIndex, q: &Query, recs: &Records<'_>
         return Ok(SearchResult { hits: finish(hits, recs, &q.filter)?, explain: ex });
     }
     let mut sc = Scorer::new(def, &qv, q.k);
+    // Graph hits asked for: enough to re-score and still fill k after the filter.
+    let want = (q.k * 3).max(40);
     // Rows of the base known to pass `Matcher::quick`, when the planner counted them.
     let mut listed: Option<Vec<u32>> = None;
     let graph = st.hnsw.as_ref().filter(|_| !q.exact && q.k > 0 && est as usize > opts.exact_threshold);
@@ -534,15 +539,13 @@ pub(crate) fn run(def: &SpaceDef, st: &SpaceIndex, q: &Query, recs: &Records<'_>
         // one bounded i8 score: rows of the query's content cluster pass a region filter far
         // more often than `sel` (content and place correlate: measured at 100k, 10 %), so a
         // visited row is assumed to pass.
-        let sel = (est as f64 / st.base.len().max(1) as f64).clamp(1e-6, 1.0);
         let visit_cost = if q.filter.is_empty() { 1.0 } else { FILTER_COST + 1.0 };
         let mut alt = est as f64 * (FILTER_COST + 1.0) * SCAN_COST_I8;
         if graph.is_some() {
-            let ef = ((opts.ef_search as f64 / sel.sqrt()) as usize).clamp((q.k * 3).max(40).max(opts.ef_search), 4096);
-            alt = alt.min(GRAPH_PREMIUM * ef as f64 / sel * hnsw::CONNECTIVITY as f64);
+            alt = alt.min(GRAPH_PREMIUM * walk(opts, want, est, st.base.len()).1);
         }
         let budget = (alt / (visit_cost * SCAN_COST_I8)) as u64;
-        if scan_parts(p, st, &ranges, &m, &q.filter, &mut sc, budget, &mut ex) {
+        if scan_parts(p, st, &ranges, &m, &mut sc, budget, &mut ex) {
             ex.path = PlanPath::Parts;
         }
     }
@@ -550,17 +553,12 @@ pub(crate) fn run(def: &SpaceDef, st: &SpaceIndex, q: &Query, recs: &Records<'_>
         let n = st.base.len().max(1);
         let unfiltered = q.filter.is_empty();
         let mut passing = if unfiltered { st.base.len() as u64 } else { est };
-        let want = (q.k * 3).max(40);
         // What scanning one passing row costs, in graph-walk distances: a walk's distance reads
         // a random f32 vector; the scan reads i8 codes in key order (and f32 for a few rows).
         let scan_cost = if sc.bound.is_some() && !st.base.codes.is_empty() { SCAN_COST_I8 } else { 1.0 };
-        // The beam for a selectivity: lower selectivity needs a wider beam for the walk to meet
-        // enough passing nodes. A filtered walk expands about ef/sel nodes and scores each
-        // one's M neighbours; an exact scan scores each passing row once, in memory order.
+        // An exact scan scores each passing row once, in memory order; the walk, see `walk`.
         let plan = |passing: u64| {
-            let sel = (passing as f64 / n as f64).clamp(1e-6, 1.0);
-            let ef = ((opts.ef_search as f64 / sel.sqrt()) as usize).clamp(want.max(opts.ef_search), 4096);
-            let walk_cost = ef as f64 / sel * hnsw::CONNECTIVITY as f64;
+            let (ef, walk_cost) = walk(opts, want, passing, n);
             let exact = passing as usize <= opts.exact_threshold || (opts.cost_switch && !unfiltered && passing as f64 * scan_cost <= walk_cost);
             (ef, exact)
         };
