@@ -648,7 +648,7 @@ impl Db {
         if self.opts.persist_index {
             if let Ok(mut m) = self.read_manifest(h.def.number) {
                 let dir = self.dir.join(INDEX_DIR);
-                let name = format!("space-{}-{}.parts", h.def.number, m.seq);
+                let name = parts_file(h.def.number, m.seq);
                 if parts.save(&dir.join(&name)).is_ok() {
                     m.parts = Some(name);
                     let _ = self.write_manifest(h.def.number, &m);
@@ -686,7 +686,7 @@ impl Db {
         };
         let parts_name = match parts {
             Some(p) => {
-                let n = format!("space-{num}-{seq}.parts");
+                let n = parts_file(num, seq);
                 p.save(&dir.join(&n))?;
                 Some(n)
             }
@@ -708,6 +708,7 @@ impl Db {
         }
         Ok(())
     }
+
     /// Fold every space's delta into a new snapshot and graph, so the next open is fast
     /// and queries use the graph for everything. Ingest commands call this at the end.
     pub fn checkpoint(&self) -> Result<()> {
@@ -752,6 +753,11 @@ struct Manifest {
     /// The cone partitions file (`index::parts`); absent when the space has none.
     #[serde(default)]
     parts: Option<String>,
+}
+
+/// The name of space `num`'s partitions file for the snapshot of sequence `seq`.
+fn parts_file(num: u16, seq: u64) -> String {
+    format!("space-{num}-{seq}.parts")
 }
 
 /// The `format_version` in `meta`.

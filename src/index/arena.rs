@@ -346,39 +346,66 @@ pub fn merge_rows(seg: &Segment, mut rows: Vec<NewRow>, patch: bool) -> Segment 
 const MAGIC: &[u8; 8] = b"GRAFTARN";
 /// 2: i8 codes, scales and L1 norms follow the f32 section (version 1 files are rebuilt).
 const SNAPSHOT_VERSION: u32 = 2;
-const HEADER: usize = 64;
+/// Header bytes of a sectioned file (arena snapshots, partitions files).
+pub(crate) const HEADER: usize = 64;
 
-pub(crate) fn align64(x: usize) -> usize {
+fn align64(x: usize) -> usize {
     x.div_ceil(64) * 64
 }
 
-fn layout(rows: usize, stride: usize, patch: bool) -> [Range<usize>; 9] {
+/// The byte ranges of a sectioned file's sections of the given sizes: the first right after
+/// the header, each next one at the following 64-byte boundary (so every column maps aligned).
+pub(crate) fn sections<const N: usize>(sizes: [usize; N]) -> [Range<usize>; N] {
     let mut off = HEADER;
-    let mut sec = |bytes: usize| {
+    sizes.map(|bytes| {
         let r = off..off + bytes;
         off = align64(off + bytes);
         r
-    };
-    let keys = sec(rows * 8);
-    let time = sec(rows * 8);
-    let bbox = sec(rows * 32);
-    let kind = sec(rows);
-    let f32s = sec(if patch { 0 } else { rows * stride * 4 });
-    let bytes = sec(if patch { rows * stride } else { 0 });
+    })
+}
+
+/// Write a sectioned file: `head`, then each non-empty section at its offset with zeros
+/// between, via a temporary file, fsync and rename.
+pub(crate) fn write_sections(path: &Path, head: &[u8; HEADER], sections: &[(usize, &[u8])]) -> Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let io = |e| Error::io(&tmp, e);
+    let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp).map_err(io)?);
+    let mut pos = 0usize;
+    for &(at, data) in std::iter::once(&(0, &head[..])).chain(sections).filter(|s| !s.1.is_empty()) {
+        if at > pos {
+            f.write_all(&vec![0u8; at - pos]).map_err(io)?;
+            pos = at;
+        }
+        f.write_all(data).map_err(io)?;
+        pos += data.len();
+    }
+    let file = f.into_inner().map_err(|e| Error::io(&tmp, e.into_error()))?;
+    file.sync_all().map_err(io)?;
+    drop(file);
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+    Ok(())
+}
+
+fn layout(rows: usize, stride: usize, patch: bool) -> [Range<usize>; 9] {
     let image = if patch { 0 } else { rows };
-    let codes = sec(image * stride);
-    let qscale = sec(image * 4);
-    let ql1 = sec(image * 4);
-    [keys, time, bbox, kind, f32s, bytes, codes, qscale, ql1]
+    sections([
+        rows * 8,                                      // keys
+        rows * 8,                                      // time
+        rows * 32,                                     // bbox
+        rows,                                          // kind
+        image * stride * 4,                            // f32
+        if patch { rows * stride } else { 0 },         // patch grids
+        image * stride,                                // i8 codes
+        image * 4,                                     // code scale
+        image * 4,                                     // ‖codes‖₁
+    ])
 }
 
 /// Write a segment as a snapshot file (via a temporary file, fsync, rename).
 pub fn write_snapshot(path: &Path, seg: &Segment, seq: u64, patch: bool) -> Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     let rows = seg.len();
     let lay = layout(rows, seg.stride, patch);
-    let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?);
     let mut head = [0u8; HEADER];
     head[0..8].copy_from_slice(MAGIC);
     head[8..12].copy_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
@@ -386,35 +413,21 @@ pub fn write_snapshot(path: &Path, seg: &Segment, seq: u64, patch: bool) -> Resu
     head[16..24].copy_from_slice(&(rows as u64).to_le_bytes());
     head[24..32].copy_from_slice(&(seg.stride as u64).to_le_bytes());
     head[32..40].copy_from_slice(&seq.to_le_bytes());
-    let mut pos = 0usize;
-    let mut put = |f: &mut std::io::BufWriter<std::fs::File>, at: usize, data: &[u8]| -> std::io::Result<()> {
-        if at > pos {
-            f.write_all(&vec![0u8; at - pos])?;
-            pos = at;
-        }
-        f.write_all(data)?;
-        pos += data.len();
-        Ok(())
-    };
-    let io = |e| Error::io(&tmp, e);
-    put(&mut f, 0, &head).map_err(io)?;
-    put(&mut f, lay[0].start, bytemuck::cast_slice(&seg.keys)).map_err(io)?;
-    put(&mut f, lay[1].start, bytemuck::cast_slice(&seg.time)).map_err(io)?;
-    put(&mut f, lay[2].start, bytemuck::cast_slice(&seg.bbox)).map_err(io)?;
-    put(&mut f, lay[3].start, &seg.kind).map_err(io)?;
-    if !patch {
-        put(&mut f, lay[4].start, bytemuck::cast_slice(&seg.f32s)).map_err(io)?;
-        put(&mut f, lay[6].start, bytemuck::cast_slice(&seg.codes)).map_err(io)?;
-        put(&mut f, lay[7].start, bytemuck::cast_slice(&seg.qscale)).map_err(io)?;
-        put(&mut f, lay[8].start, bytemuck::cast_slice(&seg.ql1)).map_err(io)?;
-    } else {
-        put(&mut f, lay[5].start, &seg.bytes).map_err(io)?;
-    }
-    let file = f.into_inner().map_err(|e| Error::io(&tmp, e.into_error()))?;
-    file.sync_all().map_err(io)?;
-    drop(file);
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
-    Ok(())
+    // A patch segment's f32 and code columns and an image segment's grids are empty, and
+    // empty sections are not written.
+    let cols: [&[u8]; 9] = [
+        bytemuck::cast_slice(&seg.keys),
+        bytemuck::cast_slice(&seg.time),
+        bytemuck::cast_slice(&seg.bbox),
+        &seg.kind,
+        bytemuck::cast_slice(&seg.f32s),
+        &seg.bytes,
+        bytemuck::cast_slice(&seg.codes),
+        bytemuck::cast_slice(&seg.qscale),
+        bytemuck::cast_slice(&seg.ql1),
+    ];
+    let secs: Vec<(usize, &[u8])> = lay.iter().map(|r| r.start).zip(cols).collect();
+    write_sections(path, &head, &secs)
 }
 
 /// Map a snapshot file. Returns the segment and the log sequence it reflects.

@@ -26,7 +26,7 @@ use std::sync::Arc;
 
 use memmap2::Mmap;
 
-use crate::index::arena::{align64, Col, MetaView, Segment};
+use crate::index::arena::{sections, write_sections, Col, MetaView, Segment, HEADER};
 use crate::index::scan;
 use crate::{Error, Result};
 
@@ -34,7 +34,6 @@ use crate::{Error, Result};
 const MAGIC: &[u8; 8] = b"GDBPART1";
 /// Version of the partitions file layout.
 pub const VERSION: u32 = 1;
-const HEADER: usize = 64;
 
 /// Slack on every cosine in the bound: covers f32 rounding in the dot products (512-d unit
 /// vectors round by ~1e-6) and the normalisation of stored vectors.
@@ -77,13 +76,9 @@ pub fn count_for(n: usize) -> usize {
 
 /// Byte ranges of the sections after the header.
 fn layout(np: usize, n: usize, dim: usize) -> [Range<usize>; 12] {
-    let mut off = HEADER;
-    let mut sec = |bytes: usize| {
-        let r = off..off + bytes;
-        off = align64(off + bytes);
-        r
-    };
-    [sec(np * dim * 4), sec(np * 4), sec((np + 1) * 4), sec(n * 4), sec(n * 4), sec(n * dim), sec(n * 4), sec(n * 4), sec(n * 8), sec(n * 8), sec(n * 32), sec(n)]
+    // centroids, min_cos, offsets, then per position: row, cos_c, codes, scale, ‖codes‖₁, key,
+    // time, bbox, kind.
+    sections([np * dim * 4, np * 4, (np + 1) * 4, n * 4, n * 4, n * dim, n * 4, n * 4, n * 8, n * 8, n * 32, n])
 }
 
 /// One partition's bound for a query.
@@ -198,12 +193,12 @@ impl Parts {
         for j in 0..np {
             centroids.extend_from_slice(seg.vector(sample[j * s / np]));
         }
-        let mut assign = vec![0u32; s];
+        let mut assign = vec![(0f32, 0u32); s];
         for _ in 0..ITERS {
             nearest(&centroids, dim, threads, &sample, seg, &mut assign);
             let mut sums = vec![0f64; np * dim];
             let mut counts = vec![0usize; np];
-            for (&row, &a) in sample.iter().zip(&assign) {
+            for (&row, &(_, a)) in sample.iter().zip(&assign) {
                 let a = a as usize;
                 counts[a] += 1;
                 for (acc, x) in sums[a * dim..(a + 1) * dim].iter_mut().zip(seg.vector(row)) {
@@ -219,10 +214,10 @@ impl Parts {
             }
         }
         let all: Vec<usize> = (0..n).collect();
-        let mut part = vec![0u32; n];
+        let mut part = vec![(0f32, 0u32); n];
         nearest(&centroids, dim, threads, &all, seg, &mut part);
         let mut offsets = vec![0u32; np + 1];
-        for &p in &part {
+        for &(_, p) in &part {
             offsets[p as usize + 1] += 1;
         }
         for p in 0..np {
@@ -230,9 +225,8 @@ impl Parts {
         }
         let mut fill: Vec<u32> = offsets[..np].to_vec();
         let mut by_pos = vec![(0f32, 0u32); n];
-        for (i, &p) in part.iter().enumerate() {
+        for (i, &(c, p)) in part.iter().enumerate() {
             let p = p as usize;
-            let c = scan::dot(seg.vector(i), &centroids[p * dim..(p + 1) * dim]);
             by_pos[fill[p] as usize] = (c, i as u32);
             fill[p] += 1;
         }
@@ -271,8 +265,6 @@ impl Parts {
 
     /// Write to `path` (via a temporary name, fsync and rename).
     pub fn save(&self, path: &Path) -> Result<()> {
-        use std::io::Write;
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
         let (np, n) = (self.len(), self.rows_total());
         let lay = layout(np, n, self.dim);
         let mut head = [0u8; HEADER];
@@ -280,7 +272,7 @@ impl Parts {
         for (i, v) in [VERSION, self.dim as u32, np as u32, n as u32].into_iter().enumerate() {
             head[8 + 4 * i..12 + 4 * i].copy_from_slice(&v.to_le_bytes());
         }
-        let sections: [&[u8]; 12] = [
+        let cols: [&[u8]; 12] = [
             bytemuck::cast_slice(&self.centroids),
             bytemuck::cast_slice(&self.min_cos),
             bytemuck::cast_slice(&self.offsets),
@@ -294,20 +286,8 @@ impl Parts {
             bytemuck::cast_slice(&self.bbox),
             &self.kind,
         ];
-        let io = |e| Error::io(&tmp, e);
-        let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp).map_err(io)?);
-        f.write_all(&head).map_err(io)?;
-        let mut pos = HEADER;
-        for (r, data) in lay.iter().zip(sections) {
-            f.write_all(&vec![0u8; r.start - pos]).map_err(io)?;
-            f.write_all(data).map_err(io)?;
-            pos = r.start + data.len();
-        }
-        let file = f.into_inner().map_err(|e| Error::io(&tmp, e.into_error()))?;
-        file.sync_all().map_err(io)?;
-        drop(file);
-        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
-        Ok(())
+        let secs: Vec<(usize, &[u8])> = lay.iter().map(|r| r.start).zip(cols).collect();
+        write_sections(path, &head, &secs)
     }
 
     /// Map a partitions file written for a segment of `rows` rows of dimension `dim`. The
@@ -371,8 +351,9 @@ impl Parts {
     }
 }
 
-/// For each listed row, the centroid with the largest dot product, in parallel.
-fn nearest(centroids: &[f32], dim: usize, threads: usize, rows: &[usize], seg: &Segment, out: &mut [u32]) {
+/// For each listed row, `(x·c, partition)` of the centroid with the largest dot product, in
+/// parallel.
+fn nearest(centroids: &[f32], dim: usize, threads: usize, rows: &[usize], seg: &Segment, out: &mut [(f32, u32)]) {
     let chunk = rows.len().div_ceil(threads).max(1);
     std::thread::scope(|s| {
         for (rs, os) in rows.chunks(chunk).zip(out.chunks_mut(chunk)) {
@@ -386,7 +367,7 @@ fn nearest(centroids: &[f32], dim: usize, threads: usize, rows: &[usize], seg: &
                             best = (d, p as u32);
                         }
                     }
-                    *o = best.1;
+                    *o = best;
                 }
             });
         }
