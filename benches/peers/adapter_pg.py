@@ -105,6 +105,17 @@ def copy_tiles(c, tiles):
 JOIN_SQL = "SELECT count(*) FROM photos p JOIN tiles t ON p.pt <@ t.bx"
 
 
+def connect(srv):
+    """An autocommit session with the index-build settings both modes use; returns the
+    connection, a cursor and the server's version string."""
+    conn = psycopg.connect(srv.get_uri(), autocommit=True)
+    c = conn.cursor()
+    version = c.execute("SELECT version()").fetchone()[0].split(" on ")[0]
+    c.execute("SET maintenance_work_mem = '4GB'")
+    c.execute("SET max_parallel_maintenance_workers = 1")
+    return conn, c, version
+
+
 def join_only(data, work, out):
     """Photos as (id, point) and tiles as boxes, COPY in; GiST on the photo points (built
     after the load, ANALYZE both); the join counted with `pt <@ bx`, no parallel workers."""
@@ -113,11 +124,7 @@ def join_only(data, work, out):
     n = len(lon)
     pgdata, srv = start(work)
     try:
-        conn = psycopg.connect(srv.get_uri(), autocommit=True)
-        c = conn.cursor()
-        version = c.execute("SELECT version()").fetchone()[0].split(" on ")[0]
-        c.execute("SET maintenance_work_mem = '4GB'")
-        c.execute("SET max_parallel_maintenance_workers = 1")
+        conn, c, version = connect(srv)
         c.execute("SET max_parallel_workers_per_gather = 0")
         c.execute("SET jit = off")
         c.execute("CREATE TABLE photos (id int PRIMARY KEY, pt point NOT NULL)")
@@ -162,13 +169,9 @@ def main():
     n, dim, k = len(lon), vecs.shape[1], meta["k"]
     pgdata, srv = start(work)
     try:
-        conn = psycopg.connect(srv.get_uri(), autocommit=True)
-        c = conn.cursor()
-        version = c.execute("SELECT version()").fetchone()[0].split(" on ")[0]
+        conn, c, version = connect(srv)
         c.execute("CREATE EXTENSION IF NOT EXISTS vector")
         pgv = c.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()[0]
-        c.execute("SET maintenance_work_mem = '4GB'")
-        c.execute("SET max_parallel_maintenance_workers = 1")
         c.execute(f"CREATE TABLE photos (id int PRIMARY KEY, pt point NOT NULL, embedding vector({dim}) NOT NULL)")
         with common.Timer() as ingest:
             with c.copy("COPY photos (id, pt, embedding) FROM STDIN") as cp:
