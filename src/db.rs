@@ -2,7 +2,8 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
@@ -145,6 +146,21 @@ pub struct Db {
     spaces: RwLock<HashMap<String, Arc<SpaceHandle>>>,
     counters: PlanCounters,
     opts: Options,
+    /// Commits made through this handle (a read-write handle is the only writer).
+    commits: AtomicU64,
+    /// The read view searches share until the next commit ([`Db::view`]).
+    view: Mutex<Option<Arc<ReadView>>>,
+}
+
+/// A redb read snapshot with the tables a search reads, shared by searches while nothing
+/// has been committed. Beginning a read transaction costs redb two `fcntl` calls (it
+/// registers readers across processes) and opening a table a B-tree lookup: measured at
+/// 100k, ~14 µs of a ~30 µs selective query before views were shared.
+pub(crate) struct ReadView {
+    /// [`Db::commits`] when the snapshot began; its contents are at least that new.
+    commits: u64,
+    records: redb::ReadOnlyTable<u64, &'static [u8]>,
+    chunks: redb::ReadOnlyTable<(u16, u64), &'static [u8]>,
 }
 
 /// The redb handle: read-write, or read-only (which never blocks a writer in another process).
@@ -213,7 +229,7 @@ impl Db {
             w.open_table(VECTOR_CHUNKS)?;
         }
         w.commit()?;
-        Ok(Db { dir, redb: Store::ReadWrite(redb), _writer_lock: Some(lock), spaces: RwLock::new(HashMap::new()), counters: PlanCounters::default(), opts })
+        Ok(Db { dir, redb: Store::ReadWrite(redb), _writer_lock: Some(lock), spaces: RwLock::new(HashMap::new()), counters: PlanCounters::default(), opts, commits: AtomicU64::new(0), view: Mutex::new(None) })
     }
 
     /// Open an existing database directory.
@@ -288,7 +304,7 @@ impl Db {
         } else {
             redb
         };
-        let db = Db { dir, redb, _writer_lock: lock, spaces: RwLock::new(HashMap::new()), counters: PlanCounters::default(), opts };
+        let db = Db { dir, redb, _writer_lock: lock, spaces: RwLock::new(HashMap::new()), counters: PlanCounters::default(), opts, commits: AtomicU64::new(0), view: Mutex::new(None) };
         let r = db.redb.begin_read().map_err(|e| Error::Corrupt { path: file.clone(), detail: e.to_string() })?;
         let defs: Vec<SpaceDef> = {
             let t = r.open_table(SPACES)?;
@@ -395,6 +411,7 @@ impl Db {
             }
         };
         w.commit()?;
+        self.committed();
         let mut spaces = self.spaces_write()?;
         if !spaces.contains_key(name) {
             spaces.insert(name.into(), self.load_space(def.clone()));
@@ -451,6 +468,8 @@ impl Db {
         let Store::ReadWrite(d) = &self.redb else {
             return Err(Error::invalid(self.dir.display().to_string(), "the database was opened read-only"));
         };
+        // A shared view would keep the pages this transaction replaces from being reused.
+        self.drop_view();
         // Another process opening the file holds the write lock for a moment; a real
         // writer holds it for its whole transaction. Wait out the first, not the second.
         let deadline = std::time::Instant::now() + std::time::Duration::from_millis(500);
@@ -529,17 +548,60 @@ impl Db {
     /// Run a query. Never returns fewer than `min(k, matches)` hits.
     pub fn search(&self, q: &Query) -> Result<SearchResult> {
         let h = self.handle(&q.space)?;
-        self.refresh(&h)?;
+        let view = self.view()?;
+        let last = last_chunk_seq(&view.chunks, h.def.number)?;
+        self.refresh_to(&h, last)?;
         let state = h.state.read().map_err(|_| Error::Index("lock poisoned".into()))?;
+        if state.applied > last {
+            // The index caught up past the view (a commit landed meanwhile): read records at
+            // least as new as the index, so every hit has its record.
+            let r = self.redb.begin_read()?;
+            return query::run(&h.def, &state, q, &r.open_table(RECORDS)?, &self.opts, &self.counters);
+        }
+        query::run(&h.def, &state, q, &view.records, &self.opts, &self.counters)
+    }
+
+    /// The shared read view: the cached one while no commit has landed through this handle
+    /// since it began, else a new one. A read-only handle cannot see another process's
+    /// commits coming, so it takes a new view every time.
+    fn view(&self) -> Result<Arc<ReadView>> {
+        let shared = matches!(self.redb, Store::ReadWrite(_));
+        // Read before the snapshot begins: the snapshot holds every commit counted here.
+        let commits = self.commits.load(Ordering::Acquire);
+        if shared {
+            if let Some(v) = self.view.lock().map_err(|_| Error::Index("lock poisoned".into()))?.as_ref().filter(|v| v.commits == commits) {
+                return Ok(v.clone());
+            }
+        }
         let r = self.redb.begin_read()?;
-        let recs = r.open_table(RECORDS)?;
-        query::run(&h.def, &state, q, &recs, &self.opts, &self.counters)
+        let v = Arc::new(ReadView { commits, records: r.open_table(RECORDS)?, chunks: r.open_table(VECTOR_CHUNKS)? });
+        if shared {
+            *self.view.lock().map_err(|_| Error::Index("lock poisoned".into()))? = Some(v.clone());
+        }
+        Ok(v)
+    }
+
+    /// Count a commit through this handle; the shared view is now stale.
+    fn committed(&self) {
+        self.commits.fetch_add(1, Ordering::Release);
+        self.drop_view();
+    }
+
+    fn drop_view(&self) {
+        if let Ok(mut v) = self.view.lock() {
+            *v = None;
+        }
     }
 
     /// Bring a space's in-memory index up to the latest commit.
     pub(crate) fn refresh(&self, h: &SpaceHandle) -> Result<()> {
+        let last = self.last_seq(h.def.number)?;
+        self.refresh_to(h, last)
+    }
+
+    /// Bring a space's in-memory index up to sequence `last` at least.
+    fn refresh_to(&self, h: &SpaceHandle, last: u64) -> Result<()> {
         let num = h.def.number;
-        let last = self.last_seq(num)?;
         {
             let s = h.state.read().map_err(|_| Error::Index("lock poisoned".into()))?;
             if s.applied >= last {
@@ -1163,6 +1225,7 @@ impl WriteTxn<'_> {
             }
         }
         self.txn.commit()?;
+        self.db.committed();
         Ok(())
     }
 

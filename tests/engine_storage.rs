@@ -280,3 +280,48 @@ fn a_broken_version_1_database_is_not_half_upgraded() {
     let names: Vec<String> = r.begin_read().unwrap().list_tables().unwrap().map(|h| h.name().to_string()).collect();
     assert!(names.iter().any(|n| n == "vectors") && !names.iter().any(|n| n == "vector_chunks"), "{names:?}");
 }
+
+/// Searches share one read view until the next commit. A search must see every commit that
+/// returned before it began, and never name a record its view lacks, while another thread
+/// commits (this is what the view's fallback to a fresh snapshot is for).
+#[test]
+fn searches_during_commits_see_each_commit_and_only_whole_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = std::sync::Arc::new(Db::create(dir.path().join("db")).unwrap());
+    db.create_space("s", 8, Metric::Cos, Level::Image).unwrap();
+    let committed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let batches = 40;
+    let per = 25;
+    let writer = {
+        let (db, committed) = (db.clone(), committed.clone());
+        std::thread::spawn(move || {
+            for b in 0..batches {
+                let mut w = db.begin_write().unwrap();
+                for i in b * per..(b + 1) * per {
+                    let key = w.insert(photo(i)).unwrap();
+                    w.put_vector("s", key, &vector(i, 8)).unwrap();
+                }
+                w.commit().unwrap();
+                committed.store((b + 1) * per, std::sync::atomic::Ordering::SeqCst);
+            }
+        })
+    };
+    let mut searches = 0;
+    loop {
+        let before = committed.load(std::sync::atomic::Ordering::SeqCst);
+        // k larger than everything: the answer is every record committed so far.
+        let res = db.search(&graftdb::Query::new("s", vector(7, 8), 10_000)).unwrap();
+        assert!(res.hits.len() >= before, "a search began after {before} records were committed and found {}", res.hits.len());
+        assert!(res.hits.len() % per == 0, "a partial batch is visible: {} records", res.hits.len());
+        searches += 1;
+        if before == batches * per {
+            break;
+        }
+    }
+    writer.join().unwrap();
+    assert!(searches > 1);
+    // After the last commit every search answers from the shared view, and sees it all.
+    for _ in 0..3 {
+        assert_eq!(db.search(&graftdb::Query::new("s", vector(3, 8), 10_000)).unwrap().hits.len(), batches * per);
+    }
+}

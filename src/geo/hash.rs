@@ -122,16 +122,23 @@ pub fn decode_bounds(hash: &str) -> Result<[f64; 4]> {
 /// the ranges. At most about `max_ranges` ranges are produced; cells are refined
 /// breadth-first while the budget allows, down to `max_bits`.
 pub fn cover_bbox(b: [f64; 4], max_ranges: usize, max_bits: u32) -> Vec<(u64, u64)> {
-    let [w, s, e, n] = b;
-    let inter = |c: [f64; 4]| c[0] <= e && c[2] >= w && c[1] <= n && c[3] >= s;
-    let inside = |c: [f64; 4]| c[0] >= w && c[2] <= e && c[1] >= s && c[3] <= n;
-    let mut done: Vec<(u64, u32)> = Vec::new();
-    let mut frontier: Vec<(u64, u32)> = vec![(0, 0)];
+    // Work on quantised coordinates, as keys are: a cell is a block of them, so the tests
+    // are integer compares (no cell bounds in degrees to compute per cell).
+    let (x0, x1, y0, y1) = (q_lon(b[0]), q_lon(b[2]), q_lat(b[1]), q_lat(b[3]));
+    let inter = |c: [u32; 4]| c[0] <= x1 && c[1] >= x0 && c[2] <= y1 && c[3] >= y0;
+    let inside = |c: [u32; 4]| c[0] >= x0 && c[1] <= x1 && c[2] >= y0 && c[3] <= y1;
+    // Start at the smallest cell holding both corners (z-order is monotone in each axis,
+    // so it holds the whole box): its ancestors would each refine to one cell anyway.
+    let (lo, hi) = ((spread(x0) << 1) | spread(y0), (spread(x1) << 1) | spread(y1));
+    let start = ((lo ^ hi).leading_zeros() & !1).min(max_bits & !1);
+    let budget = max_ranges.max(4);
+    let mut done: Vec<(u64, u32)> = Vec::with_capacity(budget + 4);
+    let mut frontier: Vec<(u64, u32)> = Vec::with_capacity(budget + 4);
+    let (mut next, mut refinable) = (Vec::with_capacity(budget + 4), Vec::with_capacity(budget / 4 + 1));
+    frontier.push((prefix_range(lo, start).0, start));
     while !frontier.is_empty() {
-        let mut next = Vec::new();
-        let mut refinable = Vec::new();
-        for (z, bits) in frontier {
-            let c = cell_bounds(z, bits);
+        for &(z, bits) in &frontier {
+            let c = cell_span(z, bits);
             if !inter(c) {
                 continue;
             }
@@ -142,20 +149,28 @@ pub fn cover_bbox(b: [f64; 4], max_ranges: usize, max_bits: u32) -> Vec<(u64, u6
             }
         }
         // Refining turns each partial cell into up to 4 (two bits); stop when over budget.
-        if done.len() + refinable.len() * 4 > max_ranges.max(4) {
-            done.extend(refinable);
+        if done.len() + refinable.len() * 4 > budget {
+            done.append(&mut refinable);
             break;
         }
-        for (z, bits) in refinable {
-            for child in 0..4u64 {
-                let nb = bits + 2;
-                let cz = z | (child << (64 - nb));
-                next.push((cz, nb));
-            }
+        for (z, bits) in refinable.drain(..) {
+            let nb = bits + 2;
+            next.extend((0..4u64).map(|child| (z | (child << (64 - nb)), nb)));
         }
-        frontier = next;
+        std::mem::swap(&mut frontier, &mut next);
+        next.clear();
     }
     merge_ranges(done.into_iter().map(|(z, bits)| prefix_range(z, bits)).collect())
+}
+
+/// The quantised coordinates a cell spans, inclusive: `[lon_lo, lon_hi, lat_lo, lat_hi]`.
+fn cell_span(z: u64, bits: u32) -> [u32; 4] {
+    let bits = bits.min(64);
+    // Longitude takes the odd bit when `bits` is odd (it comes first).
+    let lon_mask = (u64::MAX << (32 - bits.div_ceil(2))) as u32;
+    let lat_mask = (u64::MAX << (32 - bits / 2)) as u32;
+    let (x, y) = (squash(z >> 1) & lon_mask, squash(z) & lat_mask);
+    [x, x | !lon_mask, y, y | !lat_mask]
 }
 
 /// Sort inclusive key ranges and merge those that overlap or touch.
