@@ -216,6 +216,82 @@ impl Region {
     }
 }
 
+/// [`Region::contains_point`] prepared for testing many points: the answer is the same,
+/// found without trigonometry or polygon walks for most points. Points outside the region's
+/// boxes are refused at once; for a circle, points inside a box proven to lie within it are
+/// accepted at once; a geohash prefix is decoded once, not per point.
+pub struct PointTest<'a> {
+    region: &'a Region,
+    outer: Vec<[f64; 4]>,
+    inner: Option<[f64; 4]>,
+    zrange: Option<(u64, u64)>,
+}
+
+impl<'a> PointTest<'a> {
+    /// Prepare `region`.
+    pub fn new(region: &'a Region) -> Self {
+        let zrange = match region {
+            Region::Geohash(h) => Some(hash::decode_prefix(h).map_or((1, 0), |(z, bits)| hash::prefix_range(z, bits))),
+            _ => None,
+        };
+        let inner = match region {
+            Region::Circle { lon, lat, km } => circle_inner_box(*lon, *lat, *km),
+            _ => None,
+        };
+        let outer = match region {
+            Region::Circle { .. } | Region::Polygon(_) => region.bboxes(),
+            _ => Vec::new(),
+        };
+        PointTest { region, outer, inner, zrange }
+    }
+
+    /// Whether a position is in the region, boundary included.
+    #[inline]
+    pub fn contains(&self, lon: f64, lat: f64) -> bool {
+        let inb = |b: &[f64; 4]| b[0] <= lon && lon <= b[2] && b[1] <= lat && lat <= b[3];
+        if let Some((lo, hi)) = self.zrange {
+            let z = hash::zorder(lon, lat);
+            return lo <= z && z <= hi;
+        }
+        if self.inner.as_ref().is_some_and(inb) {
+            return true;
+        }
+        if !self.outer.is_empty() && !self.outer.iter().any(inb) {
+            return false;
+        }
+        self.region.contains_point(lon, lat)
+    }
+}
+
+/// A lon/lat box inside the circle (every point of it within `km` of the centre by the same
+/// haversine distance [`Region::contains_point`] uses, with a margin), or `None` where the
+/// circle is too large or too near a pole or the antimeridian for the simple box.
+fn circle_inner_box(lon: f64, lat: f64, km: f64) -> Option<[f64; 4]> {
+    let rho = km / EARTH_RADIUS_KM;
+    if !(rho > 0.0 && rho < 0.5) {
+        return None;
+    }
+    // Half-sides in radians: a square of half-diagonal ρ, shrunk a little.
+    let a = rho / std::f64::consts::SQRT_2 * 0.99;
+    let (p0, l0) = (lat.to_radians(), lon.to_radians());
+    let (s, n) = (p0 - a, p0 + a);
+    let half_pi = std::f64::consts::FRAC_PI_2;
+    if s <= -half_pi + 1e-6 || n >= half_pi - 1e-6 {
+        return None;
+    }
+    let cos_far = s.abs().max(n.abs()).cos();
+    let b = a / cos_far;
+    if l0 - b < -std::f64::consts::PI || l0 + b > std::f64::consts::PI {
+        return None;
+    }
+    // Haversine: hav(d) = sin²(Δφ/2) + cos φ₀ cos φ sin²(Δλ/2), largest over the box at
+    // |Δφ| = a, |Δλ| = b and the largest cos φ in the box.
+    let cos_near = if s <= 0.0 && n >= 0.0 { 1.0 } else { s.abs().min(n.abs()).cos() };
+    let hav = (a / 2.0).sin().powi(2) + p0.cos() * cos_near * (b / 2.0).sin().powi(2);
+    let d = 2.0 * hav.sqrt().min(1.0).asin();
+    (d <= rho * 0.999).then(|| [(l0 - b).to_degrees(), s.to_degrees(), (l0 + b).to_degrees(), n.to_degrees()])
+}
+
 /// A polygon from a closed lon/lat ring.
 pub fn ring_polygon(ring: &[[f64; 2]]) -> Polygon<f64> {
     Polygon::new(LineString::from(ring.iter().map(|[x, y]| (*x, *y)).collect::<Vec<_>>()), vec![])
@@ -385,5 +461,39 @@ mod tests {
         assert!(!Region::bbox(1.1, 1.1, 2.0, 2.0).unwrap().intersects_ring(&ring));
         assert!(Region::circle(1.5, 0.5, 60.0).unwrap().intersects_ring(&ring), "edge within 55.6 km");
         assert!(!Region::circle(1.5, 0.5, 50.0).unwrap().intersects_ring(&ring));
+    }
+
+    #[test]
+    fn point_test_agrees_with_contains_point() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut regions = vec![
+            Region::circle(2.35, 48.85, 50.0).unwrap(),
+            Region::circle(179.9, 0.0, 100.0).unwrap(),
+            Region::circle(0.0, 89.0, 300.0).unwrap(),
+            Region::circle(-70.0, -45.0, 2000.0).unwrap(),
+            Region::circle(10.0, 0.0, 0.5).unwrap(),
+            Region::bbox(170.0, -10.0, -170.0, 10.0).unwrap(),
+            Region::Geohash("u09".into()),
+        ];
+        regions.push(Region::parse_polygon("--polygon", "POLYGON((0 0, 10 0, 10 10, 0 10, 0 0), (3 3, 6 3, 6 6, 3 6, 3 3))").unwrap());
+        let mut inner_hits = 0;
+        for r in &regions {
+            let t = PointTest::new(r);
+            let bs = r.bboxes();
+            for _ in 0..20_000 {
+                // Half the points near the region, half anywhere.
+                let (lon, lat) = match bs.first() {
+                    Some(b) if rng.random_bool(0.5) => (
+                        rng.random_range((b[0] - 1.0).max(-180.0)..=(b[2] + 1.0).min(180.0)),
+                        rng.random_range((b[1] - 1.0).max(-90.0)..=(b[3] + 1.0).min(90.0)),
+                    ),
+                    _ => (rng.random_range(-180.0..=180.0), rng.random_range(-90.0..=90.0)),
+                };
+                assert_eq!(t.contains(lon, lat), r.contains_point(lon, lat), "{r:?} at {lon}, {lat}");
+                inner_hits += usize::from(t.inner.is_some_and(|b| b[0] <= lon && lon <= b[2] && b[1] <= lat && lat <= b[3]));
+            }
+        }
+        assert!(inner_hits > 300, "the inner box should take part: {inner_hits}");
     }
 }

@@ -22,6 +22,7 @@ use std::time::Instant;
 
 use crate::db::{Options, SpaceIndex};
 use crate::index::parts::Parts;
+use crate::geo::region::PointTest;
 use crate::geo::{hash, Filter, Region};
 use crate::index::arena::{RowMeta, Segment};
 use crate::index::hnsw;
@@ -207,6 +208,8 @@ type Records<'a> = redb::ReadOnlyTable<u64, &'static [u8]>;
 struct Matcher<'a> {
     filter: &'a Filter,
     boxes: Option<Vec<[f64; 4]>>,
+    /// The filter's regions, prepared for testing many points.
+    tests: Vec<PointTest<'a>>,
     recs: &'a Records<'a>,
 }
 
@@ -223,7 +226,7 @@ impl Matcher<'_> {
             return true;
         }
         match m.kind {
-            Kind::Photo => self.filter.regions.iter().all(|r| r.contains_point(m.bbox[0], m.bbox[1])),
+            Kind::Photo => self.tests.iter().all(|t| t.contains(m.bbox[0], m.bbox[1])),
             Kind::Tile => {
                 let b = m.bbox;
                 self.boxes.as_ref().is_none_or(|bs| bs.iter().any(|c| b[0] <= c[2] && b[2] >= c[0] && b[1] <= c[3] && b[3] >= c[1]))
@@ -501,7 +504,7 @@ pub(crate) fn run(def: &SpaceDef, st: &SpaceIndex, q: &Query, recs: &Records<'_>
     }
     let ranges = cover(&q.filter, st.max_half_extent);
     let est: u64 = ranges.iter().map(|&(lo, hi)| (st.base.rows_in(lo, hi).len() + st.delta.rows_in(lo, hi).len()) as u64).sum();
-    let m = Matcher { filter: &q.filter, boxes: q.filter.bboxes(), recs };
+    let m = Matcher { filter: &q.filter, boxes: q.filter.bboxes(), tests: q.filter.regions.iter().map(PointTest::new).collect(), recs };
     let mut ex = Explain {
         path: PlanPath::Exact,
         rows: (st.base.len() + st.delta.len()) as u64,
