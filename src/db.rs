@@ -549,8 +549,7 @@ impl Db {
     pub fn search(&self, q: &Query) -> Result<SearchResult> {
         let h = self.handle(&q.space)?;
         let view = self.view()?;
-        let last = last_chunk_seq(&view.chunks, h.def.number)?;
-        self.refresh_to(&h, last)?;
+        let last = self.refresh_in(&h, &view)?;
         let state = h.state.read().map_err(|_| Error::Index("lock poisoned".into()))?;
         if state.applied > last {
             // The index caught up past the view (a commit landed meanwhile): read records at
@@ -595,27 +594,27 @@ impl Db {
 
     /// Bring a space's in-memory index up to the latest commit.
     pub(crate) fn refresh(&self, h: &SpaceHandle) -> Result<()> {
-        let last = self.last_seq(h.def.number)?;
-        self.refresh_to(h, last)
+        self.refresh_in(h, &*self.view()?).map(|_| ())
     }
 
-    /// Bring a space's in-memory index up to sequence `last` at least.
-    fn refresh_to(&self, h: &SpaceHandle, last: u64) -> Result<()> {
+    /// Bring a space's in-memory index up to `view` at least (a rebuild may bring it further);
+    /// returns the space's last sequence in `view`.
+    fn refresh_in(&self, h: &SpaceHandle, view: &ReadView) -> Result<u64> {
         let num = h.def.number;
+        let last = last_chunk_seq(&view.chunks, num)?;
         {
             let s = h.state.read().map_err(|_| Error::Index("lock poisoned".into()))?;
             if s.applied >= last {
-                return Ok(());
+                return Ok(last);
             }
         }
         let mut s = h.state.write().map_err(|_| Error::Index("lock poisoned".into()))?;
         if s.applied >= last {
-            return Ok(());
+            return Ok(last);
         }
         let lag = (last - s.applied) as usize;
         if s.delta.len() + lag <= self.opts.delta_max {
-            let r = self.redb.begin_read()?;
-            let t = r.open_table(VECTOR_CHUNKS)?;
+            let t = &view.chunks;
             let payload = payload_bytes(&h.def);
             let mut rows = Vec::with_capacity(lag);
             let from = s.applied;
@@ -635,15 +634,10 @@ impl Db {
             s.max_half_extent = s.max_half_extent.max(half_extent(&delta));
             s.delta = delta;
             s.applied = applied;
-            return Ok(());
+            return Ok(last);
         }
-        self.rebuild(h, &mut s)
-    }
-
-    fn last_seq(&self, num: u16) -> Result<u64> {
-        let r = self.redb.begin_read()?;
-        let t = r.open_table(VECTOR_CHUNKS)?;
-        last_chunk_seq(&t, num)
+        self.rebuild(h, &mut s)?;
+        Ok(last)
     }
 
     /// Rebuild a space's arena from redb in one sequential scan of its chunks (commit order),
