@@ -17,6 +17,8 @@
 # Environment: PYTHON (interpreter used to create the venvs, default python3),
 #              GRAFTDB_SKIP_TORCH=1 skips .venv-torch and the bundle export.
 set -euo pipefail
+# No pip wheel cache: the torch wheels alone would add ~3 GB to a CI machine's disk.
+export PIP_NO_CACHE_DIR=1
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"

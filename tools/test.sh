@@ -7,9 +7,15 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 bash tools/setup.sh
 
+# Disk: CI builds once from a clean tree, so incremental caches only cost space, and the
+# benchmarks are compiled to prove they build, not profiled, so they carry no debug info.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+df -h . | tail -n1 | awk '{print "disk before build: " $4 " free"}'
+
 echo "== cargo build (all targets) and benchmarks compiled, not run"
 cargo build --workspace --all-targets
-cargo bench --workspace --no-run
+CARGO_PROFILE_BENCH_DEBUG=0 CARGO_PROFILE_RELEASE_DEBUG=0 cargo bench --workspace --no-run
+df -h . | tail -n1 | awk '{print "disk after build: " $4 " free"}'
 
 echo "== cargo test"
 cargo test --workspace
