@@ -77,6 +77,9 @@ pub(crate) struct SpaceIndex {
     pub applied: u64,
     /// Largest half-width or half-height of any tile footprint, degrees.
     pub max_half_extent: f64,
+    /// The snapshot or partitions file is of an older format and was upgraded in memory on
+    /// load; the next checkpoint writes it again in the current format.
+    pub old_format: bool,
 }
 
 pub(crate) struct SpaceHandle {
@@ -346,10 +349,10 @@ impl Db {
     fn load_space(&self, def: SpaceDef) -> Arc<SpaceHandle> {
         let st = stride(&def);
         let patch = matches!(def.level, Level::Patch { .. });
-        let mut idx = SpaceIndex { base: Segment::empty(st), delta: Segment::empty(st), hnsw: None, parts: None, applied: 0, max_half_extent: 0.0 };
+        let mut idx = SpaceIndex { base: Segment::empty(st), delta: Segment::empty(st), hnsw: None, parts: None, applied: 0, max_half_extent: 0.0, old_format: false };
         // A missing or damaged snapshot is not an error: the arena is rebuilt from redb.
         if let Ok(m) = self.read_manifest(def.number) {
-            if let Ok((seg, seq)) = arena::read_snapshot(&self.dir.join(INDEX_DIR).join(&m.arena), st, patch) {
+            if let Ok((seg, seq, old_seg)) = arena::read_snapshot(&self.dir.join(INDEX_DIR).join(&m.arena), st, patch) {
                 if seq == m.seq {
                     // A graph labelled some other way is left unused; the snapshot still serves.
                     let usable = m.hnsw.as_ref().filter(|_| m.labels.as_deref() == Some(hnsw::labels(def.metric)));
@@ -357,7 +360,9 @@ impl Db {
                     let graph_ok = usable.is_none() || graph.as_ref().is_some_and(|g| g.size() == seg.len());
                     if graph_ok {
                         // Partitions that fail to load are rebuilt at the next checkpoint.
-                        idx.parts = m.parts.as_ref().and_then(|p| Parts::load(&self.dir.join(INDEX_DIR).join(p), def.dim as usize, seg.len()).ok());
+                        let parts = m.parts.as_ref().and_then(|p| Parts::load(&self.dir.join(INDEX_DIR).join(p), def.dim as usize, &seg).ok());
+                        idx.old_format = old_seg || parts.as_ref().is_some_and(|p| p.1);
+                        idx.parts = parts.map(|p| p.0);
                         idx.max_half_extent = half_extent(&seg);
                         idx.base = seg;
                         idx.hnsw = graph;
@@ -715,6 +720,22 @@ impl Db {
         Ok(())
     }
 
+    /// Write the snapshot and partitions that were read in an older format again, in the
+    /// current one, under the names the manifest already gives them (temporary file, fsync,
+    /// rename: a reader that mapped the old file keeps it until it lets go).
+    fn rewrite_format(&self, h: &SpaceHandle, s: &mut SpaceIndex) -> Result<()> {
+        if self.opts.persist_index {
+            let m = self.read_manifest(h.def.number)?;
+            let dir = self.dir.join(INDEX_DIR);
+            arena::write_snapshot(&dir.join(&m.arena), &s.base, m.seq, h.is_patch())?;
+            if let (Some(p), Some(name)) = (&s.parts, &m.parts) {
+                p.save(&dir.join(name))?;
+            }
+        }
+        s.old_format = false;
+        Ok(())
+    }
+
     /// Replace a space's manifest atomically (temporary file, fsync, rename).
     fn write_manifest(&self, num: u16, m: &Manifest) -> Result<()> {
         let p = self.manifest_path(num);
@@ -774,6 +795,9 @@ impl Db {
             let mut s = h.state.write().map_err(|_| Error::Index("lock poisoned".into()))?;
             let want_graph = !h.is_patch() && s.base.len() + s.delta.len() >= self.opts.hnsw_min_rows;
             if s.delta.is_empty() && (s.hnsw.is_some() || !want_graph) && self.read_manifest(def.number).is_ok_and(|m| m.seq == s.applied) {
+                if s.old_format {
+                    self.rewrite_format(&h, &mut s)?;
+                }
                 if s.parts.is_none() && self.wants_parts(&h, s.base.len()) {
                     self.install_parts(&h, &mut s)?;
                 }

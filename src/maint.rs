@@ -336,6 +336,7 @@ impl Db {
             p.push(format!("space {}: index holds {rows} rows, redb {} vectors", def.name, stored.len()));
         }
         let patch = matches!(def.level, Level::Patch { .. });
+        let mut codes = Vec::new();
         for (key, payload) in &stored {
             let found = [&s.base, &s.delta].into_iter().find_map(|seg| seg.find(*key).map(|i| (seg, i)));
             match found {
@@ -344,6 +345,14 @@ impl Db {
                     let same = if patch { seg.grid(i) == payload.as_slice() } else { bytemuck::cast_slice::<f32, u8>(seg.vector(i)) == payload.as_slice() };
                     if !same {
                         p.push(format!("space {}: key {key}: index vector differs from redb", def.name));
+                    } else if !patch {
+                        // The exact scan's error bound trusts the codes, scale and residual
+                        // norm: they must be what quantising the vector gives.
+                        codes.clear();
+                        let (scale, rho) = crate::index::scan::quantise(seg.vector(i), &mut codes);
+                        if seg.coded(i) != Some((&codes[..], scale, rho)) {
+                            p.push(format!("space {}: key {key}: index codes do not match its vector", def.name));
+                        }
                     }
                 }
             }

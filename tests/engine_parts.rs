@@ -152,3 +152,64 @@ fn check_catches_a_partitions_copy_that_disagrees_with_the_snapshot() {
     let problems = db.check().unwrap();
     assert!(problems.iter().any(|p| p.contains("partition position")), "check missed the damaged copy: {problems:?}");
 }
+
+/// The index files of a checkpointed database with the given extension.
+fn index_files(path: &std::path::Path, ext: &str) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(path.join("index")).unwrap().filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == ext)).collect();
+    v.sort();
+    v
+}
+
+fn version_of(file: &std::path::Path) -> u32 {
+    let b = std::fs::read(file).unwrap();
+    u32::from_le_bytes(b[8..12].try_into().unwrap())
+}
+
+#[test]
+fn older_index_formats_are_read_upgraded_and_rewritten_and_check_catches_wrong_residuals() {
+    let d = data(3_000, 13);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let mut rng = StdRng::seed_from_u64(14);
+    let queries: Vec<Vec<f32>> = (0..10).map(|_| query_near(&d, &mut rng, 0.1)).collect();
+    let answers = |db: &Db| -> Vec<Vec<RecordId>> { queries.iter().map(|q| db.search(&Query::new("s", q.clone(), K).exact(true)).unwrap().hits.into_iter().map(|h| h.id).collect()).collect() };
+    let want = {
+        let db = checkpointed(&d, &path, options());
+        answers(&db)
+    };
+    let (arena, parts) = (index_files(&path, "arena"), index_files(&path, "parts"));
+    assert_eq!((arena.len(), parts.len()), (1, 1));
+    assert_eq!((version_of(&arena[0]), version_of(&parts[0])), (3, 2));
+    // Make them the previous formats: the snapshot's last column (ρ now, ‖x̂‖₁ then) holds
+    // numbers that would be wrong as residual norms, and the versions say 2 and 1.
+    let mut a = std::fs::read(&arena[0]).unwrap();
+    a[8..12].copy_from_slice(&2u32.to_le_bytes());
+    let n = a.len();
+    a[n - 4 * 3_000..].fill(0);
+    std::fs::write(&arena[0], &a).unwrap();
+    let mut p = std::fs::read(&parts[0]).unwrap();
+    p[8..12].copy_from_slice(&1u32.to_le_bytes());
+    std::fs::write(&parts[0], &p).unwrap();
+    {
+        let db = Db::open_with(&path, options()).unwrap();
+        assert_eq!(answers(&db), want, "answers from the upgraded-in-memory index");
+        for q in &queries {
+            same_as_exact(&db, Query::new("s", q.clone(), K), "old format");
+        }
+        assert_eq!(db.check().unwrap(), Vec::<String>::new());
+        db.checkpoint().unwrap();
+    }
+    assert_eq!((version_of(&arena[0]), version_of(&parts[0])), (3, 2), "the checkpoint rewrote both in the current format");
+    let db = Db::open_with(&path, options()).unwrap();
+    assert_eq!(answers(&db), want);
+    drop(db);
+    // Residual norms of zero in a current-format snapshot would make the bound unsound:
+    // check must say so.
+    let mut a = std::fs::read(&arena[0]).unwrap();
+    let n = a.len();
+    a[n - 4 * 3_000..].fill(0);
+    std::fs::write(&arena[0], &a).unwrap();
+    let db = Db::open_with(&path, options()).unwrap();
+    let problems = db.check().unwrap();
+    assert!(problems.iter().any(|p| p.contains("codes")), "check missed wrong residual norms: {problems:?}");
+}

@@ -5,7 +5,7 @@
 //! keys is a contiguous range of rows: counting the candidates of a region is a binary
 //! search, and scanning them reads memory front to back.
 //!
-//! Image-level rows also carry i8 codes with a per-row scale and L1 norm (see
+//! Image-level rows also carry i8 codes with a per-row scale and residual norm (see
 //! [`crate::index::scan`]), a quarter of the f32 bytes, so an exact scan reads f32 only for
 //! rows whose bounded i8 score can still make the top k.
 //!
@@ -107,8 +107,9 @@ pub struct Segment {
     pub codes: Col<i8>,
     /// Image-level spaces: the code scale of each row.
     pub qscale: Col<f32>,
-    /// Image-level spaces: ‖decoded codes‖₁ of each row (for the error bound).
-    pub ql1: Col<f32>,
+    /// Image-level spaces: `ρ ≥ ‖x − x̂‖₂` of each row, the rounding residual's norm (for the
+    /// error bound).
+    pub qres: Col<f32>,
     /// Payload elements per row (`dim` for f32, grid bytes for patches).
     pub stride: usize,
 }
@@ -125,7 +126,7 @@ impl Segment {
             bytes: Col::Owned(vec![]),
             codes: Col::Owned(vec![]),
             qscale: Col::Owned(vec![]),
-            ql1: Col::Owned(vec![]),
+            qres: Col::Owned(vec![]),
             stride,
         }
     }
@@ -161,10 +162,10 @@ impl Segment {
     pub fn vector(&self, i: usize) -> &[f32] {
         self.f32s.get(i * self.stride..(i + 1) * self.stride).unwrap_or(&[])
     }
-    /// The i8 codes, scale and ‖x̂‖₁ of a row (image-level spaces).
+    /// The i8 codes, scale and residual norm `ρ` of a row (image-level spaces).
     #[inline]
     pub fn coded(&self, i: usize) -> Option<(&[i8], f32, f32)> {
-        Some((self.codes.get(i * self.stride..(i + 1) * self.stride)?, *self.qscale.get(i)?, *self.ql1.get(i)?))
+        Some((self.codes.get(i * self.stride..(i + 1) * self.stride)?, *self.qscale.get(i)?, *self.qres.get(i)?))
     }
     /// The encoded grid of a row (patch-level spaces).
     #[inline]
@@ -222,9 +223,9 @@ impl SegmentBuilder {
     pub fn push(&mut self, key: u64, meta: RowMeta, f32s: &[f32], bytes: &[u8]) {
         self.push_fields(key, meta, f32s, bytes);
         if !f32s.is_empty() {
-            let (s, l1) = crate::index::scan::quantise(f32s, &mut self.codes.0);
+            let (s, rho) = crate::index::scan::quantise(f32s, &mut self.codes.0);
             self.codes.1.push(s);
-            self.codes.2.push(l1);
+            self.codes.2.push(rho);
         }
     }
     /// Append row `i` of another segment (its codes are copied, not recomputed).
@@ -233,11 +234,11 @@ impl SegmentBuilder {
             let b = if seg.bytes.is_empty() { &[][..] } else { seg.grid(i) };
             if seg.f32s.is_empty() {
                 self.push(k, m, &[], b);
-            } else if let Some((c, s, l1)) = seg.coded(i) {
+            } else if let Some((c, s, rho)) = seg.coded(i) {
                 self.push_fields(k, m, seg.vector(i), b);
                 self.codes.0.extend_from_slice(c);
                 self.codes.1.push(s);
-                self.codes.2.push(l1);
+                self.codes.2.push(rho);
             } else {
                 self.push(k, m, seg.vector(i), b);
             }
@@ -279,7 +280,7 @@ impl SegmentBuilder {
             bytes: Col::Owned(s.5),
             codes: Col::Owned(c.0),
             qscale: Col::Owned(c.1),
-            ql1: Col::Owned(c.2),
+            qres: Col::Owned(c.2),
             stride: self.stride,
         }
     }
@@ -344,8 +345,13 @@ pub fn merge_rows(seg: &Segment, mut rows: Vec<NewRow>, patch: bool) -> Segment 
 }
 
 const MAGIC: &[u8; 8] = b"GRAFTARN";
-/// 2: i8 codes, scales and L1 norms follow the f32 section (version 1 files are rebuilt).
-const SNAPSHOT_VERSION: u32 = 2;
+/// 3: i8 codes, scales and residual norms follow the f32 section. Version 2 held L1 norms of
+/// the codes in the last column: such a file is read, its residual norms computed from its
+/// f32 and code columns in memory, and the next checkpoint rewrites it. Version 1 files (no
+/// codes) are rebuilt.
+const SNAPSHOT_VERSION: u32 = 3;
+/// The oldest snapshot version [`read_snapshot`] upgrades in memory.
+const SNAPSHOT_UPGRADABLE: u32 = 2;
 /// Header bytes of a sectioned file (arena snapshots, partitions files).
 pub(crate) const HEADER: usize = 64;
 
@@ -398,7 +404,7 @@ fn layout(rows: usize, stride: usize, patch: bool) -> [Range<usize>; 9] {
         if patch { rows * stride } else { 0 },         // patch grids
         image * stride,                                // i8 codes
         image * 4,                                     // code scale
-        image * 4,                                     // ‖codes‖₁
+        image * 4,                                     // residual norm ρ
     ])
 }
 
@@ -424,14 +430,15 @@ pub fn write_snapshot(path: &Path, seg: &Segment, seq: u64, patch: bool) -> Resu
         &seg.bytes,
         bytemuck::cast_slice(&seg.codes),
         bytemuck::cast_slice(&seg.qscale),
-        bytemuck::cast_slice(&seg.ql1),
+        bytemuck::cast_slice(&seg.qres),
     ];
     let secs: Vec<(usize, &[u8])> = lay.iter().map(|r| r.start).zip(cols).collect();
     write_sections(path, &head, &secs)
 }
 
-/// Map a snapshot file. Returns the segment and the log sequence it reflects.
-pub fn read_snapshot(path: &Path, expect_stride: usize, patch: bool) -> Result<(Segment, u64)> {
+/// Map a snapshot file. Returns the segment, the log sequence it reflects, and whether the
+/// file is of an older version that was upgraded in memory (write it again to persist that).
+pub fn read_snapshot(path: &Path, expect_stride: usize, patch: bool) -> Result<(Segment, u64, bool)> {
     let corrupt = |d: &str| Error::Corrupt { path: path.into(), detail: d.into() };
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     // SAFETY: snapshot files are written once under a temporary name and renamed into
@@ -443,7 +450,7 @@ pub fn read_snapshot(path: &Path, expect_stride: usize, patch: bool) -> Result<(
     }
     let u64_at = |o: usize| head.get(o..o + 8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes).unwrap_or(0);
     let version = head.get(8..12).and_then(|b| b.try_into().ok()).map(u32::from_le_bytes).unwrap_or(0);
-    if version != SNAPSHOT_VERSION {
+    if !(SNAPSHOT_UPGRADABLE..=SNAPSHOT_VERSION).contains(&version) {
         return Err(corrupt(&format!("snapshot version {version} is not {SNAPSHOT_VERSION}")));
     }
     if head.get(12).copied() != Some(u8::from(patch)) {
@@ -461,7 +468,7 @@ pub fn read_snapshot(path: &Path, expect_stride: usize, patch: bool) -> Result<(
         return Err(corrupt(&format!("truncated: {} bytes, expected {end}", map.len())));
     }
     let [k, t, b, kd, f, by, c, qs, l1] = lay;
-    let seg = Segment {
+    let mut seg = Segment {
         keys: Col::mapped(&map, k, path)?,
         time: Col::mapped(&map, t, path)?,
         bbox: Col::mapped(&map, b, path)?,
@@ -470,13 +477,27 @@ pub fn read_snapshot(path: &Path, expect_stride: usize, patch: bool) -> Result<(
         bytes: Col::mapped(&map, by, path)?,
         codes: Col::mapped(&map, c, path)?,
         qscale: Col::mapped(&map, qs, path)?,
-        ql1: Col::mapped(&map, l1, path)?,
+        qres: Col::mapped(&map, l1, path)?,
         stride,
     };
     if !seg.keys.windows(2).all(|w| w[0] < w[1]) {
         return Err(corrupt("keys are not sorted"));
     }
-    Ok((seg, seq))
+    let old = version < SNAPSHOT_VERSION;
+    if old && !patch {
+        seg.qres = Col::Owned(residuals(&seg));
+    }
+    Ok((seg, seq, old))
+}
+
+/// The residual norm `ρ` of every image-level row, from its f32 vector and codes.
+pub fn residuals(seg: &Segment) -> Vec<f32> {
+    (0..seg.len())
+        .map(|i| match (seg.codes.get(i * seg.stride..(i + 1) * seg.stride), seg.qscale.get(i)) {
+            (Some(c), Some(&s)) => crate::index::scan::residual(seg.vector(i), c, s),
+            _ => f32::INFINITY,
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -512,8 +533,8 @@ mod tests {
                 } else {
                     assert_eq!(seg.vector(i), &[k as f32, k as f32 + 0.5, -(k as f32)]);
                     let mut codes = Vec::new();
-                    let (s, l1) = crate::index::scan::quantise(seg.vector(i), &mut codes);
-                    assert_eq!(seg.coded(i), Some((&codes[..], s, l1)), "codes of row {i}");
+                    let (s, rho) = crate::index::scan::quantise(seg.vector(i), &mut codes);
+                    assert_eq!(seg.coded(i), Some((&codes[..], s, rho)), "codes of row {i}");
                 }
             }
         }
@@ -531,13 +552,31 @@ mod tests {
         assert_eq!(seg.rows_in(10, 30), 1..4);
         let p = dir.path().join("a.arena");
         write_snapshot(&p, &seg, 77, false).unwrap();
-        let (back, seq) = read_snapshot(&p, 3, false).unwrap();
-        assert_eq!(seq, 77);
+        let (back, seq, old) = read_snapshot(&p, 3, false).unwrap();
+        assert_eq!((seq, old), (77, false));
         assert_eq!(&*back.keys, &*seg.keys);
         assert_eq!(back.vector(4), &[4.0, 4.0, 4.0]);
         assert_eq!(back.meta(2), seg.meta(2));
         assert_eq!(back.coded(4), seg.coded(4));
         assert_eq!(back.coded(4).map(|c| c.0.to_vec()), Some(vec![127i8; 3]));
+        // A version 2 file (L1 norms in the last column) is read with its residual norms
+        // recomputed, and says so.
+        drop(back);
+        let mut bytes = std::fs::read(&p).unwrap();
+        bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
+        let last = layout(5, 3, false)[8].clone();
+        bytes[last].fill(0x7f);
+        std::fs::write(&p, &bytes).unwrap();
+        let (old, _, upgraded) = read_snapshot(&p, 3, false).unwrap();
+        assert!(upgraded);
+        for i in 0..5 {
+            assert_eq!(old.coded(i), seg.coded(i), "row {i}");
+        }
+        drop(old);
+        bytes[8..12].copy_from_slice(&1u32.to_le_bytes());
+        std::fs::write(&p, &bytes).unwrap();
+        assert!(read_snapshot(&p, 3, false).is_err(), "version 1 is rebuilt, not read");
+        write_snapshot(&p, &seg, 77, false).unwrap();
         let len = std::fs::metadata(&p).unwrap().len();
         let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
         f.set_len(len - 10).unwrap();

@@ -32,8 +32,10 @@ use crate::{Error, Result};
 
 /// Magic bytes at the start of a partitions file.
 const MAGIC: &[u8; 8] = b"GDBPART1";
-/// Version of the partitions file layout.
-pub const VERSION: u32 = 1;
+/// Version of the partitions file layout. 2: the per-position column after the code scale
+/// holds the residual norm `ρ` (version 1 held ‖x̂‖₁; such a file is read with that column
+/// copied from the snapshot, and rewritten at the next checkpoint).
+pub const VERSION: u32 = 2;
 
 /// Slack on every cosine in the bound: covers f32 rounding in the dot products (512-d unit
 /// vectors round by ~1e-6) and the normalisation of stored vectors.
@@ -45,7 +47,7 @@ const ITERS: usize = 8;
 const SAMPLE_PER_PART: usize = 40;
 
 /// The partitions of a segment's rows, with a copy of what a scan reads (i8 codes, scale,
-/// L1 norm, key and filter fields) in partition order, so a partition is read front to back.
+/// residual norm, key and filter fields) in partition order, so a partition is read front to back.
 /// "Position" below is an index into that order; [`Parts::row`] maps it to the segment row.
 pub struct Parts {
     dim: usize,
@@ -61,7 +63,7 @@ pub struct Parts {
     cos_c: Col<f32>,
     codes: Col<i8>,
     qscale: Col<f32>,
-    ql1: Col<f32>,
+    qres: Col<f32>,
     keys: Col<u64>,
     time: Col<i64>,
     bbox: Col<f64>,
@@ -76,7 +78,7 @@ pub fn count_for(n: usize) -> usize {
 
 /// Byte ranges of the sections after the header.
 fn layout(np: usize, n: usize, dim: usize) -> [Range<usize>; 12] {
-    // centroids, min_cos, offsets, then per position: row, cos_c, codes, scale, ‖codes‖₁, key,
+    // centroids, min_cos, offsets, then per position: row, cos_c, codes, scale, ρ, key,
     // time, bbox, kind.
     sections([np * dim * 4, np * 4, (np + 1) * 4, n * 4, n * 4, n * dim, n * 4, n * 4, n * 8, n * 8, n * 32, n])
 }
@@ -126,10 +128,10 @@ impl Parts {
     pub fn metas(&self) -> MetaView<'_> {
         MetaView::new(&self.time, &self.bbox, &self.kind)
     }
-    /// The i8 codes, scale and ‖x̂‖₁ at a position.
+    /// The i8 codes, scale and residual norm `ρ` at a position.
     #[inline]
     pub fn coded(&self, j: usize) -> Option<(&[i8], f32, f32)> {
-        Some((self.codes.get(j * self.dim..(j + 1) * self.dim)?, *self.qscale.get(j)?, *self.ql1.get(j)?))
+        Some((self.codes.get(j * self.dim..(j + 1) * self.dim)?, *self.qscale.get(j)?, *self.qres.get(j)?))
     }
 
     /// The positions of a partition that can still score `t` or more: rows are stored widest
@@ -252,7 +254,7 @@ impl Parts {
             min_cos,
             offsets,
             qscale: Col::Owned(gather(&seg.qscale)),
-            ql1: Col::Owned(gather(&seg.ql1)),
+            qres: Col::Owned(gather(&seg.qres)),
             keys: Col::Owned(rows.iter().map(|&r| seg.keys[r as usize]).collect()),
             time: Col::Owned(rows.iter().map(|&r| seg.time[r as usize]).collect()),
             kind: Col::Owned(rows.iter().map(|&r| seg.kind[r as usize]).collect()),
@@ -280,7 +282,7 @@ impl Parts {
             bytemuck::cast_slice(&self.cos_c),
             bytemuck::cast_slice(&self.codes),
             bytemuck::cast_slice(&self.qscale),
-            bytemuck::cast_slice(&self.ql1),
+            bytemuck::cast_slice(&self.qres),
             bytemuck::cast_slice(&self.keys),
             bytemuck::cast_slice(&self.time),
             bytemuck::cast_slice(&self.bbox),
@@ -290,10 +292,11 @@ impl Parts {
         write_sections(path, &head, &secs)
     }
 
-    /// Map a partitions file written for a segment of `rows` rows of dimension `dim`. The
-    /// small sections are checked (offsets in order, every row exactly once); the copied
-    /// columns are mapped.
-    pub fn load(path: &Path, dim: usize, rows: usize) -> Result<Parts> {
+    /// Map a partitions file written for `base` (its row count, dimension `dim`). The small
+    /// sections are checked (offsets in order, every row exactly once); the copied columns
+    /// are mapped. The flag says the file is of an older version, upgraded in memory.
+    pub fn load(path: &Path, dim: usize, base: &Segment) -> Result<(Parts, bool)> {
+        let rows = base.len();
         let corrupt = |detail: &str| Error::Corrupt { path: path.into(), detail: detail.into() };
         let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
         // SAFETY: partitions files are written once under a temporary name and renamed into
@@ -305,7 +308,7 @@ impl Parts {
         }
         let word = |i: usize| u32::from_le_bytes([head[8 + 4 * i], head[9 + 4 * i], head[10 + 4 * i], head[11 + 4 * i]]) as usize;
         let (version, d, np, n) = (word(0), word(1), word(2), word(3));
-        if version != VERSION as usize {
+        if !(1..=VERSION as usize).contains(&version) {
             return Err(corrupt(&format!("partitions version {version} (this graftdb reads {VERSION})")));
         }
         if d != dim || n != rows || np == 0 || np > n {
@@ -333,21 +336,29 @@ impl Parts {
         if centroids.iter().chain(&min_cos).any(|x| !x.is_finite()) {
             return Err(corrupt("partitions hold a non-finite number"));
         }
-        Ok(Parts {
+        let old = version < VERSION as usize;
+        let qres = if old {
+            // Version 1 held ‖x̂‖₁ here: take the snapshot's residual norms instead.
+            Col::Owned(prows.iter().map(|&r| base.qres.get(r as usize).copied().unwrap_or(f32::INFINITY)).collect())
+        } else {
+            Col::mapped(&map, l1, path)?
+        };
+        let parts = Parts {
             dim,
             centroids,
             min_cos,
             offsets,
+            qres,
             rows: prows,
             cos_c: Col::mapped(&map, cc, path)?,
             codes: Col::mapped(&map, cd, path)?,
             qscale: Col::mapped(&map, qs, path)?,
-            ql1: Col::mapped(&map, l1, path)?,
             keys: Col::mapped(&map, k, path)?,
             time: Col::mapped(&map, t, path)?,
             bbox: Col::mapped(&map, b, path)?,
             kind: Col::mapped(&map, kd, path)?,
-        })
+        };
+        Ok((parts, old))
     }
 }
 
@@ -447,7 +458,8 @@ mod tests {
         let parts = Parts::build(&seg, 16, 1).unwrap();
         let p = dir.path().join("x.parts");
         parts.save(&p).unwrap();
-        let back = Parts::load(&p, 16, 500).unwrap();
+        let (back, old) = Parts::load(&p, 16, &seg).unwrap();
+        assert!(!old);
         assert_eq!(back.len(), parts.len());
         for q in 0..parts.len() {
             assert_eq!(members(&back, q), members(&parts, q));
@@ -459,18 +471,34 @@ mod tests {
         }
         let q: Vec<f32> = seg.vector(7).to_vec();
         assert_eq!(back.bounds(&q), parts.bounds(&q));
-        assert!(Parts::load(&p, 16, 501).is_err(), "other row count");
-        assert!(Parts::load(&p, 8, 500).is_err(), "other dimension");
+        drop(back);
+        assert!(Parts::load(&p, 16, &segment(501, 16, 5)).is_err(), "other row count");
+        assert!(Parts::load(&p, 8, &seg).is_err(), "other dimension");
         let good = std::fs::read(&p).unwrap();
+        // A version 1 file (‖x̂‖₁ in the residual column) is read with the snapshot's
+        // residual norms, and says so.
+        let mut b = good.clone();
+        b[8..12].copy_from_slice(&1u32.to_le_bytes());
+        b[layout(parts.len(), 500, 16)[7].clone()].fill(0x7f);
+        std::fs::write(&p, &b).unwrap();
+        let (v1, old) = Parts::load(&p, 16, &seg).unwrap();
+        assert!(old);
+        for j in 0..500 {
+            assert_eq!(v1.coded(j), parts.coded(j), "position {j}");
+        }
+        drop(v1);
+        b[8..12].copy_from_slice(&3u32.to_le_bytes());
+        std::fs::write(&p, &b).unwrap();
+        assert!(Parts::load(&p, 16, &seg).is_err(), "a newer version");
         let mut b = good.clone();
         b.truncate(b.len() - 4);
         std::fs::write(&p, &b).unwrap();
-        assert!(Parts::load(&p, 16, 500).is_err(), "truncated");
+        assert!(Parts::load(&p, 16, &seg).is_err(), "truncated");
         // Two positions naming row 0.
         let [.., rows_sec, _, _, _, _, _, _, _, _] = layout(parts.len(), 500, 16);
         let mut b = good.clone();
         b[rows_sec.start..rows_sec.start + 8].copy_from_slice(&[0u8; 8]);
         std::fs::write(&p, &b).unwrap();
-        assert!(Parts::load(&p, 16, 500).is_err(), "duplicate row");
+        assert!(Parts::load(&p, 16, &seg).is_err(), "duplicate row");
     }
 }

@@ -1,14 +1,20 @@
 //! Exact scoring kernels, the i8 codes that let a scan skip most f32 reads, and a bounded top-k.
 //!
 //! The f32 dot product is written so LLVM vectorises it; on x86-64 a copy compiled for
-//! AVX2+FMA is chosen at run time. The i8 dot product uses AVX2 `maddubs` when present.
+//! AVX2+FMA is chosen at run time. The code dot product (i16 query × i8 row) uses AVX2
+//! `madd` when present.
 //!
 //! **i8 codes.** Every image-level row also has i8 codes with a per-row scale
-//! (`code = round(x / s)`, `s = max|x| / 127`). A query quantised the same way gives an
-//! approximate dot product whose error is *bounded*: with `x̂ = s·c`,
-//! `|q·x − q̂·x̂| ≤ (s_x/2)·‖q‖₁ + (s_q/2)·‖x̂‖₁` (every component rounds by at most half a
-//! step). The exact scan uses the bound to read f32 only for the rows that can still make the
-//! top k ([`Bound`]), so the result is the same as an f32 scan, not an approximation.
+//! (`code = round(x / s)`, `s = max|x| / 127`) and the L2 norm of its rounding residual,
+//! `ρ = ‖x − x̂‖₂` with `x̂ = s·c`. A query is quantised to i16 codes the same way
+//! (`q̂ = s_q·c_q`, `s_q = max|q| / 32767`), and the approximate dot product `q̂·x̂` is off
+//! from `q·x` by a *bounded* error (Cauchy–Schwarz on each part of
+//! `q·x − q̂·x̂ = q·(x − x̂) + (q − q̂)·x̂`):
+//! `|q·x − q̂·x̂| ≤ ‖q‖₂·ρ + ‖q − q̂‖₂·‖x̂‖₂`, and `‖x̂‖₂ ≤ 127·s·√d`.
+//! The exact scan uses the bound to read f32 only for the rows that can still make the top k
+//! ([`Bound`]), so the result is the same as an f32 scan, not an approximation. (Format 2
+//! used `(s_x/2)·‖q‖₁ + (s_q/2)·‖x̂‖₁` with an i8 query: about 2.7× wider on 512-d unit
+//! vectors, so more rows needed their f32 read.)
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
@@ -98,78 +104,104 @@ pub fn l2sq(a: &[f32], b: &[f32]) -> f32 {
 }
 
 #[inline(always)]
-fn dot_i8_generic(a: &[i8], b: &[i8]) -> i32 {
-    let mut acc = [0i32; 32];
-    let ca = a.chunks_exact(32);
-    let cb = b.chunks_exact(32);
+fn dot_i16_i8_generic(a: &[i16], b: &[i8]) -> i64 {
+    let mut acc = [0i64; 16];
+    let ca = a.chunks_exact(16);
+    let cb = b.chunks_exact(16);
     let (ra, rb) = (ca.remainder(), cb.remainder());
     for (x, y) in ca.zip(cb) {
-        for i in 0..32 {
-            acc[i] += i32::from(x[i]) * i32::from(y[i]);
+        for i in 0..16 {
+            acc[i] += i64::from(x[i]) * i64::from(y[i]);
         }
     }
-    let mut s: i32 = acc.iter().sum();
+    let mut s: i64 = acc.iter().sum();
     for (x, y) in ra.iter().zip(rb) {
-        s += i32::from(*x) * i32::from(*y);
+        s += i64::from(*x) * i64::from(*y);
     }
     s
 }
 
+/// The most elements [`dot_i16_i8_avx2`] takes: each of its 16 i32 lanes adds one `madd`
+/// pair (≤ 2·32 768·128 = 2²³ in magnitude) per 32 elements, so 255 rounds stay below 2³¹.
+#[cfg(target_arch = "x86_64")]
+const AVX2_I16_MAX: usize = 255 * 32;
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn dot_i8_avx2(a: &[i8], b: &[i8]) -> i32 {
+unsafe fn dot_i16_i8_avx2(a: &[i16], b: &[i8]) -> i64 {
     use std::arch::x86_64::*;
     let n = a.len().min(b.len());
     let (pa, pb) = (a.as_ptr(), b.as_ptr());
-    let ones = _mm256_set1_epi16(1);
-    let mut acc = _mm256_setzero_si256();
+    let (mut acc0, mut acc1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
     let mut i = 0;
-    // Codes lie in [-127, 127], so |a|·b pairs sum to at most 2·127² = 32,258: `maddubs`
-    // (u8 × i8 → saturating i16) never saturates.
     while i + 32 <= n {
-        let va = _mm256_loadu_si256(pa.add(i).cast());
-        let vb = _mm256_loadu_si256(pb.add(i).cast());
-        let p = _mm256_maddubs_epi16(_mm256_sign_epi8(va, va), _mm256_sign_epi8(vb, va));
-        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, ones));
+        let b0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(pb.add(i).cast()));
+        let b1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(pb.add(i + 16).cast()));
+        let a0 = _mm256_loadu_si256(pa.add(i).cast());
+        let a1 = _mm256_loadu_si256(pa.add(i + 16).cast());
+        acc0 = _mm256_add_epi32(acc0, _mm256_madd_epi16(a0, b0));
+        acc1 = _mm256_add_epi32(acc1, _mm256_madd_epi16(a1, b1));
         i += 32;
     }
-    let lo = _mm256_castsi256_si128(acc);
-    let hi = _mm256_extracti128_si256(acc, 1);
-    let s4 = _mm_add_epi32(lo, hi);
-    let s2 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0b01_00_11_10));
-    let s1 = _mm_add_epi32(s2, _mm_shuffle_epi32(s2, 0b10_11_00_01));
-    let mut s = _mm_cvtsi128_si32(s1);
+    let mut lanes = [0i32; 16];
+    _mm256_storeu_si256(lanes.as_mut_ptr().cast(), acc0);
+    _mm256_storeu_si256(lanes.as_mut_ptr().add(8).cast(), acc1);
+    let mut s: i64 = lanes.iter().map(|&x| i64::from(x)).sum();
     while i < n {
-        s += i32::from(*pa.add(i)) * i32::from(*pb.add(i));
+        s += i64::from(*pa.add(i)) * i64::from(*pb.add(i));
         i += 1;
     }
     s
 }
 
-/// Dot product of two i8 code vectors (codes in [-127, 127]).
+/// Dot product of an i16 query code vector with a row's i8 codes, exact in i64.
 #[inline]
-pub fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
+pub fn dot_i16_i8(a: &[i16], b: &[i8]) -> i64 {
     #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        // SAFETY: the CPU supports AVX2, checked above; reads stay within both slices.
-        return unsafe { dot_i8_avx2(a, b) };
+    if has_avx2() && a.len().min(b.len()) <= AVX2_I16_MAX {
+        // SAFETY: the CPU supports AVX2, checked above; reads stay within both slices, and
+        // the length limit keeps every i32 lane from overflowing.
+        return unsafe { dot_i16_i8_avx2(a, b) };
     }
-    dot_i8_generic(a, b)
+    dot_i16_i8_generic(a, b)
 }
 
-/// Quantise `v` to i8 codes appended to `out`; returns `(scale, ‖x̂‖₁)`, where the decoded
-/// value of code `c` is `c × scale`. A zero vector gets scale 0 and zero codes.
+/// Quantise `v` to i8 codes appended to `out`; returns `(scale, ρ)`, where the decoded value
+/// of code `c` is `c × scale` and `ρ ≥ ‖v − decoded‖₂` (computed in f64, rounded up to f32).
+/// A zero or non-finite vector gets scale 0, zero codes and `ρ = ‖v‖₂` (+∞ when non-finite,
+/// so a bound built on it never excludes the row).
 pub fn quantise(v: &[f32], out: &mut Vec<i8>) -> (f32, f32) {
     let max = lanes(v, 0.0, |m, x| m.max(x.abs()), f32::max);
-    if !(max > 0.0 && max.is_finite()) {
-        out.extend(std::iter::repeat_n(0i8, v.len()));
-        return (0.0, 0.0);
-    }
-    let s = max / 127.0;
     let start = out.len();
-    out.extend(v.iter().map(|x| round_near((x / s).clamp(-127.0, 127.0)) as i8));
-    let l1: u32 = out[start..].iter().map(|c| u32::from(c.unsigned_abs())).sum();
-    (s, l1 as f32 * s)
+    let s = if max > 0.0 && max.is_finite() { max / 127.0 } else { 0.0 };
+    if s > 0.0 {
+        out.extend(v.iter().map(|x| round_near((x / s).clamp(-127.0, 127.0)) as i8));
+    } else {
+        out.extend(std::iter::repeat_n(0i8, v.len()));
+    }
+    (s, residual(v, &out[start..], s))
+}
+
+/// `‖v − s·c‖₂` computed in f64 and rounded up to the next f32, so it bounds the true
+/// residual of the decoded codes.
+pub fn residual(v: &[f32], c: &[i8], s: f32) -> f32 {
+    let mut acc = [0f64; 4];
+    let (s, mut i) = (f64::from(s), 0);
+    for (x, &k) in v.iter().zip(c) {
+        let d = f64::from(*x) - s * f64::from(k);
+        acc[i & 3] += d * d;
+        i += 1;
+    }
+    let r = (acc[0] + acc[1] + acc[2] + acc[3]).sqrt();
+    if !r.is_finite() {
+        return f32::INFINITY;
+    }
+    let r32 = r as f32;
+    if f64::from(r32) < r {
+        r32.next_up()
+    } else {
+        r32
+    }
 }
 
 /// Fold `v` in eight independent lanes, then fold the lanes: a plain fold over floats runs
@@ -196,29 +228,48 @@ fn round_near(y: f32) -> f32 {
     (y + MAGIC) - MAGIC
 }
 
-/// A query in i8 codes, with what [`Bound::upper`] needs to bound the error of a row.
+/// A query in i16 codes, with what [`Bound::upper`] needs to bound the error of a row.
 pub struct Bound {
-    /// The query's codes.
+    /// The query's i8 codes, as the graph (which holds rows' i8 codes) is searched with.
     pub codes: Vec<i8>,
+    q16: Vec<i16>,
+    /// `s_q`: the query is `≈ s_q × codes`.
     scale: f32,
-    half_q1: f32,
+    /// `‖q‖₂`, rounded up: times a row's `ρ` bounds `|q·(x − x̂)|`.
+    q2: f32,
+    /// `‖q − q̂‖₂ · 127 · √d`, rounded up: times a row's scale bounds `|(q − q̂)·x̂|`.
+    eq: f32,
 }
 
 impl Bound {
     /// Quantise a query vector.
     pub fn new(q: &[f32]) -> Self {
+        let max = lanes(q, 0.0, |m, x| m.max(x.abs()), f32::max);
+        let scale = if max > 0.0 && max.is_finite() { max / 32767.0 } else { 0.0 };
+        let q16: Vec<i16> = if scale > 0.0 {
+            q.iter().map(|x| round_near((x / scale).clamp(-32767.0, 32767.0)) as i16).collect()
+        } else {
+            vec![0; q.len()]
+        };
+        let (mut q2, mut e2) = (0f64, 0f64);
+        for (x, &c) in q.iter().zip(&q16) {
+            let x = f64::from(*x);
+            let e = x - f64::from(scale) * f64::from(c);
+            q2 += x * x;
+            e2 += e * e;
+        }
+        let up = |x: f64| if x.is_finite() { (x * (1.0 + 1e-6)) as f32 } else { f32::INFINITY };
         let mut codes = Vec::with_capacity(q.len());
-        let (scale, _) = quantise(q, &mut codes);
-        let q1 = lanes(q, 0.0, |a, x| a + x.abs(), |a, b| a + b);
-        Bound { codes, scale, half_q1: q1 / 2.0 }
+        quantise(q, &mut codes);
+        Bound { scale, q2: up(q2.sqrt()), eq: up(e2.sqrt() * 127.0 * (q.len() as f64).sqrt()), codes, q16 }
     }
 
-    /// An upper bound of `q·x` from row `x`'s codes, scale and `‖x̂‖₁` (an exact dot product
-    /// in f32 can exceed it only by rounding, which the slack term covers).
+    /// An upper bound of `q·x` from row `x`'s codes, scale and residual norm `ρ` (an exact
+    /// dot product in f32 can exceed it only by rounding, which the slack term covers).
     #[inline]
-    pub fn upper(&self, codes: &[i8], scale: f32, l1: f32) -> f32 {
-        let approx = self.scale * scale * dot_i8(&self.codes, codes) as f32;
-        let err = scale * self.half_q1 + self.scale * 0.5 * l1;
+    pub fn upper(&self, codes: &[i8], scale: f32, rho: f32) -> f32 {
+        let approx = self.scale * scale * dot_i16_i8(&self.q16, codes) as f32;
+        let err = self.q2 * rho + self.eq * scale;
         approx + err + 1e-4 * (1.0 + approx.abs())
     }
 }
@@ -349,34 +400,56 @@ mod tests {
     }
 
     #[test]
-    fn i8_kernel_matches_naive_and_bound_holds() {
+    fn code_kernel_matches_naive_and_bound_holds() {
         use rand::{Rng, SeedableRng};
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-        for dim in [1usize, 31, 32, 33, 512, 515] {
-            let a: Vec<i8> = (0..dim).map(|_| rng.random_range(-127..=127)).collect();
+        for dim in [1usize, 15, 16, 31, 32, 33, 512, 515, 8160, 8161, 9000] {
+            let a: Vec<i16> = (0..dim).map(|_| rng.random_range(-32767..=32767)).collect();
             let b: Vec<i8> = (0..dim).map(|_| rng.random_range(-127..=127)).collect();
-            let naive: i32 = a.iter().zip(&b).map(|(x, y)| i32::from(*x) * i32::from(*y)).sum();
-            assert_eq!(dot_i8(&a, &b), naive, "dim {dim}");
-            assert_eq!(dot_i8_generic(&a, &b), naive, "dim {dim}");
+            let naive: i64 = a.iter().zip(&b).map(|(x, y)| i64::from(*x) * i64::from(*y)).sum();
+            assert_eq!(dot_i16_i8(&a, &b), naive, "dim {dim}");
+            assert_eq!(dot_i16_i8_generic(&a, &b), naive, "dim {dim}");
         }
-        // Extremes: every product at ±127² must not saturate.
-        let a = vec![127i8; 512];
-        let b = vec![-127i8; 512];
-        assert_eq!(dot_i8(&a, &b), -127 * 127 * 512);
-        for _ in 0..200 {
-            let dim = 512;
+        // Extremes: the largest products, all one sign, at the AVX2 path's longest input and
+        // beyond it, must not overflow.
+        for dim in [512, 8160, 8161] {
+            let a = vec![32767i16; dim];
+            let b = vec![-128i8; dim];
+            assert_eq!(dot_i16_i8(&a, &b), -32767 * 128 * dim as i64, "dim {dim}");
+        }
+        let mut widths = (0f64, 0f64);
+        for round in 0..400 {
+            let dim = if round % 2 == 0 { 512 } else { 77 };
             let mut q: Vec<f32> = (0..dim).map(|_| rng.random_range(-1.0..1.0)).collect();
             let mut x: Vec<f32> = (0..dim).map(|_| rng.random_range(-1.0..1.0f32).powi(3)).collect();
             normalise(&mut q);
-            normalise(&mut x);
+            if round % 3 != 0 {
+                normalise(&mut x); // cos; otherwise an ip row of any length
+            }
             let mut codes = Vec::new();
-            let (s, l1) = quantise(&x, &mut codes);
+            let (s, rho) = quantise(&x, &mut codes);
+            let true_rho = x.iter().zip(&codes).map(|(a, &c)| (f64::from(*a) - f64::from(s) * f64::from(c)).powi(2)).sum::<f64>().sqrt();
+            assert!(f64::from(rho) >= true_rho * (1.0 - 1e-12), "residual {rho} below {true_rho}");
             let b = Bound::new(&q);
             let exact = dot(&q, &x);
-            let up = b.upper(&codes, s, l1);
+            let up = b.upper(&codes, s, rho);
             assert!(up >= exact, "bound {up} below exact {exact}");
-            assert!(up - exact < 0.2, "bound {up} is too loose for {exact}");
+            // The old bound, for comparison: this one must be much tighter.
+            let l1x: f32 = codes.iter().map(|c| f32::from(c.unsigned_abs())).sum::<f32>() * s;
+            let l1q: f32 = q.iter().map(|v| v.abs()).sum();
+            let sq = q.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+            let old = s / 2.0 * l1q + sq / 2.0 * l1x;
+            if dim == 512 && round % 3 != 0 {
+                widths.0 += f64::from(up - exact);
+                widths.1 += f64::from(old);
+            }
         }
+        assert!(widths.0 < widths.1 * 0.6, "bound width {} is not well below the L1 bound's {}", widths.0, widths.1);
+        // A zero row and a zero query bound nothing away.
+        let mut codes = Vec::new();
+        let (s, rho) = quantise(&[0.0; 8], &mut codes);
+        assert_eq!((s, rho), (0.0, 0.0));
+        assert!(Bound::new(&[0.0; 8]).upper(&codes, s, rho) >= 0.0);
     }
 
     #[test]

@@ -312,8 +312,8 @@ impl<'a> Scorer<'a> {
     /// are scored in f32.
     #[inline]
     fn offer_coded(&mut self, coded: Option<(&[i8], f32, f32)>, seg: &Segment, sn: u8, i: usize, key: u64) {
-        if let (Some(b), Some((codes, scale, l1))) = (&self.bound, coded) {
-            self.cands.push((b.upper(codes, scale, l1), sn, i as u32));
+        if let (Some(b), Some((codes, scale, rho))) = (&self.bound, coded) {
+            self.cands.push((b.upper(codes, scale, rho), sn, i as u32));
         } else {
             self.rescored += 1;
             score_row(self.def, self.q, seg.vector(i), key, &mut self.top);
