@@ -134,6 +134,14 @@ impl Parts {
         Some((self.codes.get(j * self.dim..(j + 1) * self.dim)?, *self.qscale.get(j)?, *self.qres.get(j)?))
     }
 
+    /// Ask the CPU to start loading the i8 codes at a position (a hint; no effect elsewhere).
+    #[inline]
+    pub fn prefetch_codes(&self, j: usize) {
+        if let Some(c) = self.codes.get(j * self.dim..(j + 1) * self.dim) {
+            crate::index::scan::prefetch(c);
+        }
+    }
+
     /// The positions of a partition that can still score `t` or more: rows are stored widest
     /// angle first and `q·x ≤ cos(max(0, θ − ∠(x, c)))`, so the rows whose angle is below
     /// `θ − acos(t)` are a suffix that cannot reach `t`. `t = −∞` keeps them all.
