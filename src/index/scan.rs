@@ -196,13 +196,28 @@ pub fn quantise(v: &[f32], out: &mut Vec<i8>) -> (f32, f32) {
     (s, residual(v, &out[start..], s))
 }
 
-/// The i8 codes of `v` appended to `out`, and their scale (0 for a zero or non-finite vector,
-/// whose codes are all 0).
-fn codes_i8(v: &[f32], out: &mut Vec<i8>) -> f32 {
+/// The step that maps `v`'s largest magnitude to code `top`: 0 for a zero or non-finite
+/// vector, whose codes are then all 0.
+fn step(v: &[f32], top: f32) -> f32 {
     let max = lanes(v, 0.0, |m, x| m.max(x.abs()), f32::max);
-    let s = if max > 0.0 && max.is_finite() { max / 127.0 } else { 0.0 };
+    if max > 0.0 && max.is_finite() {
+        max / top
+    } else {
+        0.0
+    }
+}
+
+/// The code of `x` at step `s > 0`: `round(x / s)`, clamped to `±top`.
+#[inline]
+fn code(x: f32, s: f32, top: f32) -> f32 {
+    round_near((x / s).clamp(-top, top))
+}
+
+/// The i8 codes of `v` appended to `out`, and their scale (see [`step`]).
+fn codes_i8(v: &[f32], out: &mut Vec<i8>) -> f32 {
+    let s = step(v, 127.0);
     if s > 0.0 {
-        out.extend(v.iter().map(|x| round_near((x / s).clamp(-127.0, 127.0)) as i8));
+        out.extend(v.iter().map(|&x| code(x, s, 127.0) as i8));
     } else {
         out.extend(std::iter::repeat_n(0i8, v.len()));
     }
@@ -260,7 +275,7 @@ pub struct Bound {
     /// The query's i8 codes, as the graph (which holds rows' i8 codes) is searched with.
     pub codes: Vec<i8>,
     q16: Vec<i16>,
-    /// `s_q`: the query is `≈ s_q × codes`.
+    /// `s_q`: the query is `≈ s_q × q16`.
     scale: f32,
     /// `‖q‖₂`, rounded up: times a row's `ρ` bounds `|q·(x − x̂)|`.
     q2: f32,
@@ -271,13 +286,8 @@ pub struct Bound {
 impl Bound {
     /// Quantise a query vector. Cheap (no f64 pass): it runs once per search.
     pub fn new(q: &[f32]) -> Self {
-        let max = lanes(q, 0.0, |m, x| m.max(x.abs()), f32::max);
-        let scale = if max > 0.0 && max.is_finite() { max / 32767.0 } else { 0.0 };
-        let q16: Vec<i16> = if scale > 0.0 {
-            q.iter().map(|x| round_near((x / scale).clamp(-32767.0, 32767.0)) as i16).collect()
-        } else {
-            vec![0; q.len()]
-        };
+        let scale = step(q, 32767.0);
+        let q16: Vec<i16> = if scale > 0.0 { q.iter().map(|&x| code(x, scale, 32767.0) as i16).collect() } else { vec![0; q.len()] };
         let mut codes = Vec::with_capacity(q.len());
         codes_i8(q, &mut codes);
         // ‖q‖₂ from an f32 sum of squares (relative error ≪ 1e-4), rounded up by 1e-4.
@@ -285,8 +295,8 @@ impl Bound {
         // Each component is off by at most half a step, plus the f32 division's rounding
         // (≤ 32767·2⁻²³ < 0.004 of a step): ‖q − q̂‖₂ ≤ 0.504·s_q·√d. Analytic rather than
         // measured, so no per-query pass; it is ~1 % of the bound either way.
-        let d = (q.len() as f32).sqrt();
-        let eq = 0.504 * scale * d * 127.0 * d;
+        let sqrt_d = (q.len() as f32).sqrt();
+        let eq = 0.504 * scale * sqrt_d * 127.0 * sqrt_d;
         let (q2, eq) = if q2.is_finite() && eq.is_finite() { (q2, eq * (1.0 + 1e-4)) } else { (f32::INFINITY, f32::INFINITY) };
         Bound { scale, q2, eq, codes, q16 }
     }
