@@ -159,6 +159,7 @@ impl Region {
     }
 
     /// Whether a position is in the region, boundary included.
+    #[inline]
     pub fn contains_point(&self, lon: f64, lat: f64) -> bool {
         match self {
             Region::BBox([w, s, e, n]) => {

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use crate::db::{Options, SpaceIndex};
-use crate::index::parts::Parts;
+use crate::index::parts::{PartBound, Parts};
 use crate::geo::region::PointTest;
 use crate::geo::{hash, Filter, Region};
 use crate::index::arena::{RowMeta, Segment};
@@ -218,6 +218,7 @@ impl Matcher<'_> {
     /// photos, the exact region test; for tiles, whether the bounding box can touch the
     /// region. A row failing it does not match; a tile passing it may still need
     /// [`Matcher::footprint_ok`].
+    #[inline]
     fn quick(&self, m: &RowMeta) -> bool {
         if self.filter.kind.is_some_and(|k| k != m.kind) || !self.filter.time_ok(m.time) {
             return false;
@@ -248,6 +249,7 @@ impl Matcher<'_> {
     }
 
     /// The whole exact test.
+    #[inline]
     fn matches(&self, key: u64, m: &RowMeta) -> bool {
         self.quick(m) && (!self.needs_footprint(m) || self.footprint_ok(key))
     }
@@ -317,6 +319,20 @@ impl<'a> Scorer<'a> {
         } else {
             self.rescored += 1;
             score_row(self.def, self.q, seg.vector(i), key, &mut self.top);
+        }
+    }
+
+    /// [`Scorer::offer_coded`] that drops a coded row at once when its bound is below
+    /// `floor` (a k-th score already reached: such a row cannot make the top k).
+    #[inline]
+    fn offer_coded_above(&mut self, coded: Option<(&[i8], f32, f32)>, floor: f32, seg: &Segment, sn: u8, i: usize, key: u64) {
+        if let (Some(b), Some((codes, scale, rho))) = (&self.bound, coded) {
+            let upper = b.upper(codes, scale, rho);
+            if upper >= floor {
+                self.cands.push((upper, sn, i as u32));
+            }
+        } else {
+            self.offer_coded(coded, seg, sn, i, key);
         }
     }
 
@@ -395,15 +411,13 @@ fn scan_parts(parts: &Parts, st: &SpaceIndex, ranges: &[(u64, u64)], m: &Matcher
         }
         // Once the k-th score is known, the rows still to visit are those of the partitions
         // whose bound reaches it; give up as soon as they would overrun the budget. Checked
-        // every 4th partition once the top k is full: the k-th score of the first few
-        // partitions is still low and overstates what is left.
-        if full && scanned >= 4 && scanned % 4 == 0 {
-            let t = sc.top.threshold();
-            let left: u64 = bounds[j..].iter().take_while(|x| x.bound >= t).map(|x| parts.reaching(x, t).len() as u64).sum();
-            if visited + left > budget {
-                sc.reset();
-                return false;
-            }
+        // after the 4th, 8th, 16th, … partition once the top k is full: the k-th score of the
+        // first few partitions is still low and overstates what is left, and each check
+        // costs a cut per partition still in reach (the per-partition test below caps the
+        // rows visited at the budget whatever the checks say).
+        if full && scanned >= 4 && scanned.is_power_of_two() && over_budget(parts, &bounds[j..], sc.top.threshold(), budget.saturating_sub(visited)) {
+            sc.reset();
+            return false;
         }
         // Rows whose own angle to the centroid is too small to reach the k-th score are cut.
         let pos = parts.reaching(pb, sc.top.threshold());
@@ -427,11 +441,13 @@ fn scan_parts(parts: &Parts, st: &SpaceIndex, ranges: &[(u64, u64)], m: &Matcher
             passing.push((j, row, key));
         }
         matched += passing.len() as u64;
+        // Rows whose bound is below the k-th score of the partitions before are not kept.
+        let floor = if sc.top.len() >= sc.top.capacity() { sc.top.threshold() } else { f32::NEG_INFINITY };
         for (n, &(j, row, key)) in passing.iter().enumerate() {
             if let Some(&(ahead, _, _)) = passing.get(n + PREFETCH_ROWS) {
                 parts.prefetch_codes(ahead);
             }
-            sc.offer_coded(parts.coded(j), &st.base, 0, row as usize, key);
+            sc.offer_coded_above(parts.coded(j), floor, &st.base, 0, row as usize, key);
         }
         sc.settle(segs);
         scanned += 1;
@@ -440,6 +456,24 @@ fn scan_parts(parts: &Parts, st: &SpaceIndex, ranges: &[(u64, u64)], m: &Matcher
     ex.matched += matched;
     ex.partitions = scanned;
     true
+}
+
+/// True when the rows of `rest` (partitions in bound order) that can still reach the k-th
+/// score `t` are more than `left`. Stops counting as soon as they are: whole partitions first
+/// (no cut needed while even they fit), then each partition's cut.
+fn over_budget(parts: &Parts, rest: &[PartBound], t: f32, left: u64) -> bool {
+    let reach = rest.iter().take_while(|x| x.bound >= t);
+    if reach.clone().map(|x| parts.positions(x.part as usize).len() as u64).sum::<u64>() <= left {
+        return false;
+    }
+    let mut n = 0u64;
+    for x in reach {
+        n += parts.reaching(x, t).len() as u64;
+        if n > left {
+            return true;
+        }
+    }
+    false
 }
 
 /// How many passing rows ahead [`scan_parts`] prefetches a row's codes.
