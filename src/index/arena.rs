@@ -167,6 +167,13 @@ impl Segment {
     pub fn coded(&self, i: usize) -> Option<(&[i8], f32, f32)> {
         Some((self.codes.get(i * self.stride..(i + 1) * self.stride)?, *self.qscale.get(i)?, *self.qres.get(i)?))
     }
+    /// Ask the CPU to start loading row `i`'s i8 codes (a hint; none without codes).
+    #[inline]
+    pub fn prefetch_codes(&self, i: usize) {
+        if let Some(c) = self.codes.get(i * self.stride..(i + 1) * self.stride) {
+            crate::index::scan::prefetch(c);
+        }
+    }
     /// The encoded grid of a row (patch-level spaces).
     #[inline]
     pub fn grid(&self, i: usize) -> &[u8] {

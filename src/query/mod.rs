@@ -482,14 +482,23 @@ const PREFETCH_ROWS: usize = 4;
 /// Offer every row of `seg` inside `ranges` that passes the whole filter.
 fn scan_exact(seg: &Segment, sn: u8, ranges: &[(u64, u64)], m: &Matcher<'_>, sc: &mut Scorer<'_>, tested: &mut u64, matched: &mut u64) {
     let (keys, metas): (&[u64], _) = (&seg.keys, seg.metas());
+    // Two passes per key range, as in `scan_parts`: the filter fields, then the passing rows'
+    // codes, each prefetched a few passing rows ahead.
+    let mut passing: Vec<(usize, u64)> = Vec::new();
     for &(lo, hi) in ranges {
+        passing.clear();
         for i in seg.rows_in(lo, hi) {
             let (Some(&key), Some(meta)) = (keys.get(i), metas.get(i)) else { continue };
             *tested += 1;
-            if !m.matches(key, &meta) {
-                continue;
+            if m.matches(key, &meta) {
+                passing.push((i, key));
             }
-            *matched += 1;
+        }
+        *matched += passing.len() as u64;
+        for (n, &(i, key)) in passing.iter().enumerate() {
+            if let Some(&(ahead, _)) = passing.get(n + PREFETCH_ROWS) {
+                seg.prefetch_codes(ahead);
+            }
             sc.offer(seg, sn, i, key);
         }
     }
