@@ -63,6 +63,43 @@ fn l2_generic(a: &[f32], b: &[f32]) -> f32 {
 unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
     dot_generic(a, b)
 }
+/// `Σ a[i]·b[i]` of an f32 vector with i8 codes (the caller applies the codes' scale).
+#[inline(always)]
+fn dot_f32_i8_generic(a: &[f32], b: &[i8]) -> f32 {
+    let mut acc = [0f32; 16];
+    let ca = a.chunks_exact(16);
+    let cb = b.chunks_exact(16);
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..16 {
+            acc[i] += x[i] * f32::from(y[i]);
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for (x, &y) in ra.iter().zip(rb) {
+        s += x * f32::from(y);
+    }
+    s
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_f32_i8_avx2(a: &[f32], b: &[i8]) -> f32 {
+    dot_f32_i8_generic(a, b)
+}
+
+/// Dot product of an f32 vector with i8 codes, unscaled (patch grids: the caller multiplies
+/// by the patch's scale). Lengths may differ; the shorter one ends the sum.
+#[inline]
+pub fn dot_f32_i8(a: &[f32], b: &[i8]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU supports AVX2 and FMA, checked above.
+        return unsafe { dot_f32_i8_avx2(a, b) };
+    }
+    dot_f32_i8_generic(a, b)
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn l2_avx2(a: &[f32], b: &[f32]) -> f32 {
@@ -434,6 +471,13 @@ mod tests {
         let l: f32 = a.iter().zip(&b).map(|(x, y)| (x - y) * (x - y)).sum();
         assert!((dot(&a, &b) - d).abs() < 1e-3);
         assert!((l2sq(&a, &b) - l).abs() < 1e-3);
+        // f32 × i8 at lengths around the 16-lane edge, against an f64 sum.
+        for n in [0usize, 1, 15, 16, 17, 31, 32, 33, 512, 517] {
+            let c: Vec<i8> = (0..n).map(|i| ((i * 37 % 255) as i32 - 127) as i8).collect();
+            let exact: f64 = a[..n].iter().zip(&c).map(|(x, &y)| f64::from(*x) * f64::from(y)).sum();
+            let got = dot_f32_i8(&a[..n], &c);
+            assert!((f64::from(got) - exact).abs() < 1e-3 * (1.0 + exact.abs()), "n {n}: {got} vs {exact}");
+        }
     }
 
     #[test]

@@ -90,8 +90,9 @@ pub fn patch_dot(grid: &[u8], dim: usize, p: usize, q: &[f32]) -> Option<f32> {
     let rec = grid.get(p * stride..(p + 1) * stride)?;
     let (scale, codes) = rec.split_at(4);
     let scale = f32::from_le_bytes([scale[0], scale[1], scale[2], scale[3]]);
-    let dot: f32 = codes.iter().zip(q).map(|(c, x)| f32::from(*c as i8) * x).sum();
-    Some(dot * scale)
+    // The codes are i8 values stored as bytes.
+    let codes: &[i8] = bytemuck::cast_slice(codes);
+    Some(crate::index::scan::dot_f32_i8(q, codes) * scale)
 }
 
 /// Decode patch `p` back to f32 (for checks and tests).
