@@ -4,7 +4,12 @@ on lon and lat, an IVF_HNSW_SQ vector index (cosine, m 16, ef_construction 128, 
 (default 128), nprobes PEERS_LANCE_NPROBES (default 20). Run twice: the index path
 ("lancedb") and `bypass_vector_index()` ("lancedb-exact"). Filters are SQL over lon/lat:
 a range for the bbox, a haversine expression behind its box for the circle, and one
-half-plane per edge for the (convex) polygon."""
+half-plane per edge for the (convex) polygon.
+
+PEERS_PATCH=1: the patch-level set (see `patch_main`): one row per patch (id, tile, row, col,
+w, s, e, n, vector) with the patch's own box, BTREE on w, s, e, n, the same vector index and
+both runs; the filter is `w <= E AND e >= W AND s <= N AND n >= S`."""
+import json
 import math
 import os
 import shutil
@@ -40,8 +45,76 @@ def where(q):
     return None
 
 
+def search_both(tbl, qvecs, qs, wheres, k, docs, mode, ingest_s, build_s, disk):
+    """Both runs over one table: the vector index (nprobes, ef) and bypass_vector_index."""
+    for exact in (False, True):
+        def run(i, q):
+            b = tbl.search(qvecs[i]).distance_type("cosine").limit(k).select(["id", "_distance"])
+            if wheres[i]:
+                b = b.where(wheres[i], prefilter=True)
+            b = b.bypass_vector_index() if exact else b.nprobes(NPROBES).ef(EF)
+            return b.to_arrow()["id"].to_pylist(), None
+
+        results = common.run_queries(qs, run)
+        print(f"lance: queries done (exact={exact})", file=sys.stderr)
+        docs.append({"engine": "lancedb-exact" if exact else "lancedb",
+                     "mode": f"lancedb {lancedb.__version__}, embedded; " + ("bypass_vector_index (exact, prefilter)" if exact else mode),
+                     "ingest_s": ingest_s, "build_s": 0.0 if exact else build_s, "disk_bytes": disk, "peak_rss_kb": common.self_peak_rss_kb(), "results": results})
+
+
+def patch_main(data, work, out):
+    from gen import GRID, patch_boxes
+    tiles, pv = np.load(f"{data}/tiles.npy"), np.load(f"{data}/patches.npy", mmap_mode="r")
+    qvecs, meta = np.load(f"{data}/qvecs.npy"), json.load(open(f"{data}/queries.json"))
+    p, dim, k, n = GRID * GRID, pv.shape[1], meta["k"], len(pv)
+    boxes = patch_boxes(tiles).reshape(-1, 4)
+    path = os.path.join(work, "lance-patch")
+    shutil.rmtree(path, ignore_errors=True)
+    db = lancedb.connect(path)
+    with common.Timer() as ingest:
+        tbl = None
+        for s in range(0, n, 100_000):
+            e = min(n, s + 100_000)
+            ids = np.arange(s, e, dtype=np.int64)
+            batch = pa.table({
+                "id": pa.array(ids),
+                "tile": pa.array((ids // p).astype(np.int32)),
+                "row": pa.array((ids % p // GRID).astype(np.int16)),
+                "col": pa.array((ids % GRID).astype(np.int16)),
+                "w": pa.array(boxes[s:e, 0]), "s": pa.array(boxes[s:e, 1]), "e": pa.array(boxes[s:e, 2]), "n": pa.array(boxes[s:e, 3]),
+                "vector": pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(pv[s:e]).reshape(-1)), dim),
+            })
+            if tbl is None:
+                tbl = db.create_table("patches", batch)
+            else:
+                tbl.add(batch)
+    print(f"lance: patch ingest {ingest.s:.1f} s", file=sys.stderr)
+    parts = max(1, min(256, int(math.sqrt(n) / 4)))
+    with common.Timer() as build:
+        for col in ("w", "s", "e", "n"):
+            tbl.create_scalar_index(col, index_type="BTREE")
+        tbl.create_index(metric="cosine", index_type="IVF_HNSW_SQ", num_partitions=parts, m=16, ef_construction=128)
+    print(f"lance: index build {build.s:.1f} s ({parts} partitions)", file=sys.stderr)
+    disk = common.dir_bytes(path)
+    qs = meta["queries"]
+    wheres = []
+    for q in qs:
+        if q["kind"] == "bbox":
+            W, S, E, N = q["bbox"]
+            wheres.append(f"w <= {E!r} AND e >= {W!r} AND s <= {N!r} AND n >= {S!r}")
+        else:
+            wheres.append(None)
+    docs = []
+    search_both(tbl, qvecs, qs, wheres, k, docs, f"a row per patch; IVF_HNSW_SQ {parts} partitions, m 16, ef_construction 128, nprobes {NPROBES}, ef {EF}, prefilter; BTREE on w, s, e, n",
+                ingest.s, build.s, disk)
+    common.write(out, docs[0])
+    common.write(out.replace(".json", "-exact.json"), docs[1])
+
+
 def main():
     data, work, out = sys.argv[1:4]
+    if os.environ.get("PEERS_PATCH", "0") != "0":
+        return patch_main(data, work, out)
     vecs, lon, lat, qvecs, meta = common.load(data)
     n, dim, k = len(lon), vecs.shape[1], meta["k"]
     path = os.path.join(work, "lance")

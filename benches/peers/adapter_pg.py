@@ -9,7 +9,12 @@ into it). hnsw.ef_search PEERS_PG_EF (default 128), no parallel workers. The pla
 planner picked (GiST, HNSW or seq scan) is read from EXPLAIN for every query (untimed).
 
 PEERS_JOIN_ONLY=1: photos(id, pt) and tiles(id, bx) only (no vectors), GiST on pt, then the
-photo→tile join `pt <@ bx` timed (see `join_only`)."""
+photo→tile join `pt <@ bx` timed (see `join_only`).
+
+PEERS_PATCH=1: the patch-level set (see `patch_main`): one row per patch,
+patches(id, tile, r, c, bx box, embedding), bx the patch's own box; GiST on bx, HNSW as
+above; queries `bx && box` (overlap, boundary included) ORDER BY embedding <=> q LIMIT k."""
+import json
 import math
 import os
 import shutil
@@ -59,9 +64,9 @@ def where(q):
 
 
 def plan_of(text):
-    if "photos_embedding_idx" in text:
+    if "photos_embedding_idx" in text or "patches_embedding_idx" in text:
         return "hnsw"
-    if "photos_pt_idx" in text:
+    if "photos_pt_idx" in text or "patches_bx_idx" in text:
         return "gist"
     if "Seq Scan" in text:
         return "seq"
@@ -161,10 +166,69 @@ def join_only(data, work, out):
                        "join": {"tiles": len(tiles), "photos": n, "pairs": pairs, "join_s": j.s, "join_again_s": j2.s, "plan": jplan}})
 
 
+def patch_main(data, work, out):
+    """Every patch a row carrying its tile, row, column and its own box (`gen.patch_boxes`),
+    COPY in, then GiST on the box and HNSW on the vector (built after the load, as above)."""
+    from gen import GRID, patch_boxes
+    tiles, pv = np.load(f"{data}/tiles.npy"), np.load(f"{data}/patches.npy", mmap_mode="r")
+    qvecs, meta = np.load(f"{data}/qvecs.npy"), json.load(open(f"{data}/queries.json"))
+    p, dim, k = GRID * GRID, pv.shape[1], meta["k"]
+    boxes = patch_boxes(tiles).reshape(-1, 4)
+    n = len(pv)
+    pgdata, srv = start(work)
+    try:
+        conn, c, version = connect(srv)
+        c.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        pgv = c.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()[0]
+        c.execute(f"CREATE TABLE patches (id int PRIMARY KEY, tile int NOT NULL, r smallint NOT NULL, c smallint NOT NULL, bx box NOT NULL, embedding vector({dim}) NOT NULL)")
+        with common.Timer() as ingest:
+            with c.copy("COPY patches (id, tile, r, c, bx, embedding) FROM STDIN") as cp:
+                for s in range(0, n, 5_000):
+                    e = min(n, s + 5_000)
+                    bl, vl = boxes[s:e].tolist(), np.asarray(pv[s:e]).tolist()
+                    cp.write("".join(f"{i}\t{i // p}\t{i % p // GRID}\t{i % GRID}\t(({b[2]!r},{b[3]!r}),({b[0]!r},{b[1]!r}))\t{v}\n"
+                                     for i, b, v in zip(range(s, e), bl, vl)))
+        print(f"pg: COPY {n} patches {ingest.s:.1f} s", file=sys.stderr)
+        with common.Timer() as build:
+            c.execute("CREATE INDEX patches_bx_idx ON patches USING gist (bx)")
+            c.execute(f"CREATE INDEX patches_embedding_idx ON patches USING hnsw (embedding vector_cosine_ops) WITH (m = 16, ef_construction = {EFC})")
+            c.execute("VACUUM ANALYZE patches")
+        print(f"pg: GiST + HNSW build {build.s:.1f} s", file=sys.stderr)
+        disk = c.execute("SELECT pg_total_relation_size('patches')").fetchone()[0]
+        c.execute(f"SET hnsw.ef_search = {EF}")
+        c.execute("SET max_parallel_workers_per_gather = 0")
+        c.execute("SET jit = off")
+        qs = meta["queries"]
+
+        def where(q):
+            if q["kind"] != "bbox":
+                return ""
+            w, s, e, n = q["bbox"]
+            return f"WHERE bx && box(point({e!r},{n!r}), point({w!r},{s!r}))"
+
+        sqls = [f"SELECT id FROM patches {where(q)} ORDER BY embedding <=> %s::vector LIMIT {k}" for q in qs]
+        lits = [str(v.tolist()) for v in qvecs]
+        plans = [plan_of("\n".join(r[0] for r in c.execute("EXPLAIN " + s, (lits[i],)).fetchall())) for i, s in enumerate(sqls)]
+
+        def run(i, q):
+            return [r[0] for r in c.execute(sqls[i], (lits[i],)).fetchall()], plans[i]
+
+        results = common.run_queries(qs, run)
+        print("pg: patch queries done", file=sys.stderr)
+        rss = server_peak_rss_kb(pgdata)
+        conn.close()
+    finally:
+        srv.cleanup()
+    common.write(out, {"engine": "pgvector", "mode": f"{version} + pgvector {pgv} (pgserver wheel, unix socket); a row per patch; HNSW m 16, ef_construction {EFC}, ef_search {EF}; GiST on the patch box, `&&`",
+                       "ingest_s": ingest.s, "build_s": build.s, "disk_bytes": disk, "peak_rss_kb": rss + common.self_peak_rss_kb(), "results": results})
+
+
 def main():
     data, work, out = sys.argv[1:4]
     if os.environ.get("PEERS_JOIN_ONLY", "0") != "0":
         return join_only(data, work, out)
+    if os.environ.get("PEERS_PATCH", "0") != "0":
+        return patch_main(data, work, out)
     vecs, lon, lat, qvecs, meta = common.load(data)
     n, dim, k = len(lon), vecs.shape[1], meta["k"]
     pgdata, srv = start(work)

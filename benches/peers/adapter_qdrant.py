@@ -1,7 +1,12 @@
 """Qdrant Edge, in-process, through the prebuilt `qdrant-edge-py` wheel (not the nightly-only
 `qdrant-edge` crate). One shard; HNSW m = 16, ef_construct = 128; a Geo payload index on
 `loc`; queries with geo_bounding_box / geo_radius / geo_polygon filters, hnsw_ef = 128,
-one search thread. Qdrant's query planner picks payload-index scan vs filtered HNSW."""
+one search thread. Qdrant's query planner picks payload-index scan vs filtered HNSW.
+
+PEERS_PATCH=1: the patch-level set (see `patch_main`): a point per patch with payload tile,
+row, col and the patch's own box w, s, e, n (Float payload indexes on the four), filtered by
+four range conditions: w <= E, e >= W, s <= N, n >= S."""
+import json
 import os
 import shutil
 import sys
@@ -28,8 +33,60 @@ def qfilter(q):
     return qe.Filter(must=[c])
 
 
+def patch_main(data, work, out):
+    from gen import GRID, patch_boxes
+    tiles, pv = np.load(f"{data}/tiles.npy"), np.load(f"{data}/patches.npy", mmap_mode="r")
+    qvecs, meta = np.load(f"{data}/qvecs.npy"), json.load(open(f"{data}/queries.json"))
+    p, dim, k, n = GRID * GRID, pv.shape[1], meta["k"], len(pv)
+    boxes = patch_boxes(tiles).reshape(-1, 4)
+    path = os.path.join(work, "qdrant-patch")
+    shutil.rmtree(path, ignore_errors=True)
+    cfg = qe.EdgeConfig(
+        vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine),
+        hnsw_config=qe.HnswIndexConfig(m=16, ef_construct=128, full_scan_threshold=10_000),
+        max_search_threads=1,
+    )
+    shard = qe.EdgeShard.create(path, cfg)
+    with common.Timer() as ingest:
+        for f in ("w", "s", "e", "n"):
+            shard.update(qe.UpdateOperation.create_field_index(f, qe.PayloadSchemaType.Float))
+        for s in range(0, n, 2_000):
+            e = min(n, s + 2_000)
+            vl, bl = np.asarray(pv[s:e]).tolist(), boxes[s:e].tolist()
+            pts = [qe.Point(i, v, {"tile": i // p, "row": i % p // GRID, "col": i % GRID, "w": b[0], "s": b[1], "e": b[2], "n": b[3]})
+                   for i, v, b in zip(range(s, e), vl, bl)]
+            shard.update(qe.UpdateOperation.upsert_points(pts))
+        shard.flush()
+    print(f"qdrant: patch ingest {ingest.s:.1f} s", file=sys.stderr)
+    with common.Timer() as build:
+        shard.optimize()
+        shard.flush()
+    print(f"qdrant: optimize (HNSW build) {build.s:.1f} s; {shard.info()}", file=sys.stderr)
+    disk = common.dir_bytes(path)
+
+    def pfilter(q):
+        if q["kind"] != "bbox":
+            return None
+        W, S, E, N = q["bbox"]
+        return qe.Filter(must=[qe.FieldCondition(key="w", range=qe.RangeFloat(lte=E)), qe.FieldCondition(key="e", range=qe.RangeFloat(gte=W)),
+                               qe.FieldCondition(key="s", range=qe.RangeFloat(lte=N)), qe.FieldCondition(key="n", range=qe.RangeFloat(gte=S))])
+
+    params = qe.SearchParams(hnsw_ef=EF)
+    reqs = [qe.QueryRequest(limit=k, query=qe.Query.Nearest(qvecs[i].tolist()), filter=pfilter(q), params=params) for i, q in enumerate(meta["queries"])]
+
+    def run(i, q):
+        return [pt.id for pt in shard.query(reqs[i])], None
+
+    results = common.run_queries(meta["queries"], run)
+    shard.close()
+    common.write(out, {"engine": "qdrant-edge", "mode": f"qdrant-edge-py 0.9.0 wheel, in-process; a point per patch; HNSW m 16, ef_construct 128, hnsw_ef {EF}, full_scan_threshold 10k; Float indexes on w, s, e, n, four range conditions",
+                       "ingest_s": ingest.s, "build_s": build.s, "disk_bytes": disk, "peak_rss_kb": common.self_peak_rss_kb(), "results": results})
+
+
 def main():
     data, work, out = sys.argv[1:4]
+    if os.environ.get("PEERS_PATCH", "0") != "0":
+        return patch_main(data, work, out)
     vecs, lon, lat, qvecs, meta = common.load(data)
     n, dim, k = len(lon), vecs.shape[1], meta["k"]
     path = os.path.join(work, "qdrant")

@@ -21,6 +21,20 @@ PEERS_JOIN_ONLY=1 writes only lon.npy, lat.npy and tiles.npy (no vectors, querie
 the photo→tile join needs positions alone, so 1M photos × 100k tiles fit the dev VM. The
 positions are the ones the full generator draws for the same N and seed (the draws before
 the vectors are the same); the tiles come from a later rng state, so they differ.
+
+PEERS_PATCH=1 writes the patch-level set instead (env PEERS_PATCH_TILES = T, default 10000):
+  tiles.npy    T × 4 float64 axis-aligned tile footprints [w, s, e, n], 1–5 km squares centred
+               at points clustered like the photos (`positions`)
+  patches.npy  T·196 × 512 float32 unit patch vectors, tile-major then row (0 = north), col
+               (0 = west); patch id = tile · 196 + row · 14 + col. Per tile a content centroid
+               (a city-preferred centroid + N(0, 0.02²)), per patch + N(0, 0.03²), normalised.
+  qvecs.npy, queries.json (bbox per query, or none at 100 %), truth.json (exact top-k patch ids,
+               k-th score, matching patches and tiles).
+A patch matches when its own box (the tile's box cut 14 × 14, graftdb's `patch_footprint`)
+intersects the query box, boundary included: graftdb's patch semantics (a tile on the edge
+contributes only its patches that touch the region). Selectivities 0.1 %, 1 %, 10 % of tiles
+(the box grown around a random tile's centre to that many intersecting tiles, then each edge
+moved out until no patch edge lies within 1e-5° of it) and 100 % (no filter).
 """
 import json
 import os
@@ -86,7 +100,10 @@ def cross(p, q, axis, bound):
     return r
 
 
-def generate(n, rng, vectors=True):
+def positions(n, rng):
+    """Points clustered like geotagged photos, each one's city (the 5 % scattered points keep
+    the city they were drawn for) and the unit content centroids: the first draws of
+    `generate`, shared with the patch set."""
     cities = [(rng.uniform(-160, 160), rng.uniform(-50, 65), rng.uniform(0.02, 0.8), 1.0 / (i + 1)) for i in range(CITIES)]
     w = np.array([c[3] for c in cities])
     centroids = rng.standard_normal((CENTROIDS, DIM)).astype(np.float32)
@@ -100,6 +117,11 @@ def generate(n, rng, vectors=True):
     scattered = rng.random(n) < 0.05
     lon[scattered] = rng.uniform(-179, 179, scattered.sum())
     lat[scattered] = rng.uniform(-60, 70, scattered.sum())
+    return lon, lat, city, centroids
+
+
+def generate(n, rng, vectors=True):
+    lon, lat, city, centroids = positions(n, rng)
     if not vectors:
         return lon, lat, None, centroids
     pref = rng.random(n) < 0.7
@@ -162,6 +184,151 @@ def make_tiles(lon, lat, rng):
     return np.ascontiguousarray(tiles)
 
 
+# ---- The patch-level set (PEERS_PATCH=1) ----------------------------------------------------
+GRID = 14  # a tile is a GRID × GRID grid of patch vectors (196), row 0 at the north edge
+PATCH_SELECTIVITIES = [0.001, 0.01, 0.1, 1.0]
+EDGE_MARGIN = 1e-5  # degrees (≈ 1 m) kept between a query box's edge and every patch edge
+
+
+def patch_edges(tiles):
+    """Column edges xs (T × 15, west to east) and row edges ys (T × 15, north to south) of the
+    patch grids of axis-aligned tile boxes [w, s, e, n]. The arithmetic is graftdb's
+    `patch_footprint` on the ring UL, UR, LR, LL (w + (e − w)·(col / 14), n + (s − n)·(row / 14)),
+    so both sides get bit-identical patch boxes."""
+    t = np.arange(GRID + 1) / GRID
+    w, s, e, n = (tiles[:, i:i + 1] for i in range(4))
+    return w + (e - w) * t, n + (s - n) * t
+
+
+def patch_boxes(tiles):
+    """T × 196 × 4 patch boxes [w, s, e, n], patch p = row · 14 + col."""
+    xs, ys = patch_edges(tiles)
+    shape = (len(tiles), GRID, GRID)
+    b = np.stack([np.broadcast_to(xs[:, None, :-1], shape), np.broadcast_to(ys[:, 1:, None], shape),
+                  np.broadcast_to(xs[:, None, 1:], shape), np.broadcast_to(ys[:, :-1, None], shape)], -1)
+    return b.reshape(len(tiles), GRID * GRID, 4)
+
+
+def box_mask(boxes, bbox):
+    """Boxes [..., w, s, e, n] that intersect bbox [W, S, E, N], boundary included."""
+    W, S, E, N = bbox
+    return (boxes[..., 0] <= E) & (boxes[..., 2] >= W) & (boxes[..., 1] <= N) & (boxes[..., 3] >= S)
+
+
+def make_patch_tiles(t, rng):
+    """T square tile footprints of 1–5 km at points clustered like the photos, and each tile's
+    content centroid: a city-preferred centroid (as the photos pick theirs) + N(0, 0.02²)."""
+    lon, lat, city, centroids = positions(t, rng)
+    half = rng.uniform(1.0, 5.0, t) / 2 / 111.32  # half side in degrees of latitude
+    dlon = half / np.cos(np.radians(lat))
+    tiles = np.stack([np.maximum(lon - dlon, -180.0), np.maximum(lat - half, -90.0),
+                      np.minimum(lon + dlon, 180.0), np.minimum(lat + half, 90.0)], 1)
+    pref = rng.random(t) < 0.7
+    cls = np.where(pref, (city * 7 + rng.integers(0, 5, t)) % CENTROIDS, rng.integers(0, CENTROIDS, t))
+    tc = centroids[cls] + rng.normal(0, 0.02, (t, DIM)).astype(np.float32)
+    tc /= np.linalg.norm(tc, axis=1, keepdims=True)
+    return np.ascontiguousarray(tiles), tc, centroids
+
+
+def clear_edges(b, tiles, xs, ys):
+    """Move each edge of bbox b outward until no patch edge lies within EDGE_MARGIN of it, so
+    no engine's float handling (PostgreSQL compares boxes with a 1e-6 tolerance) can change
+    which patches intersect. Edges on the world's bounds stay."""
+    m = EDGE_MARGIN
+    for _ in range(100):
+        moved = False
+        near_y = (tiles[:, 1] <= b[3] + m) & (tiles[:, 3] >= b[1] - m)
+        near_x = (tiles[:, 0] <= b[2] + m) & (tiles[:, 2] >= b[0] - m)
+        cx, cy = xs[near_y].ravel(), ys[near_x].ravel()
+        for i, coords, step, bound in [(0, cx, -m, -180.0), (2, cx, m, 180.0), (1, cy, -m, -90.0), (3, cy, m, 90.0)]:
+            if b[i] != bound and np.any(np.abs(coords - b[i]) < m):
+                b[i] = min(max(b[i] + step, -180.0 if i % 2 == 0 else -90.0), 180.0 if i % 2 == 0 else 90.0)
+                moved = True
+        if not moved:
+            return b
+    raise RuntimeError(f"could not clear the edges of {b}")
+
+
+def make_patch_filter(sel, tiles, xs, ys, rng):
+    """A bbox grown around a random tile's centre until about sel × T tiles intersect it."""
+    t = len(tiles)
+    if sel >= 1.0:
+        return {"kind": "all"}
+    a = rng.integers(t)
+    x, y = (tiles[a, 0] + tiles[a, 2]) / 2, (tiles[a, 1] + tiles[a, 3]) / 2
+    aspect = rng.uniform(0.5, 2.0)
+    # A tile intersects [x − h, y − h·aspect, x + h, y + h·aspect] iff h >= need.
+    need = np.max(np.stack([tiles[:, 0] - x, x - tiles[:, 2], (tiles[:, 1] - y) / aspect, (y - tiles[:, 3]) / aspect]), 0)
+    h = max(midway(need, max(1, round(sel * t))), EDGE_MARGIN)
+    b = [max(x - h, -180.0), max(y - h * aspect, -90.0), min(x + h, 180.0), min(y + h * aspect, 90.0)]
+    return {"kind": "bbox", "bbox": [float(v) for v in clear_edges(b, tiles, xs, ys)]}
+
+
+def patch_main(out, t, nq, rng):
+    """tiles.npy (T × 4 [w, s, e, n] f64), patches.npy (T·196 × 512 f32, tile-major, then row,
+    col), qvecs.npy, queries.json, truth.json. A patch's id is tile · 196 + row · 14 + col."""
+    tm = time.time()
+    p = GRID * GRID
+    tiles, tc, centroids = make_patch_tiles(t, rng)
+    np.save(f"{out}/tiles.npy", tiles)
+    pv = np.lib.format.open_memmap(f"{out}/patches.tmp.npy", mode="w+", dtype=np.float32, shape=(t * p, DIM))
+    ch = 500
+    for s in range(0, t, ch):
+        e = min(t, s + ch)
+        v = np.repeat(tc[s:e], p, axis=0)
+        v += 0.03 * rng.standard_normal(v.shape, dtype=np.float32)
+        v /= np.linalg.norm(v, axis=1, keepdims=True)
+        pv[s * p:e * p] = v
+    pv.flush()
+    del pv
+    print(f"gen: {t} tiles × {p} patches × {DIM} in {time.time() - tm:.1f} s", file=sys.stderr)
+
+    xs, ys = patch_edges(tiles)
+    queries, qvecs = [], []
+    for sel in PATCH_SELECTIVITIES:
+        for _ in range(nq):
+            f = make_patch_filter(sel, tiles, xs, ys, rng)
+            q = centroids[rng.integers(CENTROIDS)] + rng.normal(0, 0.04, DIM).astype(np.float32)
+            qvecs.append((q / np.linalg.norm(q)).astype(np.float32))
+            f["sel"] = sel
+            f["tiles"] = t if f["kind"] == "all" else int(box_mask(tiles, f["bbox"]).sum())
+            queries.append(f)
+    qm = np.stack(qvecs)
+
+    # The exact top-k of every query in one pass over the patches (chunks of tiles).
+    best = [(np.empty(0, np.float32), np.empty(0, np.int64)) for _ in queries]
+    matches = [0] * len(queries)
+    tmasks = [None if f["kind"] == "all" else box_mask(tiles, f["bbox"]) for f in queries]
+    src = np.load(f"{out}/patches.tmp.npy", mmap_mode="r")
+    for s in range(0, t, ch):
+        e = min(t, s + ch)
+        sc = np.asarray(src[s * p:e * p]) @ qm.T  # rows × queries, f32
+        for j, f in enumerate(queries):
+            if tmasks[j] is None:
+                rows = np.arange((e - s) * p)
+            else:
+                ti = np.flatnonzero(tmasks[j][s:e])
+                if not len(ti):
+                    continue
+                pm = box_mask(patch_boxes(tiles[s + ti]), f["bbox"])  # len(ti) × 196
+                rows = (ti[:, None] * p + np.arange(p))[pm]
+            matches[j] += len(rows)
+            bs = np.concatenate([best[j][0], sc[rows, j]])
+            bi = np.concatenate([best[j][1], s * p + rows])
+            top = np.argsort(-bs, kind="stable")[:K]
+            best[j] = (bs[top], bi[top])
+    del src
+    os.replace(f"{out}/patches.tmp.npy", f"{out}/patches.npy")
+    truth = [{"matches": matches[j], "tiles": f["tiles"], "ids": best[j][1].tolist(),
+              "kth": float(best[j][0][-1]) if len(best[j][0]) else None} for j, f in enumerate(queries)]
+    np.save(f"{out}/qvecs.npy", qm)
+    with open(f"{out}/queries.json", "w") as fh:
+        json.dump({"k": K, "tiles": t, "grid": GRID, "n": t * p, "dim": DIM, "queries": queries}, fh)
+    with open(f"{out}/truth.json", "w") as fh:
+        json.dump(truth, fh)
+    print(f"gen: {len(queries)} patch queries, truth done in {time.time() - tm:.1f} s", file=sys.stderr)
+
+
 def main():
     out = sys.argv[1]
     os.makedirs(out, exist_ok=True)
@@ -169,6 +336,8 @@ def main():
     nq = int(os.environ.get("PEERS_Q", "50"))
     rng = np.random.default_rng(int(os.environ.get("PEERS_SEED", "0x6AF7BE4C"), 0))
     t = time.time()
+    if os.environ.get("PEERS_PATCH", "0") != "0":
+        return patch_main(out, int(os.environ.get("PEERS_PATCH_TILES", "10000")), nq, rng)
     if os.environ.get("PEERS_JOIN_ONLY", "0") != "0":
         lon, lat, _, _ = generate(n, rng, vectors=False)
         np.save(f"{out}/lon.npy", lon)

@@ -10,8 +10,12 @@
 # PEERS_JOIN=0 to skip the photo→tile join, PEERS_RUN (output dir, default WORK/run-N).
 # PEERS_JOIN_ONLY=1: the photo→tile join alone, N photos × N/10 tiles, no vectors (data in
 # WORK/join-N, output in WORK/join-run-N, engines "graftdb pg"); the report fails unless both
-# engines find the same pairs. Everything it starts (one PostgreSQL server on a
-# unix socket inside the work dir, no TCP) is stopped on exit.
+# engines find the same pairs. PEERS_PATCH=1: the patch-level set instead, PEERS_PATCH_TILES
+# tiles (default 10000) × 196 patch vectors, Q bbox queries per selectivity (data in
+# WORK/patch-T-qQ, output in WORK/patch-run-T). PEERS_PYTHON: use that interpreter (with the
+# peers already installed) instead of creating and filling benches/peers/.venv.
+# Everything it starts (one PostgreSQL server on a unix socket inside the work dir, no TCP)
+# is stopped on exit.
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 N="${PEERS_N:-1000000}"
@@ -19,7 +23,14 @@ Q="${PEERS_Q:-50}"
 ENGINES="${PEERS_ENGINES:-numpy graftdb qdrant lance pg}"
 WORK="${PEERS_WORK:-$HERE/work}"
 JOIN_ONLY="${PEERS_JOIN_ONLY:-0}"
-if [ "$JOIN_ONLY" != 0 ]; then
+PATCH="${PEERS_PATCH:-0}"
+T="${PEERS_PATCH_TILES:-10000}"
+if [ "$PATCH" != 0 ] && [ "$JOIN_ONLY" != 0 ]; then echo "PEERS_PATCH and PEERS_JOIN_ONLY exclude each other" >&2; exit 2; fi
+if [ "$PATCH" != 0 ]; then
+  export PEERS_PATCH=1
+  DATA="$WORK/patch-$T-q$Q"
+  RUN="${PEERS_RUN:-$WORK/patch-run-$T}"
+elif [ "$JOIN_ONLY" != 0 ]; then
   export PEERS_JOIN_ONLY=1
   ENGINES="${PEERS_ENGINES:-graftdb pg}"
   DATA="$WORK/join-$N"
@@ -29,7 +40,7 @@ else
   RUN="${PEERS_RUN:-$WORK/run-$N}"
 fi
 VENV="$HERE/.venv"
-PY="$VENV/bin/python"
+PY="${PEERS_PYTHON:-$VENV/bin/python}"
 mkdir -p "$WORK" "$RUN"
 
 cleanup() {
@@ -42,15 +53,19 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-if [ ! -x "$PY" ]; then python3 -m venv "$VENV"; fi
-"$PY" -m pip install -q --disable-pip-version-check -r "$HERE/requirements.txt"
+if [ -z "${PEERS_PYTHON:-}" ]; then
+  if [ ! -x "$PY" ]; then python3 -m venv "$VENV"; fi
+  "$PY" -m pip install -q --disable-pip-version-check -r "$HERE/requirements.txt"
+fi
 
 if [[ " $ENGINES " == *" graftdb "* ]]; then
   (cd "$HERE/graftdb-adapter" && cargo build --release -q)
 fi
 ADAPTER="${CARGO_TARGET_DIR:-$HERE/graftdb-adapter/target}/release/graftdb-peer-adapter"
 
-if [ "$JOIN_ONLY" != 0 ]; then
+if [ "$PATCH" != 0 ]; then
+  if [ ! -f "$DATA/truth.json" ]; then PEERS_PATCH_TILES="$T" PEERS_Q="$Q" "$PY" "$HERE/gen.py" "$DATA"; fi
+elif [ "$JOIN_ONLY" != 0 ]; then
   if [ ! -f "$DATA/tiles.npy" ]; then PEERS_N="$N" "$PY" "$HERE/gen.py" "$DATA"; fi
 elif [ ! -f "$DATA/truth.json" ]; then
   PEERS_N="$N" PEERS_Q="$Q" "$PY" "$HERE/gen.py" "$DATA"
@@ -86,6 +101,13 @@ report_head() {
   echo '```'
   echo
 }
+if [ "$PATCH" != 0 ]; then
+  {
+    report_head "Peer benchmark, patch level, $T tiles × 196 patches, $Q queries per selectivity"
+    "$PY" "$HERE/report.py" --patch "$DATA" "${OUTS[@]}"
+  } | tee "$RUN/peers-patch-$T.md"
+  exit "${PIPESTATUS[0]}"
+fi
 if [ "$JOIN_ONLY" != 0 ]; then
   {
     report_head "Peer benchmark, spatial join only, $N photos"

@@ -3,7 +3,8 @@
 //! single-threaded with `Db::search` and writes the common adapter JSON (see ../README.md).
 //!
 //! Usage: graftdb-peer-adapter DATA_DIR WORK_DIR OUT.json
-//! With PEERS_JOIN_ONLY=1 it runs the photo→tile join alone (no vectors; see `join_only`).
+//! With PEERS_JOIN_ONLY=1 it runs the photo→tile join alone (no vectors; see `join_only`);
+//! with PEERS_PATCH=1 the patch-level set (see `patch_mode`).
 
 use std::time::Instant;
 
@@ -141,12 +142,124 @@ fn join_only(data: &std::path::Path, work: &std::path::Path, out: &str) -> Resul
     Ok(())
 }
 
+/// PEERS_PATCH: the patch-level set (`gen.py`, PEERS_PATCH=1). A patch space (14×14, cos);
+/// every tile a Tile record (footprint ring UL, UR, LR, LL as `patch_footprint` reads it) and
+/// its grid through `put_patches`, 100 tiles per commit, `checkpoint`, reopen, then one
+/// `Db::search` per query with a `Region::bbox` filter (none at 100 %). Hit ids are written as
+/// tile · 196 + row · 14 + col.
+fn patch_mode(data: &std::path::Path, work: &std::path::Path, out: &str) -> Result<()> {
+    use std::io::Read;
+    let (tshape, boxes) = npy::<f64>(&data.join("tiles.npy"))?;
+    let nt = tshape[0] as usize;
+    let queries: Value = serde_json::from_str(&std::fs::read_to_string(data.join("queries.json"))?)?;
+    let k = queries["k"].as_u64().unwrap_or(10) as usize;
+    let g = queries["grid"].as_u64().unwrap_or(14) as u16;
+    let per = usize::from(g) * usize::from(g);
+    let qs = queries["queries"].as_array().context("queries")?;
+    let (_, qvecs) = npy::<f32>(&data.join("qvecs.npy"))?;
+    // The patch vectors are read a commit's worth at a time (1.96M × 512 f32 is 4 GB), outside
+    // the ingest timer.
+    let pp = data.join("patches.npy");
+    let npy = npyz::NpyFile::new(std::io::BufReader::with_capacity(1 << 22, std::fs::File::open(&pp).with_context(|| pp.display().to_string())?))?;
+    let pshape = npy.shape().to_vec();
+    anyhow::ensure!(npy.dtype().descr() == "'<f4'" && npy.order() == npyz::Order::C, "patches.npy: want C-order <f4, got {}", npy.dtype().descr());
+    anyhow::ensure!(pshape.len() == 2 && pshape[0] as usize == nt * per, "patches.npy: shape {pshape:?} for {nt} tiles × {per}");
+    let dim = pshape[1] as usize;
+    let mut src = npy.into_inner();
+
+    let path = work.join("graftdb-patch");
+    let _ = std::fs::remove_dir_all(&path);
+    std::fs::create_dir_all(work)?;
+    let db = Db::create(&path)?;
+    db.create_space("patch", dim as u32, Metric::Cos, Level::Patch { rows: g, cols: g })?;
+    const CHUNK: usize = 100;
+    let mut bytes = vec![0u8; CHUNK * per * dim * 4];
+    let mut grid = vec![0f32; CHUNK * per * dim];
+    let mut ingest_s = 0.0;
+    for start in (0..nt).step_by(CHUNK) {
+        let end = (start + CHUNK).min(nt);
+        let len = (end - start) * per * dim;
+        src.read_exact(&mut bytes[..len * 4])?;
+        for (x, b) in grid[..len].iter_mut().zip(bytes.chunks_exact(4)) {
+            *x = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        }
+        let t = Instant::now();
+        let mut w = db.begin_write()?;
+        for i in start..end {
+            let b = &boxes[i * 4..i * 4 + 4];
+            let key = w.insert(Record::Tile(Tile {
+                id: RecordId::Int(i as i64),
+                footprint: vec![[b[0], b[3]], [b[2], b[3]], [b[2], b[1]], [b[0], b[1]], [b[0], b[3]]],
+                source: "peers".into(),
+                gsd_m: 10.0,
+                time: None,
+                cloud_cover: None,
+                pixels: Default::default(),
+            }))?;
+            let o = (i - start) * per * dim;
+            w.put_patches("patch", key, &grid[o..o + per * dim])?;
+        }
+        w.commit()?;
+        ingest_s += t.elapsed().as_secs_f64();
+    }
+    drop(bytes);
+    drop(grid);
+    eprintln!("graftdb: patch ingest {nt} tiles × {per} {ingest_s:.1} s");
+    let t = Instant::now();
+    db.checkpoint()?;
+    let build_s = t.elapsed().as_secs_f64();
+    eprintln!("graftdb: checkpoint {build_s:.1} s");
+    drop(db);
+    let disk = dir_bytes(&path);
+    let db = Db::open(&path)?;
+    let run = |qi: usize, q: &Value| -> Result<(f64, Vec<i64>, String, [u64; 3])> {
+        let filter = Filter { regions: region(q)?.into_iter().collect(), ..Default::default() };
+        let query = Query::new("patch", qvecs[qi * dim..(qi + 1) * dim].to_vec(), k).filter(filter);
+        let t = Instant::now();
+        let res = db.search(&query)?;
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        let ids = res
+            .hits
+            .iter()
+            .map(|h| match (&h.id, &h.patch) {
+                (RecordId::Int(i), Some(p)) => i * per as i64 + i64::from(p.row) * i64::from(g) + i64::from(p.col),
+                _ => -1,
+            })
+            .collect();
+        let e = &res.explain;
+        Ok((ms, ids, e.path.as_str().to_string(), [e.estimate, e.tested, e.matched]))
+    };
+    for (qi, q) in qs.iter().enumerate().take(20) {
+        run(qi, q)?;
+    }
+    let mut results = Vec::with_capacity(qs.len());
+    for (qi, q) in qs.iter().enumerate() {
+        let (ms, ids, plan, [estimate, tested, matched]) = run(qi, q)?;
+        results.push(json!({"ms": ms, "ids": ids, "plan": plan, "estimate": estimate, "tested": tested, "matched": matched}));
+    }
+    eprintln!("graftdb: {} patch queries done", qs.len());
+    let doc = json!({
+        "engine": "graftdb",
+        "mode": format!("library: patch space {g}×{g} (i8 codes + per-patch scale), put_patches in {CHUNK}-tile commits, checkpoint; Db::search with Region::bbox (tiles by footprint, edge tiles patch by patch)"),
+        "ingest_s": ingest_s,
+        "build_s": build_s,
+        "disk_bytes": disk,
+        "peak_rss_kb": proc_status("VmHWM:"),
+        "results": results,
+    });
+    std::fs::write(out, serde_json::to_string(&doc)?)?;
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     anyhow::ensure!(args.len() == 4, "usage: graftdb-peer-adapter DATA_DIR WORK_DIR OUT.json");
     let (data, work, out) = (std::path::Path::new(&args[1]), std::path::Path::new(&args[2]), &args[3]);
     if std::env::var("PEERS_JOIN_ONLY").is_ok_and(|v| v != "0") {
         return join_only(data, work, out);
+    }
+    if std::env::var("PEERS_PATCH").is_ok_and(|v| v != "0") {
+        return patch_mode(data, work, out);
     }
     let (shape, vecs) = npy::<f32>(&data.join("vecs.npy"))?;
     let (n, dim) = (shape[0] as usize, shape[1] as usize);
@@ -158,6 +271,15 @@ fn main() -> Result<()> {
     let qs = queries["queries"].as_array().context("queries")?;
 
     let path = work.join("graftdb");
+    // PEERS_GRAFT_REUSE=PRIOR.json: query the database an earlier run left in WORK_DIR again
+    // (a 1M build takes ~30 min here), reporting that run's ingest and build times.
+    if let Ok(prior) = std::env::var("PEERS_GRAFT_REUSE") {
+        let prior: Value = serde_json::from_str(&std::fs::read_to_string(&prior).with_context(|| prior.clone())?)?;
+        let (ingest_s, build_s) = (prior["ingest_s"].as_f64().context("ingest_s")?, prior["build_s"].as_f64().context("build_s")?);
+        anyhow::ensure!(path.exists(), "PEERS_GRAFT_REUSE: no database at {}", path.display());
+        eprintln!("graftdb: reusing {} (ingest {ingest_s:.1} s, checkpoint {build_s:.1} s in the run that built it)", path.display());
+        return time_queries(data, &path, dim, &qvecs, qs, k, ingest_s, build_s);
+    }
     let _ = std::fs::remove_dir_all(&path);
     std::fs::create_dir_all(work)?;
     let db = Db::create(&path)?;
@@ -180,6 +302,14 @@ fn main() -> Result<()> {
     let build_s = t.elapsed().as_secs_f64();
     eprintln!("graftdb: checkpoint (arena + HNSW) {build_s:.1} s");
     drop(db);
+    time_queries(data, &path, dim, &qvecs, qs, k, ingest_s, build_s)
+}
+
+/// Time the queries on the built database at `path`, run the join, write OUT.json.
+#[allow(clippy::too_many_arguments)]
+fn time_queries(data: &std::path::Path, path: &std::path::Path, dim: usize, qvecs: &[f32], qs: &[Value], k: usize, ingest_s: f64, build_s: f64) -> Result<()> {
+    let out = &std::env::args().nth(3).context("OUT.json")?;
+    let path = path.to_path_buf();
     let disk = dir_bytes(&path);
     // Default Options unless PEERS_GRAFT_EF / PEERS_GRAFT_EXACT set them. PEERS_GRAFT_EFS
     // (comma list) adds runs at other beams, written beside OUT as graftdb-ef<X>.json.
