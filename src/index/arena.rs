@@ -41,6 +41,14 @@ impl<T: bytemuck::Pod> Deref for Col<T> {
 }
 
 impl<T: bytemuck::Pod> Col<T> {
+    /// The mapped file this column is a window of, if any.
+    pub(crate) fn map(&self) -> Option<&Arc<Mmap>> {
+        match self {
+            Col::Owned(_) => None,
+            Col::Mapped(m, _) => Some(m),
+        }
+    }
+
     pub(crate) fn mapped(m: &Arc<Mmap>, r: Range<usize>, path: &Path) -> Result<Self> {
         if r.is_empty() {
             return Ok(Col::Owned(Vec::new()));
@@ -50,6 +58,26 @@ impl<T: bytemuck::Pod> Col<T> {
             .map_err(|e| Error::Corrupt { path: path.into(), detail: format!("misaligned column: {e}") })?;
         Ok(Col::Mapped(m.clone(), r))
     }
+}
+
+/// Fault the pages of `maps` into this process's page tables in a background thread
+/// (`MADV_POPULATE_READ`, Linux 5.14+), so that queries on a freshly opened database do not
+/// take a page fault for every 4 KB they touch first. Pages not yet in the page cache are
+/// read from disk. Elsewhere, or where the kernel refuses, nothing happens and pages fault
+/// on first touch as before. The thread holds the maps until it is done.
+pub(crate) fn prefault(mut maps: Vec<Arc<Mmap>>) {
+    maps.dedup_by(|a, b| Arc::ptr_eq(a, b));
+    if maps.is_empty() || !cfg!(target_os = "linux") {
+        return;
+    }
+    let _ = std::thread::Builder::new().name("graftdb-prefault".into()).spawn(move || {
+        for m in maps {
+            #[cfg(target_os = "linux")]
+            let _ = m.advise(memmap2::Advice::PopulateRead);
+            #[cfg(not(target_os = "linux"))]
+            let _ = m;
+        }
+    });
 }
 
 /// What a row stores besides its vector.
@@ -115,6 +143,18 @@ pub struct Segment {
 }
 
 impl Segment {
+    /// The mapped files its columns are windows of (one for a snapshot; none when owned).
+    pub(crate) fn maps(&self) -> Vec<Arc<Mmap>> {
+        let cols = [self.keys.map(), self.time.map(), self.bbox.map(), self.kind.map(), self.f32s.map(), self.bytes.map(), self.codes.map(), self.qscale.map(), self.qres.map()];
+        let mut out: Vec<Arc<Mmap>> = Vec::new();
+        for m in cols.into_iter().flatten() {
+            if !out.iter().any(|o| Arc::ptr_eq(o, m)) {
+                out.push(m.clone());
+            }
+        }
+        out
+    }
+
     /// An empty in-memory segment.
     pub fn empty(stride: usize) -> Self {
         Segment {

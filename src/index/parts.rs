@@ -95,6 +95,11 @@ pub struct PartBound {
 }
 
 impl Parts {
+    /// The mapped file its columns are windows of, if loaded from one.
+    pub(crate) fn maps(&self) -> Vec<Arc<Mmap>> {
+        self.codes.map().into_iter().chain(self.keys.map()).take(1).cloned().collect()
+    }
+
     /// Partitions held.
     pub fn len(&self) -> usize {
         self.min_cos.len()
