@@ -65,19 +65,17 @@ impl<T: bytemuck::Pod> Col<T> {
 /// take a page fault for every 4 KB they touch first. Pages not yet in the page cache are
 /// read from disk. Elsewhere, or where the kernel refuses, nothing happens and pages fault
 /// on first touch as before. The thread holds the maps until it is done.
-pub(crate) fn prefault(mut maps: Vec<Arc<Mmap>>) {
-    maps.dedup_by(|a, b| Arc::ptr_eq(a, b));
-    if maps.is_empty() || !cfg!(target_os = "linux") {
-        return;
+pub(crate) fn prefault(maps: Vec<Arc<Mmap>>) {
+    #[cfg(target_os = "linux")]
+    if !maps.is_empty() {
+        let _ = std::thread::Builder::new().name("graftdb-prefault".into()).spawn(move || {
+            for m in maps {
+                let _ = m.advise(memmap2::Advice::PopulateRead);
+            }
+        });
     }
-    let _ = std::thread::Builder::new().name("graftdb-prefault".into()).spawn(move || {
-        for m in maps {
-            #[cfg(target_os = "linux")]
-            let _ = m.advise(memmap2::Advice::PopulateRead);
-            #[cfg(not(target_os = "linux"))]
-            let _ = m;
-        }
-    });
+    #[cfg(not(target_os = "linux"))]
+    let _ = maps;
 }
 
 /// What a row stores besides its vector.
