@@ -100,6 +100,18 @@ impl SpaceHandle {
     fn is_patch(&self) -> bool {
         matches!(self.def.level, Level::Patch { .. })
     }
+    /// Partition items per row: 1, or the patches of a grid.
+    fn per(&self) -> usize {
+        per(&self.def)
+    }
+}
+
+/// Partition items per row of a space: 1 at the image level, the patches of a grid at the patch level.
+fn per(def: &SpaceDef) -> usize {
+    match def.level {
+        Level::Image => 1,
+        Level::Patch { rows, cols } => usize::from(rows) * usize::from(cols),
+    }
 }
 
 /// Bytes of one vector payload in a space: `dim` f32, or the i8 patch grid.
@@ -361,12 +373,12 @@ impl Db {
             if let Ok((seg, seq, old_seg)) = arena::read_snapshot(&self.dir.join(INDEX_DIR).join(&m.arena), st, patch) {
                 if seq == m.seq {
                     // A graph labelled some other way is left unused; the snapshot still serves.
-                    let usable = m.hnsw.as_ref().filter(|_| m.labels.as_deref() == Some(hnsw::labels(def.metric)));
+                    let usable = m.hnsw.as_ref().filter(|_| m.labels.as_deref() == Some(hnsw::labels(def.metric, patch)));
                     let graph = usable.and_then(|h| hnsw::view(&self.dir.join(INDEX_DIR).join(h), def.dim as usize, def.metric).ok());
-                    let graph_ok = usable.is_none() || graph.as_ref().is_some_and(|g| g.size() == seg.len());
+                    let graph_ok = usable.is_none() || graph.as_ref().is_some_and(|g| g.size() == seg.len() * per(&def));
                     if graph_ok {
                         // Partitions that fail to load are rebuilt at the next checkpoint.
-                        let parts = m.parts.as_ref().and_then(|p| Parts::load(&self.dir.join(INDEX_DIR).join(p), def.dim as usize, &seg).ok());
+                        let parts = m.parts.as_ref().and_then(|p| Parts::load(&self.dir.join(INDEX_DIR).join(p), def.dim as usize, &seg, per(&def)).ok());
                         idx.old_format = old_seg || parts.as_ref().is_some_and(|p| p.1);
                         idx.parts = parts.map(|p| p.0);
                         if self.opts.prefault {
@@ -686,12 +698,12 @@ impl Db {
     }
 
     fn install(&self, h: &SpaceHandle, s: &mut SpaceIndex, seg: Segment, seq: u64) -> Result<()> {
-        let graph = if !h.is_patch() && seg.len() >= self.opts.hnsw_min_rows {
-            Some(hnsw::build(&seg, h.def.dim as usize, h.def.metric, self.opts.threads)?)
-        } else {
-            None
+        let graph = match (self.wants_graph(h, seg.len()), h.is_patch()) {
+            (false, _) => None,
+            (true, false) => Some(hnsw::build(&seg, h.def.dim as usize, h.def.metric, self.opts.threads)?),
+            (true, true) => Some(hnsw::build_patches(&seg, h.def.dim as usize, h.per(), self.opts.threads)?),
         };
-        let parts = if self.wants_parts(h, seg.len()) { Parts::build(&seg, h.def.dim as usize, self.opts.threads) } else { None };
+        let parts = if self.wants_parts(h, seg.len()) { self.build_parts(h, &seg) } else { None };
         if self.opts.persist_index {
             // Best effort: a failure here leaves the database correct, only slower to open.
             let _ = self.persist(h.def.number, &seg, graph.as_ref(), parts.as_ref(), seq, h.is_patch(), h.def.metric);
@@ -705,16 +717,31 @@ impl Db {
         Ok(())
     }
 
-    /// Whether a base segment of `rows` rows gets cone partitions: image-level cosine spaces
-    /// large enough for a graph.
+    /// Whether a base segment of `rows` rows gets a graph: enough vectors, and at the patch
+    /// level a cosine space (its graph holds the patches' i8 codes, whose scale cosine ignores).
+    fn wants_graph(&self, h: &SpaceHandle, rows: usize) -> bool {
+        rows * h.per() >= self.opts.hnsw_min_rows && (!h.is_patch() || h.def.metric == Metric::Cos)
+    }
+
+    /// Whether a base segment of `rows` rows gets cone partitions: cosine spaces with as many
+    /// vectors as a graph needs (at the patch level, counting every patch).
     fn wants_parts(&self, h: &SpaceHandle, rows: usize) -> bool {
-        self.opts.partitions && !h.is_patch() && h.def.metric == Metric::Cos && rows >= self.opts.hnsw_min_rows
+        self.opts.partitions && h.def.metric == Metric::Cos && rows * h.per() >= self.opts.hnsw_min_rows
+    }
+
+    fn build_parts(&self, h: &SpaceHandle, seg: &Segment) -> Option<Parts> {
+        let dim = h.def.dim as usize;
+        if h.is_patch() {
+            Parts::build_patches(seg, dim, h.per(), self.opts.threads)
+        } else {
+            Parts::build(seg, dim, self.opts.threads)
+        }
     }
 
     /// Build the partitions of an installed base that lacks them (a database checkpointed by
     /// a graftdb without partitions), leaving the snapshot and graph as they are.
     fn install_parts(&self, h: &SpaceHandle, s: &mut SpaceIndex) -> Result<()> {
-        let Some(parts) = Parts::build(&s.base, h.def.dim as usize, self.opts.threads) else { return Ok(()) };
+        let Some(parts) = self.build_parts(h, &s.base) else { return Ok(()) };
         if self.opts.persist_index {
             if let Ok(mut m) = self.read_manifest(h.def.number) {
                 let dir = self.dir.join(INDEX_DIR);
@@ -778,7 +805,7 @@ impl Db {
             }
             None => None,
         };
-        let labels = hnsw_name.as_ref().map(|_| hnsw::labels(def_metric).to_string());
+        let labels = hnsw_name.as_ref().map(|_| hnsw::labels(def_metric, patch).to_string());
         let m = Manifest { seq, arena: arena_name, hnsw: hnsw_name, labels, parts: parts_name };
         self.write_manifest(num, &m)?;
         if let Some(o) = old {
@@ -802,7 +829,7 @@ impl Db {
             let h = self.handle(&def.name)?;
             self.refresh(&h)?;
             let mut s = h.state.write().map_err(|_| Error::Index("lock poisoned".into()))?;
-            let want_graph = !h.is_patch() && s.base.len() + s.delta.len() >= self.opts.hnsw_min_rows;
+            let want_graph = self.wants_graph(&h, s.base.len() + s.delta.len());
             if s.delta.is_empty() && (s.hnsw.is_some() || !want_graph) && self.read_manifest(def.number).is_ok_and(|m| m.seq == s.applied) {
                 if s.old_format {
                     self.rewrite_format(&h, &mut s)?;

@@ -358,20 +358,30 @@ impl Db {
             }
         }
         if let Some(g) = &s.hnsw {
-            if g.size() != s.base.len() {
-                p.push(format!("space {}: graph holds {} vectors, snapshot {}", def.name, g.size(), s.base.len()));
+            // Graph nodes are labelled by snapshot row number, or `row × per + patch` for the
+            // patches of a patch-level space (`hnsw::labels`).
+            let per = match def.level {
+                Level::Image => 1,
+                Level::Patch { rows, cols } => usize::from(rows) * usize::from(cols),
+            };
+            if g.size() != s.base.len() * per {
+                p.push(format!("space {}: graph holds {} vectors, snapshot {} × {per}", def.name, g.size(), s.base.len()));
             }
-            // Graph nodes are labelled by snapshot row number (`hnsw::labels`).
-            if let Some((row, k)) = s.base.keys.iter().enumerate().find(|&(row, _)| !g.contains(row as u64)) {
-                p.push(format!("space {}: graph lacks row {row} (key {k})", def.name));
+            if let Some(item) = (0..s.base.len() * per).find(|&i| !g.contains(i as u64)) {
+                let (row, patch) = (item / per, item % per);
+                let what = if per == 1 { format!("row {row}") } else { format!("patch {patch} of row {row}") };
+                p.push(format!("space {}: graph lacks {what} (key {})", def.name, s.base.keys.get(row).copied().unwrap_or(0)));
             }
         }
         if let Some(parts) = &s.parts {
             // The partitions' copy must name the snapshot's rows with their keys, codes and
             // filter fields (the file's own checks already made the rows a permutation).
+            let per = parts.per().max(1);
             let bad = (0..parts.rows_total()).find(|&j| {
-                let Some(r) = parts.row(j).map(|r| r as usize) else { return true };
-                parts.key(j) != s.base.keys.get(r).copied() || parts.coded(j) != s.base.coded(r) || parts.metas().get(j) != s.base.meta(r)
+                let Some(it) = parts.row(j).map(|r| r as usize) else { return true };
+                let r = it / per;
+                let coded = if per == 1 { s.base.coded(r) } else { s.base.patch_coded(r, it % per, def.dim as usize).map(|(c, sc)| (c, sc, 0.0)) };
+                parts.key(j) != s.base.keys.get(r).copied() || parts.coded(j) != coded || parts.metas().get(j) != s.base.meta(r)
             });
             if let Some(j) = bad {
                 p.push(format!("space {}: partition position {j} disagrees with the snapshot", def.name));

@@ -160,6 +160,16 @@ fn index_files(path: &std::path::Path, ext: &str) -> Vec<std::path::PathBuf> {
     v
 }
 
+/// A version 3 partitions file of `np` partitions in the layout of versions 1 and 2: the
+/// per-partition norms (the third section, each section 64-byte aligned after a 64-byte
+/// header) taken out.
+fn v2_layout(b: &[u8], np: usize, dim: usize) -> Vec<u8> {
+    let a = |x: usize| x.div_ceil(64) * 64;
+    let norms = a(a(64 + np * dim * 4) + np * 4);
+    let offsets = a(norms + np * 4);
+    [&b[..norms], &b[offsets..]].concat()
+}
+
 fn version_of(file: &std::path::Path) -> u32 {
     let b = std::fs::read(file).unwrap();
     u32::from_le_bytes(b[8..12].try_into().unwrap())
@@ -179,7 +189,7 @@ fn older_index_formats_are_read_upgraded_and_rewritten_and_check_catches_wrong_r
     };
     let (arena, parts) = (index_files(&path, "arena"), index_files(&path, "parts"));
     assert_eq!((arena.len(), parts.len()), (1, 1));
-    assert_eq!((version_of(&arena[0]), version_of(&parts[0])), (3, 2));
+    assert_eq!((version_of(&arena[0]), version_of(&parts[0])), (3, 3));
     // Make them the previous formats: the snapshot's last column (ρ now, ‖x̂‖₁ then) holds
     // numbers that would be wrong as residual norms, and the versions say 2 and 1.
     let mut a = std::fs::read(&arena[0]).unwrap();
@@ -187,7 +197,7 @@ fn older_index_formats_are_read_upgraded_and_rewritten_and_check_catches_wrong_r
     let n = a.len();
     a[n - 4 * 3_000..].fill(0);
     std::fs::write(&arena[0], &a).unwrap();
-    let mut p = std::fs::read(&parts[0]).unwrap();
+    let mut p = v2_layout(&std::fs::read(&parts[0]).unwrap(), graftdb::index::parts::count_for(3_000), DIM);
     p[8..12].copy_from_slice(&1u32.to_le_bytes());
     std::fs::write(&parts[0], &p).unwrap();
     {
@@ -199,7 +209,7 @@ fn older_index_formats_are_read_upgraded_and_rewritten_and_check_catches_wrong_r
         assert_eq!(db.check().unwrap(), Vec::<String>::new());
         db.checkpoint().unwrap();
     }
-    assert_eq!((version_of(&arena[0]), version_of(&parts[0])), (3, 2), "the checkpoint rewrote both in the current format");
+    assert_eq!((version_of(&arena[0]), version_of(&parts[0])), (3, 3), "the checkpoint rewrote both in the current format");
     let db = Db::open_with(&path, options()).unwrap();
     assert_eq!(answers(&db), want);
     drop(db);

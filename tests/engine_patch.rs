@@ -3,7 +3,7 @@
 //! The reference is brute force over the original f32 grids.
 
 use graftdb::query::patch_footprint;
-use graftdb::{Db, Filter, Level, Metric, PixelRef, Query, Record, RecordId, Region, Tile};
+use graftdb::{Db, Filter, Level, Metric, PixelRef, PlanPath, Query, Record, RecordId, Region, Tile};
 use rand::{Rng, SeedableRng};
 
 const DIM: usize = 32;
@@ -91,4 +91,146 @@ fn patch_grid_of_wrong_size_or_for_a_photo_is_refused() {
     assert!(e.contains("14×14×32"), "{e}");
     let e = w.put_vector("px", key, &[0.5; DIM]).unwrap_err().to_string();
     assert!(e.contains("patch grids"), "{e}");
+}
+
+/// Unit vector.
+fn unit(mut v: Vec<f32>) -> Vec<f32> {
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.iter_mut().for_each(|x| *x /= n);
+    v
+}
+
+/// Patch hits as comparable tuples: (id, row, col, score).
+fn patch_hits(r: &graftdb::SearchResult) -> Vec<(String, u16, u16, f32)> {
+    r.hits.iter().map(|h| (h.id.to_string(), h.patch.as_ref().unwrap().row, h.patch.as_ref().unwrap().col, h.score)).collect()
+}
+
+#[test]
+fn patch_partitions_answer_exactly_and_prune() {
+    // 240 tiles × 196 patches in a cosine space: enough patches for partitions. Each tile
+    // has a content centre (one of 12) and its patches scatter around it.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let opts = graftdb::Options { hnsw_min_rows: 2_000, ..graftdb::Options::default() };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(21);
+    let centres: Vec<Vec<f32>> = (0..12).map(|_| unit((0..DIM).map(|_| rng.random_range(-1.0f32..1.0)).collect())).collect();
+    let n_patches = usize::from(G) * usize::from(G);
+    let grid_near = |rng: &mut rand::rngs::StdRng, c: &[f32]| -> Vec<f32> { (0..n_patches).flat_map(|_| unit(c.iter().map(|x| x + rng.random_range(-0.15f32..0.15)).collect())).collect() };
+    {
+        let db = Db::create_with(&path, opts.clone()).unwrap();
+        db.create_space("px", DIM as u32, Metric::Cos, Level::Patch { rows: G, cols: G }).unwrap();
+        let mut w = db.begin_write().unwrap();
+        for i in 0..240 {
+            let key = w.insert(Record::Tile(tile(i, 10.0 + (i % 20) as f64 * 0.03, 45.0 + (i / 20) as f64 * 0.03))).unwrap();
+            let c = centres[rng.random_range(0..centres.len())].clone();
+            w.put_patches("px", key, &grid_near(&mut rng, &c)).unwrap();
+        }
+        w.commit().unwrap();
+        db.checkpoint().unwrap();
+    }
+    // Reopen: the partitions come from their file.
+    let db = Db::open_with(&path, opts).unwrap();
+    let np = graftdb::index::parts::count_for(240 * n_patches) as u64;
+    assert_eq!(db.stats().unwrap().spaces[0].partitions, np, "stats names the loaded patch partitions");
+    assert_eq!(db.check().unwrap(), Vec::<String>::new());
+    let same = |q: Query, what: &str| -> graftdb::SearchResult {
+        let got = db.search(&q).unwrap();
+        let want = db.search(&q.clone().exact(true)).unwrap();
+        assert_eq!(want.explain.path, PlanPath::PatchExact);
+        assert_eq!(patch_hits(&got), patch_hits(&want), "{what}: path {:?} disagrees with the tile scan", got.explain.path);
+        got
+    };
+    // Regions: none, a box cutting tiles, a polygon with a hole.
+    let boxed = Filter { regions: vec![Region::bbox(10.05, 45.0, 10.4, 45.2).unwrap()], ..Default::default() };
+    let poly = Region::parse_polygon("test", "POLYGON((10.0 45.0, 10.5 45.0, 10.5 45.3, 10.0 45.3, 10.0 45.0), (10.1 45.1, 10.2 45.1, 10.2 45.2, 10.1 45.2, 10.1 45.1))").unwrap();
+    let poly = Filter { regions: vec![poly], ..Default::default() };
+    let (mut via_parts, mut scanned, mut filtered_parts) = (0, 0, 0);
+    for qi in 0..20 {
+        let c = &centres[qi % centres.len()];
+        let q = unit(c.iter().map(|x| x + rng.random_range(-0.1f32..0.1)).collect());
+        let r = same(Query::new("px", q.clone(), 10), &format!("unfiltered query {qi}"));
+        assert_eq!(r.hits.len(), 10);
+        if r.explain.path == PlanPath::PatchParts {
+            via_parts += 1;
+            scanned += r.explain.partitions;
+        }
+        for (f, name) in [(&boxed, "box"), (&poly, "polygon")] {
+            let r = same(Query::new("px", q.clone(), 10).filter(f.clone()), &format!("{name} query {qi}"));
+            assert_eq!(r.hits.len(), 10, "{name} query {qi} is short");
+            filtered_parts += usize::from(r.explain.path == PlanPath::PatchParts);
+            for h in &r.hits {
+                assert!(f.regions[0].intersects_ring(&h.patch.as_ref().unwrap().footprint), "{name} query {qi}: a patch outside the region");
+            }
+        }
+    }
+    assert!(via_parts >= 18, "only {via_parts} of 20 unfiltered queries took the patch partitions");
+    eprintln!("filtered via parts: {filtered_parts} of 40; partitions scanned per unfiltered query {} of {np}", scanned / via_parts);
+    assert!(filtered_parts >= 10, "only {filtered_parts} of 40 filtered queries took the patch partitions");
+    assert!(scanned / via_parts < np / 2, "{} of {np} partitions scanned per query: the bound is not pruning", scanned / via_parts);
+    // A tile committed after the checkpoint (the delta) is found too: its patch equal to the
+    // query comes back first.
+    let q = unit(centres[3].iter().map(|x| x + rng.random_range(-0.1f32..0.1)).collect());
+    let mut w = db.begin_write().unwrap();
+    let key = w.insert(Record::Tile(tile(999, 10.2, 45.05))).unwrap();
+    let mut grid = grid_near(&mut rng, &centres[5]);
+    grid[7 * DIM..8 * DIM].copy_from_slice(&q);
+    w.put_patches("px", key, &grid).unwrap();
+    w.commit().unwrap();
+    let r = same(Query::new("px", q, 10), "with a delta");
+    assert_eq!((r.hits[0].id.to_string().as_str(), r.hits[0].patch.as_ref().unwrap().col), ("t999", 7), "the delta tile's patch is missing (path {:?})", r.explain.path);
+}
+
+#[test]
+fn patch_graph_answers_within_its_miss_budget_and_never_short() {
+    // Partitions off: wide patch queries take the graph over every patch (i8 codes), which is
+    // approximate. Miss budget: mean recall@10 ≥ 0.9 against the exact tile scan, every
+    // query full, and a region too tight for the graph answered exactly.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let opts = graftdb::Options { hnsw_min_rows: 2_000, exact_threshold: 2_000, partitions: false, ..graftdb::Options::default() };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(31);
+    let centres: Vec<Vec<f32>> = (0..12).map(|_| unit((0..DIM).map(|_| rng.random_range(-1.0f32..1.0)).collect())).collect();
+    let n_patches = usize::from(G) * usize::from(G);
+    {
+        let db = Db::create_with(&path, opts.clone()).unwrap();
+        db.create_space("px", DIM as u32, Metric::Cos, Level::Patch { rows: G, cols: G }).unwrap();
+        let mut w = db.begin_write().unwrap();
+        for i in 0..150 {
+            let key = w.insert(Record::Tile(tile(i, 10.0 + (i % 15) as f64 * 0.03, 45.0 + (i / 15) as f64 * 0.03))).unwrap();
+            let c = centres[rng.random_range(0..centres.len())].clone();
+            let grid: Vec<f32> = (0..n_patches).flat_map(|_| unit(c.iter().map(|x| x + rng.random_range(-0.15f32..0.15)).collect())).collect();
+            w.put_patches("px", key, &grid).unwrap();
+        }
+        w.commit().unwrap();
+        db.checkpoint().unwrap();
+    }
+    let db = Db::open_with(&path, opts).unwrap();
+    assert_eq!(db.check().unwrap(), Vec::<String>::new(), "the patch graph agrees with the snapshot");
+    let key = |h: &graftdb::Hit| (h.id.to_string(), h.patch.as_ref().unwrap().row, h.patch.as_ref().unwrap().col);
+    let (mut found, mut via_graph) = (0, 0);
+    let wide = Filter { regions: vec![Region::bbox(10.0, 45.0, 10.35, 45.3).unwrap()], ..Default::default() };
+    for qi in 0..20 {
+        let q = unit(centres[qi % 12].iter().map(|x| x + rng.random_range(-0.1f32..0.1)).collect());
+        for f in [Filter::default(), wide.clone()] {
+            let got = db.search(&Query::new("px", q.clone(), 10).filter(f.clone())).unwrap();
+            let want = db.search(&Query::new("px", q.clone(), 10).filter(f.clone()).exact(true)).unwrap();
+            assert_eq!(got.hits.len(), 10, "query {qi} is short (path {:?})", got.explain.path);
+            via_graph += usize::from(got.explain.path == PlanPath::PatchHnsw);
+            let truth: Vec<_> = want.hits.iter().map(key).collect();
+            found += got.hits.iter().filter(|h| truth.contains(&key(h))).count();
+            for h in &got.hits {
+                let p = h.patch.as_ref().unwrap();
+                assert!(f.regions.iter().all(|r| r.intersects_ring(&p.footprint)), "query {qi}: a patch outside the region");
+            }
+        }
+    }
+    let recall = found as f64 / 400.0;
+    assert!(via_graph >= 30, "only {via_graph} of 40 wide queries took the patch graph");
+    assert!(recall >= 0.9, "patch graph recall@10 {recall:.3} is below the 0.9 budget");
+    // One tile: the scan is cheaper than any walk, and exact.
+    let tight = Filter { regions: vec![Region::bbox(10.0, 45.0, 10.005, 45.005).unwrap()], ..Default::default() };
+    let q = unit(centres[0].clone());
+    let got = db.search(&Query::new("px", q, 10).filter(tight)).unwrap();
+    assert_eq!(got.explain.path, PlanPath::PatchExact);
+    assert_eq!(got.hits.len(), 10);
 }

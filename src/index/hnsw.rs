@@ -1,4 +1,5 @@
-//! The HNSW graph of an image-level space (usearch), built from the arena's base segment.
+//! The HNSW graph of a space (usearch), built from the arena's base segment: a node per row
+//! at the image level, a node per patch at the patch level (cos spaces).
 //!
 //! In `cos` spaces the graph holds the arena's i8 codes (per-row scale, so cosine on the codes
 //! is cosine on the vectors up to rounding) and is searched with the query's codes: a quarter
@@ -10,7 +11,8 @@
 //! keys: a filter predicate then reads the row's filter fields (or a candidate bitmap) by
 //! index instead of binary-searching a million keys at every node the walk touches, and a
 //! hit is re-scored without a lookup. A graph is only ever paired with its own segment (the
-//! manifest names both, and `LABELS` marks the labelling).
+//! manifest names both, and `LABELS` marks the labelling). A patch-level graph labels patch `p`
+//! of row `r` as `r × per + p` (`per` patches a grid) and holds the patch's i8 codes.
 
 use std::path::Path;
 
@@ -26,11 +28,12 @@ pub const EXPANSION_ADD: usize = 128;
 /// How a space's graph is written down in the manifest: its labels are row numbers of the
 /// base segment; `+i8` marks graphs over i8 codes (cos spaces). A manifest naming anything
 /// else (an older graph) leaves the graph unused until the next checkpoint rebuilds it.
-pub fn labels(metric: Metric) -> &'static str {
-    if codes(metric) {
-        "row+i8"
-    } else {
-        "row"
+/// Patch-level graphs (always i8) are `item+i8`.
+pub fn labels(metric: Metric, patch: bool) -> &'static str {
+    match (patch, codes(metric)) {
+        (true, _) => "item+i8",
+        (false, true) => "row+i8",
+        (false, false) => "row",
     }
 }
 
@@ -61,24 +64,42 @@ fn ix(e: impl std::fmt::Display) -> Error {
 
 /// Build a graph over every row of `seg` (label = row number), with `threads` threads.
 pub fn build(seg: &Segment, dim: usize, metric: Metric, threads: usize) -> Result<Index> {
+    build_with(seg.len(), dim, metric, threads, |index, i| {
+        match seg.coded(i).filter(|_| codes(metric)) {
+            Some((c, _, _)) => index.add(i as u64, c),
+            None => index.add(i as u64, seg.vector(i)),
+        }
+        .map_err(|e| e.to_string())
+    })
+}
+
+/// Build a cosine graph over every patch of a patch-level segment (`per` patches a row; label
+/// = `row × per + patch`), from the patches' i8 codes (cosine ignores their scale).
+pub fn build_patches(seg: &Segment, dim: usize, per: usize, threads: usize) -> Result<Index> {
+    build_with(seg.len() * per, dim, Metric::Cos, threads, |index, i| match seg.patch_coded(i / per.max(1), i % per.max(1), dim) {
+        Some((c, _)) => index.add(i as u64, c).map_err(|e| e.to_string()),
+        None => Ok(()),
+    })
+}
+
+/// Add items `0..n` with `add`, from `threads` threads.
+fn build_with<F>(n: usize, dim: usize, metric: Metric, threads: usize, add: F) -> Result<Index>
+where
+    F: Fn(&Index, usize) -> std::result::Result<(), String> + Sync,
+{
     let index = Index::new(&options(dim, metric)).map_err(ix)?;
     let threads = threads.max(1);
-    index.reserve_capacity_and_threads(seg.len().max(1), threads).map_err(ix)?;
-    let n = seg.len();
+    index.reserve_capacity_and_threads(n.max(1), threads).map_err(ix)?;
     let err = std::sync::Mutex::new(None);
     std::thread::scope(|s| {
         for t in 0..threads {
-            let (index, err) = (&index, &err);
+            let (index, err, add) = (&index, &err, &add);
             s.spawn(move || {
                 let mut i = t;
                 while i < n {
-                    let added = match seg.coded(i).filter(|_| codes(metric)) {
-                        Some((c, _, _)) => index.add(i as u64, c),
-                        None => index.add(i as u64, seg.vector(i)),
-                    };
-                    if let Err(e) = added {
+                    if let Err(e) = add(index, i) {
                         if let Ok(mut g) = err.lock() {
-                            *g = Some(e.to_string());
+                            *g = Some(e);
                         }
                         return;
                     }

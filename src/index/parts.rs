@@ -17,6 +17,11 @@
 //! apart prune well; a query equidistant from everything prunes nothing, and the planner
 //! then gives up within a budget and takes another path.
 //!
+//! Patch-level spaces get the same index over every patch of every tile: an item is then
+//! patch `p` of row `r` (item number `r × per + p`), ranked as its i8 codes decode
+//! (`x̂ = code × scale`, not unit). For such an `x̂`, `q·x̂ = ‖x̂‖ cos ∠(q, x̂)`, so each
+//! partition also keeps its largest `‖x̂‖` and every bound is scaled by it.
+//!
 //! Partitions are derived state, built at checkpoint beside the graph and saved as
 //! `space-N-SEQ.parts` (format in `schema/storage.md`).
 
@@ -34,8 +39,10 @@ use crate::{Error, Result};
 const MAGIC: &[u8; 8] = b"GDBPART1";
 /// Version of the partitions file layout. 2: the per-position column after the code scale
 /// holds the residual norm `ρ` (version 1 held ‖x̂‖₁; such a file is read with that column
-/// copied from the snapshot, and rewritten at the next checkpoint).
-pub const VERSION: u32 = 2;
+/// copied from the snapshot, and rewritten at the next checkpoint). 3: items per row
+/// (`per`, patch level) in the header and each partition's largest norm as a last section
+/// (a version 2 file is read with `per` 1 and norms 1).
+pub const VERSION: u32 = 3;
 
 /// Slack on every cosine in the bound: covers f32 rounding in the dot products (512-d unit
 /// vectors round by ~1e-6) and the normalisation of stored vectors.
@@ -51,13 +58,18 @@ const SAMPLE_PER_PART: usize = 40;
 /// "Position" below is an index into that order; [`Parts::row`] maps it to the segment row.
 pub struct Parts {
     dim: usize,
+    /// Items per segment row: 1 for image-level spaces, the patches of a grid for patch-level.
+    per: usize,
     /// `parts × dim` unit centroids.
     centroids: Vec<f32>,
     /// Per partition: the least cosine between a member and the centroid.
     min_cos: Vec<f32>,
+    /// Per partition: the largest norm of a member (1 for unit vectors), rounded up.
+    max_norm: Vec<f32>,
     /// `parts + 1` offsets into the positions.
     offsets: Vec<u32>,
-    /// Segment row of each position (within a partition, widest angle to the centroid first).
+    /// Item of each position (within a partition, widest angle to the centroid first): the
+    /// segment row, or `row × per + patch` at the patch level.
     rows: Col<u32>,
     /// `x·c` of each position with its partition's centroid (ascending within a partition).
     cos_c: Col<f32>,
@@ -77,10 +89,72 @@ pub fn count_for(n: usize) -> usize {
 }
 
 /// Byte ranges of the sections after the header.
-fn layout(np: usize, n: usize, dim: usize) -> [Range<usize>; 12] {
-    // centroids, min_cos, offsets, then per position: row, cos_c, codes, scale, ρ, key,
-    // time, bbox, kind.
-    sections([np * dim * 4, np * 4, (np + 1) * 4, n * 4, n * 4, n * dim, n * 4, n * 4, n * 8, n * 8, n * 32, n])
+fn layout(np: usize, n: usize, dim: usize) -> [Range<usize>; 13] {
+    // centroids, min_cos, max_norm, offsets, then per position: item, cos_c, codes, scale,
+    // ρ, key, time, bbox, kind.
+    sections([np * dim * 4, np * 4, np * 4, (np + 1) * 4, n * 4, n * 4, n * dim, n * 4, n * 4, n * 8, n * 8, n * 32, n])
+}
+
+/// The sections of a version 1 or 2 file (no max_norm), in [`layout`]'s order with an empty
+/// max_norm range.
+fn layout_v2(np: usize, n: usize, dim: usize) -> [Range<usize>; 13] {
+    let [c, mc, rest @ ..]: [Range<usize>; 12] = sections([np * dim * 4, np * 4, (np + 1) * 4, n * 4, n * 4, n * dim, n * 4, n * 4, n * 8, n * 8, n * 32, n]);
+    let [o, r, cc, cd, qs, l1, k, t, b, kd] = rest;
+    [c, mc, 0..0, o, r, cc, cd, qs, l1, k, t, b, kd]
+}
+
+/// What a build groups: the rows of an image-level segment (unit f32 vectors with i8 codes),
+/// or every patch of a patch-level segment's grids (`per` a row, i8 with a scale each).
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    Rows(&'a Segment),
+    Patches(&'a Segment, usize),
+}
+
+impl Source<'_> {
+    fn seg(&self) -> &Segment {
+        match *self {
+            Source::Rows(s) | Source::Patches(s, _) => s,
+        }
+    }
+    fn per(&self) -> usize {
+        match *self {
+            Source::Rows(_) => 1,
+            Source::Patches(_, per) => per,
+        }
+    }
+    fn len(&self) -> usize {
+        self.seg().len() * self.per()
+    }
+    /// Item `i`'s unit direction into `buf`, and its norm.
+    fn direction(&self, i: usize, dim: usize, buf: &mut Vec<f32>) -> f32 {
+        buf.clear();
+        match *self {
+            Source::Rows(s) => {
+                buf.extend_from_slice(s.vector(i));
+                1.0
+            }
+            Source::Patches(s, per) => {
+                let Some((codes, scale)) = s.patch_coded(i / per, i % per, dim) else {
+                    buf.resize(dim, 0.0);
+                    return 0.0;
+                };
+                buf.extend(codes.iter().map(|&c| f32::from(c) * scale));
+                let norm = buf.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt();
+                if norm > 0.0 {
+                    buf.iter_mut().for_each(|x| *x = (f64::from(*x) / norm) as f32);
+                }
+                norm as f32
+            }
+        }
+    }
+    /// Item `i`'s codes, scale and residual norm (0 for patches: they are ranked as coded).
+    fn coded(&self, i: usize, dim: usize) -> Option<(&[i8], f32, f32)> {
+        match *self {
+            Source::Rows(s) => s.coded(i),
+            Source::Patches(s, per) => s.patch_coded(i / per, i % per, dim).map(|(c, sc)| (c, sc, 0.0)),
+        }
+    }
 }
 
 /// One partition's bound for a query.
@@ -108,9 +182,13 @@ impl Parts {
     pub fn is_empty(&self) -> bool {
         self.min_cos.is_empty()
     }
-    /// Rows covered (the base segment's length).
+    /// Items covered (the base segment's length × [`Parts::per`]).
     pub fn rows_total(&self) -> usize {
         self.rows.len()
+    }
+    /// Items per segment row (1, or the patches of a grid).
+    pub fn per(&self) -> usize {
+        self.per
     }
     /// The positions of partition `p`.
     pub fn positions(&self, p: usize) -> Range<usize> {
@@ -119,7 +197,7 @@ impl Parts {
             _ => 0..0,
         }
     }
-    /// The segment row at a position.
+    /// The item at a position (the segment row, or `row × per + patch`).
     #[inline]
     pub fn row(&self, j: usize) -> Option<u32> {
         self.rows.get(j).copied()
@@ -152,7 +230,12 @@ impl Parts {
     /// `θ − acos(t)` are a suffix that cannot reach `t`. `t = −∞` keeps them all.
     pub fn reaching(&self, b: &PartBound, t: f32) -> Range<usize> {
         let all = self.positions(b.part as usize);
-        let tt = f64::from(t) - SLACK;
+        // A member of norm ν ≤ `max_norm` reaches `t > 0` only if cos ∠(q, x) ≥ t / ν ≥
+        // t / max_norm; a negative `t` keeps every row.
+        if t.is_nan() || t <= 0.0 {
+            return all;
+        }
+        let tt = f64::from(t) / f64::from(self.max_norm.get(b.part as usize).copied().unwrap_or(1.0)) - SLACK;
         if tt > 1.0 {
             return all.start..all.start;
         }
@@ -182,7 +265,7 @@ impl Parts {
                 // a wider cone.
                 let theta = (qc + SLACK).clamp(-1.0, 1.0).acos();
                 let r = (f64::from(self.min_cos[p]) - SLACK).clamp(-1.0, 1.0).acos();
-                let b = (theta - r).max(0.0).cos() + SLACK;
+                let b = ((theta - r).max(0.0).cos() + SLACK) * f64::from(self.max_norm[p]);
                 PartBound { bound: b as f32, part: p as u32, theta }
             })
             .collect();
@@ -194,29 +277,49 @@ impl Parts {
     /// partitions; `None` when the segment has no rows or no codes. `threads` score rows
     /// against centroids in parallel. Deterministic for a given segment.
     pub fn build(seg: &Segment, dim: usize, threads: usize) -> Option<Parts> {
-        let n = seg.len();
-        if n == 0 || seg.codes.len() != n * dim || u32::try_from(n).is_err() {
+        if seg.codes.len() != seg.len() * dim {
             return None;
         }
+        Self::build_from(Source::Rows(seg), dim, threads)
+    }
+
+    /// Group every patch of a patch-level segment (`per` patches a row, encoded as
+    /// `codec::encode_patch_grid` writes them) into about `count_for(len × per)` partitions.
+    pub fn build_patches(seg: &Segment, dim: usize, per: usize, threads: usize) -> Option<Parts> {
+        if per == 0 || seg.bytes.len() != seg.len() * per * crate::store::codec::patch_stride(dim) {
+            return None;
+        }
+        Self::build_from(Source::Patches(seg, per), dim, threads)
+    }
+
+    fn build_from(src: Source<'_>, dim: usize, threads: usize) -> Option<Parts> {
+        let n = src.len();
+        if n == 0 || u32::try_from(n).is_err() {
+            return None;
+        }
+        let (seg, per) = (src.seg(), src.per());
         let np = count_for(n).min(n);
         let threads = threads.max(1);
-        // Training sample and first centroids: evenly strided rows (the arena is in key
+        // Training sample and first centroids: evenly strided items (the arena is in key
         // order, so a stride samples every region).
         let s = (np * SAMPLE_PER_PART).min(n);
         let sample: Vec<usize> = (0..s).map(|i| i * n / s).collect();
+        let mut buf = Vec::with_capacity(dim);
         let mut centroids: Vec<f32> = Vec::with_capacity(np * dim);
         for j in 0..np {
-            centroids.extend_from_slice(seg.vector(sample[j * s / np]));
+            src.direction(sample[j * s / np], dim, &mut buf);
+            centroids.extend_from_slice(&buf);
         }
-        let mut assign = vec![(0f32, 0u32); s];
+        let mut assign = vec![(0f32, 0u32, 0f32); s];
         for _ in 0..ITERS {
-            nearest(&centroids, dim, threads, &sample, seg, &mut assign);
+            nearest(&centroids, dim, threads, &sample, src, &mut assign);
             let mut sums = vec![0f64; np * dim];
             let mut counts = vec![0usize; np];
-            for (&row, &(_, a)) in sample.iter().zip(&assign) {
+            for (&item, &(_, a, _)) in sample.iter().zip(&assign) {
                 let a = a as usize;
                 counts[a] += 1;
-                for (acc, x) in sums[a * dim..(a + 1) * dim].iter_mut().zip(seg.vector(row)) {
+                src.direction(item, dim, &mut buf);
+                for (acc, x) in sums[a * dim..(a + 1) * dim].iter_mut().zip(&buf) {
                     *acc += f64::from(*x);
                 }
             }
@@ -229,10 +332,10 @@ impl Parts {
             }
         }
         let all: Vec<usize> = (0..n).collect();
-        let mut part = vec![(0f32, 0u32); n];
-        nearest(&centroids, dim, threads, &all, seg, &mut part);
+        let mut part = vec![(0f32, 0u32, 0f32); n];
+        nearest(&centroids, dim, threads, &all, src, &mut part);
         let mut offsets = vec![0u32; np + 1];
-        for &(_, p) in &part {
+        for &(_, p, _) in &part {
             offsets[p as usize + 1] += 1;
         }
         for p in 0..np {
@@ -240,10 +343,16 @@ impl Parts {
         }
         let mut fill: Vec<u32> = offsets[..np].to_vec();
         let mut by_pos = vec![(0f32, 0u32); n];
-        for (i, &(c, p)) in part.iter().enumerate() {
+        let mut max_norm = vec![0f32; np];
+        for (i, &(c, p, norm)) in part.iter().enumerate() {
             let p = p as usize;
             by_pos[fill[p] as usize] = (c, i as u32);
             fill[p] += 1;
+            max_norm[p] = max_norm[p].max(norm);
+        }
+        // Unit vectors keep 1; a decoded patch's norm is rounded up past its f32 rounding.
+        for m in &mut max_norm {
+            *m = if per == 1 { 1.0 } else { (*m * (1.0 + 1e-5)).max(f32::MIN_POSITIVE) };
         }
         let mut min_cos = vec![1f32; np];
         for p in 0..np {
@@ -253,24 +362,30 @@ impl Parts {
         }
         let rows: Vec<u32> = by_pos.iter().map(|x| x.1).collect();
         let cos_c: Vec<f32> = by_pos.iter().map(|x| x.0).collect();
-        let gather = |col: &[f32]| -> Vec<f32> { rows.iter().map(|&r| col[r as usize]).collect() };
         let mut codes = Vec::with_capacity(n * dim);
+        let (mut qscale, mut qres) = (Vec::with_capacity(n), Vec::with_capacity(n));
         let mut bbox = Vec::with_capacity(n * 4);
-        for &r in &rows {
-            let r = r as usize;
-            codes.extend_from_slice(&seg.codes[r * dim..(r + 1) * dim]);
+        for &it in &rows {
+            let (c, sc, rho) = src.coded(it as usize, dim)?;
+            codes.extend_from_slice(c);
+            qscale.push(sc);
+            qres.push(rho);
+            let r = it as usize / per;
             bbox.extend_from_slice(&seg.bbox[r * 4..r * 4 + 4]);
         }
+        let tile = |it: &u32| *it as usize / per;
         Some(Parts {
             dim,
+            per,
             centroids,
             min_cos,
+            max_norm,
             offsets,
-            qscale: Col::Owned(gather(&seg.qscale)),
-            qres: Col::Owned(gather(&seg.qres)),
-            keys: Col::Owned(rows.iter().map(|&r| seg.keys[r as usize]).collect()),
-            time: Col::Owned(rows.iter().map(|&r| seg.time[r as usize]).collect()),
-            kind: Col::Owned(rows.iter().map(|&r| seg.kind[r as usize]).collect()),
+            qscale: Col::Owned(qscale),
+            qres: Col::Owned(qres),
+            keys: Col::Owned(rows.iter().map(|it| seg.keys[tile(it)]).collect()),
+            time: Col::Owned(rows.iter().map(|it| seg.time[tile(it)]).collect()),
+            kind: Col::Owned(rows.iter().map(|it| seg.kind[tile(it)]).collect()),
             bbox: Col::Owned(bbox),
             codes: Col::Owned(codes),
             rows: Col::Owned(rows),
@@ -284,12 +399,13 @@ impl Parts {
         let lay = layout(np, n, self.dim);
         let mut head = [0u8; HEADER];
         head[..8].copy_from_slice(MAGIC);
-        for (i, v) in [VERSION, self.dim as u32, np as u32, n as u32].into_iter().enumerate() {
+        for (i, v) in [VERSION, self.dim as u32, np as u32, n as u32, self.per as u32].into_iter().enumerate() {
             head[8 + 4 * i..12 + 4 * i].copy_from_slice(&v.to_le_bytes());
         }
-        let cols: [&[u8]; 12] = [
+        let cols: [&[u8]; 13] = [
             bytemuck::cast_slice(&self.centroids),
             bytemuck::cast_slice(&self.min_cos),
+            bytemuck::cast_slice(&self.max_norm),
             bytemuck::cast_slice(&self.offsets),
             bytemuck::cast_slice(&self.rows),
             bytemuck::cast_slice(&self.cos_c),
@@ -305,11 +421,12 @@ impl Parts {
         write_sections(path, &head, &secs)
     }
 
-    /// Map a partitions file written for `base` (its row count, dimension `dim`). The small
-    /// sections are checked (offsets in order, every row exactly once); the copied columns
-    /// are mapped. The flag says the file is of an older version, upgraded in memory.
-    pub fn load(path: &Path, dim: usize, base: &Segment) -> Result<(Parts, bool)> {
-        let rows = base.len();
+    /// Map a partitions file written for `base` (its row count, dimension `dim`, `per` items
+    /// a row). The small sections are checked (offsets in order, every item exactly once);
+    /// the copied columns are mapped. The flag says the file is of an older version, upgraded
+    /// in memory.
+    pub fn load(path: &Path, dim: usize, base: &Segment, per: usize) -> Result<(Parts, bool)> {
+        let rows = base.len() * per;
         let corrupt = |detail: &str| Error::Corrupt { path: path.into(), detail: detail.into() };
         let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
         // SAFETY: partitions files are written once under a temporary name and renamed into
@@ -324,14 +441,16 @@ impl Parts {
         if !(1..=VERSION as usize).contains(&version) {
             return Err(corrupt(&format!("partitions version {version} (this graftdb reads {VERSION})")));
         }
-        if d != dim || n != rows || np == 0 || np > n {
+        let file_per = if version >= 3 { word(4) } else { 1 };
+        if d != dim || n != rows || file_per != per || np == 0 || np > n {
             return Err(corrupt("partitions were built for another segment"));
         }
-        let lay = layout(np, n, dim);
-        if map.len() != lay[11].end {
+        let lay = if version >= 3 { layout(np, n, dim) } else { layout_v2(np, n, dim) };
+        if map.len() != lay[12].end {
             return Err(corrupt("partitions file has the wrong length"));
         }
-        let [c, mc, o, r, cc, cd, qs, l1, k, t, b, kd] = lay;
+        let [c, mc, mn, o, r, cc, cd, qs, l1, k, t, b, kd] = lay;
+        let max_norm = if version >= 3 { Col::<f32>::mapped(&map, mn, path)?.to_vec() } else { vec![1.0; np] };
         let centroids = Col::<f32>::mapped(&map, c, path)?.to_vec();
         let min_cos = Col::<f32>::mapped(&map, mc, path)?.to_vec();
         let offsets = Col::<u32>::mapped(&map, o, path)?.to_vec();
@@ -346,11 +465,11 @@ impl Parts {
                 _ => return Err(corrupt("a row is missing from the partitions or listed twice")),
             }
         }
-        if centroids.iter().chain(&min_cos).any(|x| !x.is_finite()) {
+        if centroids.iter().chain(&min_cos).chain(&max_norm).any(|x| !x.is_finite()) || max_norm.iter().any(|&x| x <= 0.0) {
             return Err(corrupt("partitions hold a non-finite number"));
         }
         let old = version < VERSION as usize;
-        let qres = if old {
+        let qres = if version < 2 {
             // Version 1 held ‖x̂‖₁ here: take the snapshot's residual norms instead.
             Col::Owned(prows.iter().map(|&r| base.qres.get(r as usize).copied().unwrap_or(f32::INFINITY)).collect())
         } else {
@@ -358,8 +477,10 @@ impl Parts {
         };
         let parts = Parts {
             dim,
+            per,
             centroids,
             min_cos,
+            max_norm,
             offsets,
             qres,
             rows: prows,
@@ -375,20 +496,21 @@ impl Parts {
     }
 }
 
-/// For each listed row, `(x·c, partition)` of the centroid with the largest dot product, in
-/// parallel.
-fn nearest(centroids: &[f32], dim: usize, threads: usize, rows: &[usize], seg: &Segment, out: &mut [(f32, u32)]) {
-    let chunk = rows.len().div_ceil(threads).max(1);
+/// For each listed item, `(x·c, partition, ‖x‖)` of the centroid with the largest dot
+/// product with its direction, in parallel.
+fn nearest(centroids: &[f32], dim: usize, threads: usize, items: &[usize], src: Source<'_>, out: &mut [(f32, u32, f32)]) {
+    let chunk = items.len().div_ceil(threads).max(1);
     std::thread::scope(|s| {
-        for (rs, os) in rows.chunks(chunk).zip(out.chunks_mut(chunk)) {
+        for (is, os) in items.chunks(chunk).zip(out.chunks_mut(chunk)) {
             s.spawn(move || {
-                for (&r, o) in rs.iter().zip(os.iter_mut()) {
-                    let v = seg.vector(r);
-                    let mut best = (f32::NEG_INFINITY, 0u32);
+                let mut v = Vec::with_capacity(dim);
+                for (&it, o) in is.iter().zip(os.iter_mut()) {
+                    let norm = src.direction(it, dim, &mut v);
+                    let mut best = (f32::NEG_INFINITY, 0u32, norm);
                     for (p, c) in centroids.chunks_exact(dim).enumerate() {
-                        let d = scan::dot(v, c);
+                        let d = scan::dot(&v, c);
                         if d > best.0 {
-                            best = (d, p as u32);
+                            best = (d, p as u32, norm);
                         }
                     }
                     *o = best;
@@ -471,7 +593,7 @@ mod tests {
         let parts = Parts::build(&seg, 16, 1).unwrap();
         let p = dir.path().join("x.parts");
         parts.save(&p).unwrap();
-        let (back, old) = Parts::load(&p, 16, &seg).unwrap();
+        let (back, old) = Parts::load(&p, 16, &seg, 1).unwrap();
         assert!(!old);
         assert_eq!(back.len(), parts.len());
         for q in 0..parts.len() {
@@ -485,33 +607,117 @@ mod tests {
         let q: Vec<f32> = seg.vector(7).to_vec();
         assert_eq!(back.bounds(&q), parts.bounds(&q));
         drop(back);
-        assert!(Parts::load(&p, 16, &segment(501, 16, 5)).is_err(), "other row count");
-        assert!(Parts::load(&p, 8, &seg).is_err(), "other dimension");
+        assert!(Parts::load(&p, 16, &segment(501, 16, 5), 1).is_err(), "other row count");
+        assert!(Parts::load(&p, 8, &seg, 1).is_err(), "other dimension");
         let good = std::fs::read(&p).unwrap();
         // A version 1 file (‖x̂‖₁ in the residual column) is read with the snapshot's
         // residual norms, and says so.
         let mut b = good.clone();
         b[8..12].copy_from_slice(&1u32.to_le_bytes());
-        b[layout(parts.len(), 500, 16)[7].clone()].fill(0x7f);
+        // Rewrite it in the version 2 layout (no norms), ‖x̂‖₁ where ρ is.
+        let (new, old2) = (layout(parts.len(), 500, 16), layout_v2(parts.len(), 500, 16));
+        let mut v2 = vec![0u8; old2[12].end];
+        v2[..HEADER].copy_from_slice(&b[..HEADER]);
+        for (a, o) in new.iter().zip(&old2) {
+            v2[o.clone()].copy_from_slice(&b[a.start..a.start + o.len()]);
+        }
+        let mut b = v2;
+        b[old2[8].clone()].fill(0x7f);
         std::fs::write(&p, &b).unwrap();
-        let (v1, old) = Parts::load(&p, 16, &seg).unwrap();
+        let (v1, old) = Parts::load(&p, 16, &seg, 1).unwrap();
         assert!(old);
         for j in 0..500 {
             assert_eq!(v1.coded(j), parts.coded(j), "position {j}");
         }
         drop(v1);
-        b[8..12].copy_from_slice(&3u32.to_le_bytes());
+        b[8..12].copy_from_slice(&(VERSION + 1).to_le_bytes());
         std::fs::write(&p, &b).unwrap();
-        assert!(Parts::load(&p, 16, &seg).is_err(), "a newer version");
+        assert!(Parts::load(&p, 16, &seg, 1).is_err(), "a newer version");
+        // Version 2 (no `per`, no norms) is read as one item a row with norms 1.
+        b[8..12].copy_from_slice(&2u32.to_le_bytes());
+        std::fs::write(&p, &b).unwrap();
+        let (v2, old) = Parts::load(&p, 16, &seg, 1).unwrap();
+        assert!(old);
+        assert_eq!(v2.bounds(&q), parts.bounds(&q));
+        drop(v2);
         let mut b = good.clone();
         b.truncate(b.len() - 4);
         std::fs::write(&p, &b).unwrap();
-        assert!(Parts::load(&p, 16, &seg).is_err(), "truncated");
+        assert!(Parts::load(&p, 16, &seg, 1).is_err(), "truncated");
         // Two positions naming row 0.
-        let [.., rows_sec, _, _, _, _, _, _, _, _] = layout(parts.len(), 500, 16);
+        let rows_sec = layout(parts.len(), 500, 16)[4].clone();
         let mut b = good.clone();
         b[rows_sec.start..rows_sec.start + 8].copy_from_slice(&[0u8; 8]);
         std::fs::write(&p, &b).unwrap();
-        assert!(Parts::load(&p, 16, &seg).is_err(), "duplicate row");
+        assert!(Parts::load(&p, 16, &seg, 1).is_err(), "duplicate row");
+    }
+
+    /// A patch-level segment: `per` patches a row around one of 8 centres, i8-encoded.
+    fn patch_segment(n: usize, per: usize, dim: usize, seed: u64) -> Segment {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let centres: Vec<Vec<f32>> = (0..8).map(|_| (0..dim).map(|_| rng.random_range(-1.0..1.0)).collect()).collect();
+        let mut b = SegmentBuilder::new(per * crate::store::codec::patch_stride(dim), n, true);
+        for i in 0..n {
+            let c = &centres[i % centres.len()];
+            let mut grid = Vec::with_capacity(per * dim);
+            for _ in 0..per {
+                let mut v: Vec<f32> = c.iter().map(|x| x + rng.random_range(-0.3..0.3)).collect();
+                scan::normalise(&mut v);
+                grid.extend(v);
+            }
+            let x = i as f64 * 0.01;
+            b.push(i as u64, RowMeta { kind: Kind::Tile, time: Some(i as i64), bbox: [x, x, x + 0.01, x + 0.01] }, &[], &crate::store::codec::encode_patch_grid(&grid, dim));
+        }
+        b.finish_sorted()
+    }
+
+    #[test]
+    fn patch_bounds_hold_for_every_decoded_patch_and_round_trip() {
+        let (n, per, dim) = (60, 9, 24);
+        let seg = patch_segment(n, per, dim, 4);
+        let parts = Parts::build_patches(&seg, dim, per, 2).unwrap();
+        assert_eq!(parts.per(), per);
+        assert_eq!(parts.rows_total(), n * per);
+        let mut all: Vec<u32> = (0..parts.len()).flat_map(|p| members(&parts, p)).collect();
+        all.sort_unstable();
+        assert_eq!(all, (0..(n * per) as u32).collect::<Vec<_>>());
+        for j in 0..n * per {
+            let it = parts.row(j).unwrap() as usize;
+            let (codes, scale) = seg.patch_coded(it / per, it % per, dim).unwrap();
+            assert_eq!(parts.coded(j), Some((codes, scale, 0.0)));
+            assert_eq!(parts.key(j), seg.keys.get(it / per).copied());
+            assert_eq!(parts.metas().get(j), seg.meta(it / per));
+        }
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let mut cut = 0;
+        for _ in 0..50 {
+            let mut q: Vec<f32> = (0..dim).map(|_| rng.random_range(-1.0..1.0)).collect();
+            scan::normalise(&mut q);
+            let t: f32 = rng.random_range(0.3..0.95);
+            for pb in &parts.bounds(&q) {
+                let keep = parts.reaching(pb, t);
+                for j in parts.positions(pb.part as usize) {
+                    let it = parts.row(j).unwrap() as usize;
+                    // The score the patch scan ranks by: the decoded codes.
+                    let s = crate::store::codec::patch_dot(seg.grid(it / per), dim, it % per, &q).unwrap();
+                    assert!(s <= pb.bound, "patch {it} scores {s} above its partition's bound {}", pb.bound);
+                    assert!(keep.contains(&j) || s < t, "patch {it} scores {s} ≥ {t} but was cut");
+                }
+                cut += parts.positions(pb.part as usize).len() - keep.len();
+            }
+        }
+        assert!(cut > 0, "the per-patch angle never cut a patch");
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("p.parts");
+        parts.save(&p).unwrap();
+        let (back, old) = Parts::load(&p, dim, &seg, per).unwrap();
+        assert!(!old);
+        let q: Vec<f32> = crate::store::codec::patch_decode(seg.grid(3), dim, 2).unwrap();
+        assert_eq!(back.bounds(&q), parts.bounds(&q));
+        for j in 0..n * per {
+            assert_eq!(back.coded(j), parts.coded(j));
+        }
+        drop(back);
+        assert!(Parts::load(&p, dim, &seg, 1).is_err(), "built for patches, loaded as rows");
     }
 }

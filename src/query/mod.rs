@@ -17,6 +17,7 @@
 //! - **hnsw→exact**: when the graph returns fewer than `k` and more rows may match, the query
 //!   falls back to the exact scan. Results are never short.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -121,6 +122,10 @@ pub enum PlanPath {
     HnswThenExact,
     /// Exact scan of patch grids.
     PatchExact,
+    /// Exact scan of the patch partitions whose bound reaches the k-th score.
+    PatchParts,
+    /// (Filtered) HNSW over the patches, re-scored from their codes.
+    PatchHnsw,
     /// Exact scan of the cone partitions whose bound reaches the k-th score.
     Parts,
 }
@@ -133,6 +138,8 @@ impl PlanPath {
             PlanPath::Hnsw => "hnsw",
             PlanPath::HnswThenExact => "hnsw->exact",
             PlanPath::PatchExact => "patch-exact",
+            PlanPath::PatchParts => "patch-parts",
+            PlanPath::PatchHnsw => "patch-hnsw",
             PlanPath::Parts => "parts",
         }
     }
@@ -576,9 +583,9 @@ pub(crate) fn run(def: &SpaceDef, st: &SpaceIndex, q: &Query, recs: &Records<'_>
         micros: 0,
     };
     if let Level::Patch { rows, cols } = def.level {
-        let hits = run_patch(def, st, &ranges, &m, &qv, q.k, rows, cols, &mut ex)?;
-        counters.patch.fetch_add(1, Ordering::Relaxed);
         ex.path = PlanPath::PatchExact;
+        let hits = run_patch(def, st, &ranges, &m, &qv, q, opts, rows, cols, &mut ex)?;
+        counters.patch.fetch_add(1, Ordering::Relaxed);
         ex.micros = t0.elapsed().as_micros() as u64;
         return Ok(SearchResult { hits: finish(hits, recs, &q.filter)?, explain: ex });
     }
@@ -731,42 +738,113 @@ pub fn patch_footprint(ring: &[[f64; 2]], rows: u16, cols: u16, row: u16, col: u
     vec![p(u0, v0), p(u1, v0), p(u1, v1), p(u0, v1), p(u0, v0)]
 }
 
-#[allow(clippy::too_many_arguments)]
-fn run_patch(def: &SpaceDef, st: &SpaceIndex, ranges: &[(u64, u64)], m: &Matcher<'_>, q: &[f32], k: usize, rows: u16, cols: u16, ex: &mut Explain) -> Result<Vec<(Scored<()>, Option<PatchHit>)>> {
-    let dim = def.dim as usize;
-    let n = usize::from(rows) * usize::from(cols);
-    let mut top: TopK<u32> = TopK::new(k);
-    for seg in [&st.base, &st.delta] {
-        for &(lo, hi) in ranges {
-            for i in seg.rows_in(lo, hi) {
-                let (Some(&key), Some(meta)) = (seg.keys.get(i), seg.meta(i)) else { continue };
-                ex.tested += 1;
-                if !m.matches(key, &meta) {
-                    continue;
+/// The region test of patch-level hits: the tile must match the whole filter, and a tile on
+/// the region's edge contributes only the patches whose footprint touches every region.
+/// A tile's footprint is read once per query.
+struct PatchTest<'m, 'a> {
+    m: &'m Matcher<'a>,
+    rows: u16,
+    cols: u16,
+    /// Tiles tested so far: `None` when the tile fails, else its ring when it is on the edge.
+    seen: HashMap<u64, Option<Option<Vec<[f64; 2]>>>>,
+}
+
+impl<'m, 'a> PatchTest<'m, 'a> {
+    fn new(m: &'m Matcher<'a>, rows: u16, cols: u16) -> Self {
+        PatchTest { m, rows, cols, seen: HashMap::new() }
+    }
+
+    /// The tile's verdict, and whether its patches must be tested one by one.
+    fn tile(&mut self, key: u64, meta: &RowMeta) -> Option<&Option<Vec<[f64; 2]>>> {
+        let m = self.m;
+        if m.filter.regions.is_empty() {
+            return if m.quick(meta) { Some(&None) } else { None };
+        }
+        self.seen
+            .entry(key)
+            .or_insert_with(|| {
+                if !m.quick(meta) {
+                    return None;
                 }
-                ex.matched += 1;
-                let grid = seg.grid(i);
-                // A tile on the region's edge: only its patches that touch the region count.
-                let ring = if m.filter.regions.is_empty() { None } else { footprint(m.recs, key) };
-                let edge = ring.as_ref().filter(|_| {
-                    let b = meta.bbox;
-                    !m.filter.regions.iter().all(|r| [(b[0], b[1]), (b[0], b[3]), (b[2], b[1]), (b[2], b[3])].iter().all(|&(x, y)| r.contains_point(x, y)) && !matches!(r, Region::Polygon(_)))
-                });
-                for p in 0..n {
-                    let Some(s) = codec::patch_dot(grid, dim, p, q) else { break };
-                    if s < top.threshold() {
-                        continue;
-                    }
-                    if let Some(ring) = edge {
-                        let pf = patch_footprint(ring, rows, cols, (p / usize::from(cols)) as u16, (p % usize::from(cols)) as u16);
-                        if !m.filter.regions.iter().all(|r| r.intersects_ring(&pf)) {
-                            continue;
-                        }
-                    }
-                    top.push(Scored { score: s, key, extra: p as u32 });
+                let ring = footprint(m.recs, key)?;
+                if !m.filter.regions.iter().all(|r| r.intersects_ring(&ring)) {
+                    return None;
                 }
+                let b = meta.bbox;
+                let inside = m.filter.regions.iter().all(|r| [(b[0], b[1]), (b[0], b[3]), (b[2], b[1]), (b[2], b[3])].iter().all(|&(x, y)| r.contains_point(x, y)) && !matches!(r, Region::Polygon(_)));
+                Some(if inside { None } else { Some(ring) })
+            })
+            .as_ref()
+    }
+
+    /// Whether patch `p` of the tile counts.
+    fn patch_ok(&mut self, key: u64, meta: &RowMeta, p: usize) -> bool {
+        let (rows, cols) = (self.rows, self.cols);
+        match self.tile(key, meta) {
+            None => false,
+            Some(None) => true,
+            Some(Some(ring)) => {
+                let pf = patch_footprint(ring, rows, cols, (p / usize::from(cols)) as u16, (p % usize::from(cols)) as u16);
+                self.m.filter.regions.iter().all(|r| r.intersects_ring(&pf))
             }
         }
+    }
+}
+
+/// Patch-level query: the best patches of the tiles that match. The cone partitions over
+/// every patch ([`Parts`] with `per` = patches a grid) answer when the region holds enough
+/// patches for them to pay, within a budget; otherwise, or when they give up, every patch
+/// of every candidate tile is scored. Either way the ranking is exact on the stored codes.
+#[allow(clippy::too_many_arguments)]
+fn run_patch(def: &SpaceDef, st: &SpaceIndex, ranges: &[(u64, u64)], m: &Matcher<'_>, qv: &[f32], q: &Query, opts: &Options, rows: u16, cols: u16, ex: &mut Explain) -> Result<Vec<(Scored<()>, Option<PatchHit>)>> {
+    let dim = def.dim as usize;
+    let n = usize::from(rows) * usize::from(cols);
+    let k = q.k;
+    let mut top: TopK<u32> = TopK::new(k);
+    let mut test = PatchTest::new(m, rows, cols);
+    // Tiles not yet indexed first: their scores raise the k-th score the partitions must beat.
+    scan_patch_tiles(&st.delta, ranges, &mut test, dim, n, qv, &mut top, ex);
+    let in_base: u64 = ranges.iter().map(|&(lo, hi)| st.base.rows_in(lo, hi).len() as u64).sum();
+    let items = in_base * n as u64;
+    let indexed = !q.exact && k > 0;
+    // Costs in graph-walk distances, as at the image level: the tile scan scores every patch
+    // of every candidate tile in memory order; the walk, see `walk`.
+    let scan_cost = items as f64 * SCAN_COST_I8;
+    let want = (k * 3).max(40);
+    let graph = st.hnsw.as_ref().filter(|g| indexed && g.size() == st.base.len() * n && items as usize > opts.exact_threshold);
+    let walk_plan = graph.map(|_| walk(opts, want, items, st.base.len() * n));
+    let parts = st.parts.as_ref().filter(|p| {
+        opts.partitions && indexed && p.per() == n && p.rows_total() == st.base.len() * n && items >= PATCH_PARTS_MIN * (p.rows_total() / p.len().max(1)) as u64
+    });
+    let mut done = false;
+    if let Some(p) = parts {
+        // A visited position costs a filter test and, when it passes, a score read out of
+        // order; the partitions may spend what the tile scan would, or `GRAPH_PREMIUM` walks.
+        let alt = walk_plan.map_or(scan_cost, |(_, w)| scan_cost.min(GRAPH_PREMIUM * w));
+        let budget = (alt / ((1.0 + FILTER_COST) * SCAN_COST_I8)) as u64;
+        done = scan_patch_parts(p, &mut test, qv, &mut top, budget, ex);
+        if done {
+            ex.path = PlanPath::PatchParts;
+        } else {
+            // Start over: the partial answer may hold base patches another path finds again.
+            top = TopK::new(k);
+            scan_patch_tiles(&st.delta, ranges, &mut test, dim, n, qv, &mut top, ex);
+        }
+    }
+    if let (false, Some(g), Some((ef, walk_cost))) = (done, graph, walk_plan) {
+        if walk_cost < scan_cost {
+            done = search_patch_graph(g, st, &mut test, qv, ef, want, in_base, &mut top, ex)?;
+            if done {
+                ex.path = PlanPath::PatchHnsw;
+            } else {
+                ex.path = PlanPath::HnswThenExact;
+                top = TopK::new(k);
+                scan_patch_tiles(&st.delta, ranges, &mut test, dim, n, qv, &mut top, ex);
+            }
+        }
+    }
+    if !done {
+        scan_patch_tiles(&st.base, ranges, &mut test, dim, n, qv, &mut top, ex);
     }
     let mut out = Vec::new();
     for s in top.into_sorted() {
@@ -776,6 +854,122 @@ fn run_patch(def: &SpaceDef, st: &SpaceIndex, ranges: &[(u64, u64)], m: &Matcher
         out.push((Scored { score: s.score, key: s.key, extra: () }, Some(PatchHit { row, col, footprint: fp })));
     }
     Ok(out)
+}
+
+/// Patch partitions are tried when the candidate tiles hold at least this many average
+/// partitions' worth of patches (below it the tile scan is short).
+const PATCH_PARTS_MIN: u64 = 8;
+
+/// The patch graph's answer, added to `top` (which holds the delta's patches): the walk over
+/// patch codes with the region test as predicate, each hit re-scored from its codes. False
+/// when it came up short of k while the candidate tiles may hold more (the caller scans).
+#[allow(clippy::too_many_arguments)]
+fn search_patch_graph(g: &usearch::Index, st: &SpaceIndex, test: &mut PatchTest<'_, '_>, q: &[f32], ef: usize, want: usize, in_base: u64, top: &mut TopK<u32>, ex: &mut Explain) -> Result<bool> {
+    let dim = q.len();
+    let per = (g.size() / st.base.len().max(1)).max(1);
+    let mut codes = Vec::with_capacity(dim);
+    scan::quantise(q, &mut codes);
+    g.change_expansion_search(ef);
+    let unfiltered = test.m.filter.is_empty();
+    let metas = st.base.metas();
+    let found = if unfiltered {
+        g.search(&codes, want)
+    } else {
+        let cell = std::cell::RefCell::new(&mut *test);
+        let keep = |item: u64| -> bool {
+            let i = item as usize;
+            let (row, p) = (i / per, i % per);
+            let (Some(meta), Some(&key)) = (metas.get(row), st.base.keys.get(row)) else { return false };
+            cell.try_borrow_mut().is_ok_and(|mut t| t.patch_ok(key, &meta, p))
+        };
+        g.filtered_search(&codes, want, keep)
+    }
+    .map_err(|e| Error::Index(e.to_string()))?;
+    let mut hits = 0u64;
+    for item in found.keys {
+        let i = item as usize;
+        let (row, p) = (i / per, i % per);
+        let (Some((c, scale)), Some(&key)) = (st.base.patch_coded(row, p, dim), st.base.keys.get(row)) else { continue };
+        hits += 1;
+        top.push(Scored { score: scan::dot_f32_i8(q, c) * scale, key, extra: p as u32 });
+    }
+    ex.rescored += hits;
+    Ok(top.len() >= top.capacity() || hits >= in_base * per as u64)
+}
+
+/// Score every patch of every tile of `seg` in `ranges` that matches.
+#[allow(clippy::too_many_arguments)]
+fn scan_patch_tiles(seg: &Segment, ranges: &[(u64, u64)], test: &mut PatchTest<'_, '_>, dim: usize, n: usize, q: &[f32], top: &mut TopK<u32>, ex: &mut Explain) {
+    for &(lo, hi) in ranges {
+        for i in seg.rows_in(lo, hi) {
+            let (Some(&key), Some(meta)) = (seg.keys.get(i), seg.meta(i)) else { continue };
+            ex.tested += 1;
+            // The tile's verdict once; a tile on the region's edge tests each patch that scores.
+            let edge = match test.tile(key, &meta) {
+                None => continue,
+                Some(e) => e.is_some(),
+            };
+            ex.matched += 1;
+            let grid = seg.grid(i);
+            for p in 0..n {
+                let Some(s) = codec::patch_dot(grid, dim, p, q) else { break };
+                if s < top.threshold() || (edge && !test.patch_ok(key, &meta, p)) {
+                    continue;
+                }
+                top.push(Scored { score: s, key, extra: p as u32 });
+            }
+        }
+    }
+}
+
+/// The exact scan of the patch partitions, best bound first until the next bound is below the
+/// k-th score (see [`scan_parts`]). Returns false when the positions it would still visit
+/// exceed `budget`; `top` then holds a partial answer the caller discards.
+fn scan_patch_parts(parts: &Parts, test: &mut PatchTest<'_, '_>, q: &[f32], top: &mut TopK<u32>, budget: u64, ex: &mut Explain) -> bool {
+    let per = parts.per();
+    let bounds = parts.bounds(q);
+    let metas = parts.metas();
+    let (mut visited, mut scanned, mut matched) = (0u64, 0u64, 0u64);
+    let mut passing: Vec<usize> = Vec::new();
+    for (j, pb) in bounds.iter().enumerate() {
+        let full = top.len() >= top.capacity();
+        if full && pb.bound < top.threshold() {
+            break;
+        }
+        if full && scanned >= 4 && scanned.is_power_of_two() && over_budget(parts, &bounds[j..], top.threshold(), budget.saturating_sub(visited)) {
+            return false;
+        }
+        let pos = parts.reaching(pb, top.threshold());
+        visited += pos.len() as u64;
+        if visited > budget {
+            return false;
+        }
+        // Filter fields first (kind, time, the tile's box), then the codes of what passed.
+        passing.clear();
+        for j in pos {
+            if metas.get(j).is_some_and(|mm| test.m.quick(&mm)) {
+                passing.push(j);
+            }
+        }
+        matched += passing.len() as u64;
+        for (i, &j) in passing.iter().enumerate() {
+            if let Some(&ahead) = passing.get(i + PREFETCH_ROWS) {
+                parts.prefetch_codes(ahead);
+            }
+            let (Some((codes, scale, _)), Some(key), Some(item), Some(meta)) = (parts.coded(j), parts.key(j), parts.row(j), metas.get(j)) else { continue };
+            let s = scan::dot_f32_i8(q, codes) * scale;
+            let p = item as usize % per;
+            if s < top.threshold() || !test.patch_ok(key, &meta, p) {
+                continue;
+            }
+            top.push(Scored { score: s, key, extra: p as u32 });
+        }
+        scanned += 1;
+    }
+    ex.tested += visited;
+    ex.matched += matched;
+    ex.partitions = scanned;
+    true
 }
 
 fn finish(hits: Vec<(Scored<()>, Option<PatchHit>)>, recs: &Records<'_>, filter: &Filter) -> Result<Vec<Hit>> {
