@@ -5,7 +5,13 @@ one search thread. Qdrant's query planner picks payload-index scan vs filtered H
 
 PEERS_PATCH=1: the patch-level set (see `patch_main`): a point per patch with payload tile,
 row, col and the patch's own box w, s, e, n (Float payload indexes on the four), filtered by
-four range conditions: w <= E, e >= W, s <= N, n >= S."""
+four range conditions: w <= E, e >= W, s <= N, n >= S.
+
+PEERS_QDRANT_REUSE=PRIOR.json: open the shard a previous run left at WORK/qdrant (EdgeShard.load)
+instead of building one, and take ingest_s, build_s and disk_bytes from PRIOR.json: re-query at
+other beams without the hour-long rebuild. PEERS_QDRANT_EXACT=1 adds a run with
+SearchParams(exact=True) (Qdrant's own full scan of the filtered points), engine
+"qdrant-edge-exact", written as OUT with -exact before .json."""
 import json
 import os
 import shutil
@@ -90,30 +96,41 @@ def main():
     vecs, lon, lat, qvecs, meta = common.load(data)
     n, dim, k = len(lon), vecs.shape[1], meta["k"]
     path = os.path.join(work, "qdrant")
-    shutil.rmtree(path, ignore_errors=True)
-    cfg = qe.EdgeConfig(
-        vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine),
-        hnsw_config=qe.HnswIndexConfig(m=16, ef_construct=128, full_scan_threshold=10_000),
-        max_search_threads=1,
-    )
-    shard = qe.EdgeShard.create(path, cfg)
-    with common.Timer() as ingest:
-        shard.update(qe.UpdateOperation.create_field_index("loc", qe.PayloadSchemaType.Geo))
-        for s in range(0, n, 2_000):
-            pts = [qe.Point(i, vecs[i].tolist(), {"loc": {"lon": float(lon[i]), "lat": float(lat[i])}}) for i in range(s, min(n, s + 2_000))]
-            shard.update(qe.UpdateOperation.upsert_points(pts))
-        shard.flush()
-    print(f"qdrant: ingest {ingest.s:.1f} s", file=sys.stderr)
-    with common.Timer() as build:
-        shard.optimize()
-        shard.flush()
-    print(f"qdrant: optimize (HNSW build) {build.s:.1f} s; {shard.info()}", file=sys.stderr)
-    disk = common.dir_bytes(path)
+    prior = os.environ.get("PEERS_QDRANT_REUSE")
+    if prior:
+        # Reuse the built shard (its config is on disk); ingest, build and disk are the prior run's.
+        p = json.load(open(prior))
+        ingest_s, build_s, disk = p["ingest_s"], p["build_s"], p["disk_bytes"]
+        shard = qe.EdgeShard.load(path)
+        print(f"qdrant: reusing {path} (times from {prior}); {shard.info()}", file=sys.stderr)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+        cfg = qe.EdgeConfig(
+            vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine),
+            hnsw_config=qe.HnswIndexConfig(m=16, ef_construct=128, full_scan_threshold=10_000),
+            max_search_threads=1,
+        )
+        shard = qe.EdgeShard.create(path, cfg)
+        with common.Timer() as ingest:
+            shard.update(qe.UpdateOperation.create_field_index("loc", qe.PayloadSchemaType.Geo))
+            for s in range(0, n, 2_000):
+                pts = [qe.Point(i, vecs[i].tolist(), {"loc": {"lon": float(lon[i]), "lat": float(lat[i])}}) for i in range(s, min(n, s + 2_000))]
+                shard.update(qe.UpdateOperation.upsert_points(pts))
+            shard.flush()
+        print(f"qdrant: ingest {ingest.s:.1f} s", file=sys.stderr)
+        with common.Timer() as build:
+            shard.optimize()
+            shard.flush()
+        print(f"qdrant: optimize (HNSW build) {build.s:.1f} s; {shard.info()}", file=sys.stderr)
+        ingest_s, build_s, disk = ingest.s, build.s, common.dir_bytes(path)
     # PEERS_QDRANT_EFS (comma list) adds runs at other hnsw_ef, written as qdrant-ef<X>.json.
     extra = [int(x) for x in os.environ.get("PEERS_QDRANT_EFS", "").split(",") if x.strip()]
+    # Runs as (tag, params): tag None is the default run, else the engine and file suffix.
+    runs = [(None, qe.SearchParams(hnsw_ef=EF))] + [(f"ef{ef}", qe.SearchParams(hnsw_ef=ef)) for ef in extra]
+    if os.environ.get("PEERS_QDRANT_EXACT", "0") != "0":
+        runs.append(("exact", qe.SearchParams(exact=True)))
     docs = []
-    for ef in [None] + extra:
-        params = qe.SearchParams(hnsw_ef=ef or EF)
+    for tag, params in runs:
         # Requests are built before timing (graftdb's adapter also builds its Query first):
         # the timed part is the shard.query call and reading the ids.
         reqs = [qe.QueryRequest(limit=k, query=qe.Query.Nearest(qvecs[i].tolist()), filter=qfilter(q), params=params)
@@ -123,12 +140,14 @@ def main():
             return [p.id for p in shard.query(reqs[i])], None
 
         results = common.run_queries(meta["queries"], run)
-        docs.append((ef, {"engine": f"qdrant-edge-ef{ef}" if ef else "qdrant-edge",
-                          "mode": f"qdrant-edge-py 0.9.0 wheel, in-process; HNSW m 16, ef_construct 128, hnsw_ef {ef or EF}, full_scan_threshold 10k",
-                          "ingest_s": ingest.s, "build_s": build.s, "disk_bytes": disk, "peak_rss_kb": common.self_peak_rss_kb(), "results": results}))
+        search = "exact=True (full scan of the filtered points)" if params.exact else f"hnsw_ef {params.hnsw_ef}"
+        docs.append((tag, {"engine": f"qdrant-edge-{tag}" if tag else "qdrant-edge",
+                           "mode": f"qdrant-edge-py 0.9.0 wheel, in-process; HNSW m 16, ef_construct 128, {search}, full_scan_threshold 10k"
+                                   + ("; reused shard" if prior else ""),
+                           "ingest_s": ingest_s, "build_s": build_s, "disk_bytes": disk, "peak_rss_kb": common.self_peak_rss_kb(), "results": results}))
     shard.close()
-    for ef, doc in docs:
-        common.write(out if ef is None else out.replace(".json", f"-ef{ef}.json"), doc)
+    for tag, doc in docs:
+        common.write(out if tag is None else out.replace(".json", f"-{tag}.json"), doc)
 
 if __name__ == "__main__":
     main()

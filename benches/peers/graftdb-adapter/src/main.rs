@@ -168,6 +168,14 @@ fn patch_mode(data: &std::path::Path, work: &std::path::Path, out: &str) -> Resu
     let mut src = npy.into_inner();
 
     let path = work.join("graftdb-patch");
+    // PEERS_GRAFT_REUSE=PRIOR.json: query the database an earlier patch run left in WORK_DIR
+    // again (its ingest and build times come from PRIOR.json).
+    if let Ok(prior) = std::env::var("PEERS_GRAFT_REUSE") {
+        anyhow::ensure!(path.exists(), "PEERS_GRAFT_REUSE: no database at {}", path.display());
+        let p: Value = serde_json::from_str(&std::fs::read_to_string(&prior).with_context(|| prior.clone())?)?;
+        let (ingest_s, build_s) = (p["ingest_s"].as_f64().unwrap_or(0.0), p["build_s"].as_f64().unwrap_or(0.0));
+        return time_patch_queries(&path, g, dim, &qvecs, qs, k, ingest_s, build_s, out);
+    }
     let _ = std::fs::remove_dir_all(&path);
     std::fs::create_dir_all(work)?;
     let db = Db::create(&path)?;
@@ -210,44 +218,72 @@ fn patch_mode(data: &std::path::Path, work: &std::path::Path, out: &str) -> Resu
     let build_s = t.elapsed().as_secs_f64();
     eprintln!("graftdb: checkpoint {build_s:.1} s");
     drop(db);
-    let disk = dir_bytes(&path);
-    let db = Db::open(&path)?;
-    let run = |qi: usize, q: &Value| -> Result<(f64, Vec<i64>, String, [u64; 3])> {
-        let filter = Filter { regions: region(q)?.into_iter().collect(), ..Default::default() };
-        let query = Query::new("patch", qvecs[qi * dim..(qi + 1) * dim].to_vec(), k).filter(filter);
-        let t = Instant::now();
-        let res = db.search(&query)?;
-        let ms = t.elapsed().as_secs_f64() * 1e3;
-        let ids = res
-            .hits
-            .iter()
-            .map(|h| match (&h.id, &h.patch) {
-                (RecordId::Int(i), Some(p)) => i * per as i64 + i64::from(p.row) * i64::from(g) + i64::from(p.col),
-                _ => -1,
-            })
-            .collect();
-        let e = &res.explain;
-        Ok((ms, ids, e.path.as_str().to_string(), [e.estimate, e.tested, e.matched]))
-    };
-    for (qi, q) in qs.iter().enumerate().take(20) {
-        run(qi, q)?;
+    time_patch_queries(&path, g, dim, &qvecs, qs, k, ingest_s, build_s, out)
+}
+
+/// Time the patch queries on the database at `path`: 20 warm-up queries, then every query
+/// once. PEERS_GRAFT_EF sets the beam; PEERS_GRAFT_EFS (comma list) adds runs at other
+/// beams, written beside OUT as `-ef<X>.json`; PEERS_GRAFT_NOPARTS=1 turns the partitions off.
+#[allow(clippy::too_many_arguments)]
+fn time_patch_queries(path: &std::path::Path, g: u16, dim: usize, qvecs: &[f32], qs: &[Value], k: usize, ingest_s: f64, build_s: f64, out: &str) -> Result<()> {
+    const CHUNK: usize = 100;
+    let per = usize::from(g) * usize::from(g);
+    let disk = dir_bytes(path);
+    let mut base = graftdb::Options::default();
+    if let Some(ef) = std::env::var("PEERS_GRAFT_EF").ok().and_then(|v| v.parse().ok()) {
+        base.ef_search = ef;
     }
-    let mut results = Vec::with_capacity(qs.len());
-    for (qi, q) in qs.iter().enumerate() {
-        let (ms, ids, plan, [estimate, tested, matched]) = run(qi, q)?;
-        results.push(json!({"ms": ms, "ids": ids, "plan": plan, "estimate": estimate, "tested": tested, "matched": matched}));
+    if std::env::var("PEERS_GRAFT_NOPARTS").is_ok_and(|v| v != "0") {
+        base.partitions = false;
     }
-    eprintln!("graftdb: {} patch queries done", qs.len());
-    let doc = json!({
-        "engine": "graftdb",
-        "mode": format!("library: patch space {g}×{g} (i8 codes + per-patch scale), put_patches in {CHUNK}-tile commits, checkpoint; Db::search with Region::bbox (tiles by footprint, edge tiles patch by patch)"),
-        "ingest_s": ingest_s,
-        "build_s": build_s,
-        "disk_bytes": disk,
-        "peak_rss_kb": proc_status("VmHWM:"),
-        "results": results,
-    });
-    std::fs::write(out, serde_json::to_string(&doc)?)?;
+    let extra: Vec<usize> = std::env::var("PEERS_GRAFT_EFS").unwrap_or_default().split(',').filter_map(|v| v.trim().parse().ok()).collect();
+    for ef in std::iter::once(None).chain(extra.into_iter().map(Some)) {
+        let mut opts = base.clone();
+        if let Some(ef) = ef {
+            opts.ef_search = ef;
+        }
+        let db = Db::open_with(path, opts.clone())?;
+        let run = |qi: usize, q: &Value| -> Result<(f64, Vec<i64>, String, [u64; 3])> {
+            let filter = Filter { regions: region(q)?.into_iter().collect(), ..Default::default() };
+            let query = Query::new("patch", qvecs[qi * dim..(qi + 1) * dim].to_vec(), k).filter(filter);
+            let t = Instant::now();
+            let res = db.search(&query)?;
+            let ms = t.elapsed().as_secs_f64() * 1e3;
+            let ids = res
+                .hits
+                .iter()
+                .map(|h| match (&h.id, &h.patch) {
+                    (RecordId::Int(i), Some(p)) => i * per as i64 + i64::from(p.row) * i64::from(g) + i64::from(p.col),
+                    _ => -1,
+                })
+                .collect();
+            let e = &res.explain;
+            Ok((ms, ids, e.path.as_str().to_string(), [e.estimate, e.tested, e.matched]))
+        };
+        for (qi, q) in qs.iter().enumerate().take(20) {
+            run(qi, q)?;
+        }
+        let mut results = Vec::with_capacity(qs.len());
+        for (qi, q) in qs.iter().enumerate() {
+            let (ms, ids, plan, [estimate, tested, matched]) = run(qi, q)?;
+            results.push(json!({"ms": ms, "ids": ids, "plan": plan, "estimate": estimate, "tested": tested, "matched": matched}));
+        }
+        eprintln!("graftdb: {} patch queries done", qs.len());
+        let doc = json!({
+            "engine": if ef.is_some() { format!("graftdb-ef{}", opts.ef_search) } else { "graftdb".to_string() },
+            "mode": format!("library: patch space {g}×{g} (i8 codes + per-patch scale), put_patches in {CHUNK}-tile commits, checkpoint (patch partitions {}, patch graph M 16, ef_add {}); Db::search with Region::bbox (tiles by footprint, edge tiles patch by patch), ef_search {}/√selectivity", if opts.partitions { "on" } else { "off" }, graftdb::index::hnsw::EXPANSION_ADD, opts.ef_search),
+            "ingest_s": ingest_s,
+            "build_s": build_s,
+            "disk_bytes": disk,
+            "peak_rss_kb": proc_status("VmHWM:"),
+            "results": results,
+        });
+        let file = match ef {
+            Some(e) => out.replace(".json", &format!("-ef{e}.json")),
+            None => out.to_string(),
+        };
+        std::fs::write(file, serde_json::to_string(&doc)?)?;
+    }
     Ok(())
 }
 
