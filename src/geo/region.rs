@@ -225,7 +225,71 @@ pub struct PointTest<'a> {
     region: &'a Region,
     outer: Vec<[f64; 4]>,
     inner: Option<[f64; 4]>,
+    band: Option<CircleBand>,
     zrange: Option<(u64, u64)>,
+}
+
+/// Trigonometry-free bounds on a point's great-circle distance from a circle's centre, for
+/// points inside the circle's bounding boxes. On the sphere `ds² = dφ² + cos²φ dλ²` (radians):
+/// the straight path in (φ, λ) between centre and point has length ≤ √(Δφ² + c_max²·Δλ²), so
+/// that bounds the distance from above; any path (the geodesic included) is ≥ √(Δφ² +
+/// c_min²·Δλ²), where `c_min`/`c_max` are the least/largest cos φ the paths can reach. Both
+/// paths stay within `D` = the boxes' half-height + half-width of the centre (D bounds every
+/// such distance), so the cosines are taken over φ₀ ± D. Only points in the thin band between
+/// the two bounds need the haversine.
+#[derive(Debug, Clone, Copy)]
+struct CircleBand {
+    lat0: f64,
+    lon0: f64,
+    /// ρ² shrunk / grown by a relative 1e-7, so float rounding in the bounds or in the
+    /// haversine cannot flip an answer.
+    inside2: f64,
+    outside2: f64,
+    cmax2: f64,
+    cmin2: f64,
+}
+
+impl CircleBand {
+    fn new(lon: f64, lat: f64, km: f64, boxes: &[[f64; 4]]) -> Option<Self> {
+        let rho = km / EARTH_RADIUS_KM;
+        if !(rho > 0.0 && rho.is_finite()) || boxes.is_empty() {
+            return None;
+        }
+        let half_h = boxes.iter().map(|b| (b[3] - lat).abs().max((lat - b[1]).abs())).fold(0.0, f64::max);
+        let half_w = boxes.iter().map(|b| (b[2] - lon).abs().max((lon - b[0]).abs())).fold(0.0, f64::max).min(180.0);
+        let d = (half_h + half_w).to_radians();
+        let p0 = lat.to_radians();
+        let (lo, hi) = (p0 - d, p0 + d);
+        let half_pi = std::f64::consts::FRAC_PI_2;
+        let cmax = if lo <= 0.0 && hi >= 0.0 { 1.0 } else { lo.abs().min(hi.abs()).min(half_pi).cos() };
+        let cmin = if lo <= -half_pi || hi >= half_pi { 0.0 } else { lo.abs().max(hi.abs()).cos() };
+        Some(CircleBand {
+            lat0: p0,
+            lon0: lon.to_radians(),
+            inside2: (rho * (1.0 - 1e-7)).powi(2),
+            outside2: (rho * (1.0 + 1e-7)).powi(2),
+            cmax2: (cmax * (1.0 + 1e-12)).min(1.0).powi(2),
+            cmin2: (cmin * (1.0 - 1e-12)).max(0.0).powi(2),
+        })
+    }
+
+    /// `Some(inside)` when the bounds decide, `None` in the band.
+    #[inline]
+    fn decide(&self, lon: f64, lat: f64) -> Option<bool> {
+        let dphi = lat.to_radians() - self.lat0;
+        let mut dl = (lon.to_radians() - self.lon0).abs();
+        if dl > std::f64::consts::PI {
+            dl = 2.0 * std::f64::consts::PI - dl;
+        }
+        let (p2, l2) = (dphi * dphi, dl * dl);
+        if p2 + self.cmax2 * l2 <= self.inside2 {
+            return Some(true);
+        }
+        if p2 + self.cmin2 * l2 >= self.outside2 {
+            return Some(false);
+        }
+        None
+    }
 }
 
 impl<'a> PointTest<'a> {
@@ -243,7 +307,11 @@ impl<'a> PointTest<'a> {
             Region::Circle { .. } | Region::Polygon(_) => region.bboxes(),
             _ => Vec::new(),
         };
-        PointTest { region, outer, inner, zrange }
+        let band = match region {
+            Region::Circle { lon, lat, km } => CircleBand::new(*lon, *lat, *km, &outer),
+            _ => None,
+        };
+        PointTest { region, outer, inner, band, zrange }
     }
 
     /// Whether a position is in the region, boundary included.
@@ -259,6 +327,9 @@ impl<'a> PointTest<'a> {
         }
         if !self.outer.is_empty() && !self.outer.iter().any(inb) {
             return false;
+        }
+        if let Some(inside) = self.band.as_ref().and_then(|b| b.decide(lon, lat)) {
+            return inside;
         }
         self.region.contains_point(lon, lat)
     }
@@ -496,5 +567,23 @@ mod tests {
             }
         }
         assert!(inner_hits > 300, "the inner box should take part: {inner_hits}");
+        // Points within ±2 % of a circle's radius, where the trig-free bounds are tightest:
+        // every answer must agree, and for circles of city size away from the poles most
+        // must come from the bounds (the band is ~tan φ · (circle's extent) wide).
+        use geo::Destination;
+        for r in regions.iter().filter(|r| matches!(r, Region::Circle { .. })) {
+            let Region::Circle { lon, lat, km } = *r else { continue };
+            let t = PointTest::new(r);
+            let mut decided = 0;
+            for _ in 0..20_000 {
+                let d = km * 1000.0 * rng.random_range(0.98..1.02);
+                let p = Haversine.destination(Point::new(lon, lat), rng.random_range(0.0..360.0), d);
+                assert_eq!(t.contains(p.x(), p.y()), r.contains_point(p.x(), p.y()), "{r:?} at {}, {} ({d} m)", p.x(), p.y());
+                decided += usize::from(t.band.is_some_and(|b| b.decide(p.x(), p.y()).is_some()));
+            }
+            if km <= 100.0 && lat.abs() < 60.0 {
+                assert!(decided > 8_000, "{r:?}: the distance bounds decided only {decided} of 20,000 boundary points");
+            }
+        }
     }
 }
