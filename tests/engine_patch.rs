@@ -105,6 +105,28 @@ fn patch_hits(r: &graftdb::SearchResult) -> Vec<(String, u16, u16, f32)> {
     r.hits.iter().map(|h| (h.id.to_string(), h.patch.as_ref().unwrap().row, h.patch.as_ref().unwrap().col, h.score)).collect()
 }
 
+/// A patch grid whose patches scatter around content centre `c`.
+fn grid_near(rng: &mut rand::rngs::StdRng, c: &[f32]) -> Vec<f32> {
+    (0..usize::from(G) * usize::from(G)).flat_map(|_| unit(c.iter().map(|x| x + rng.random_range(-0.15f32..0.15)).collect())).collect()
+}
+
+/// A checkpointed cosine patch space "px" at `path`: `n` tiles, `per_row` to a row of the
+/// layout, each tile's patches around one of 12 content centres (returned).
+fn clustered_patch_db(path: &std::path::Path, opts: &graftdb::Options, n: usize, per_row: usize, rng: &mut rand::rngs::StdRng) -> Vec<Vec<f32>> {
+    let centres: Vec<Vec<f32>> = (0..12).map(|_| unit((0..DIM).map(|_| rng.random_range(-1.0f32..1.0)).collect())).collect();
+    let db = Db::create_with(path, opts.clone()).unwrap();
+    db.create_space("px", DIM as u32, Metric::Cos, Level::Patch { rows: G, cols: G }).unwrap();
+    let mut w = db.begin_write().unwrap();
+    for i in 0..n {
+        let key = w.insert(Record::Tile(tile(i, 10.0 + (i % per_row) as f64 * 0.03, 45.0 + (i / per_row) as f64 * 0.03))).unwrap();
+        let c = centres[rng.random_range(0..centres.len())].clone();
+        w.put_patches("px", key, &grid_near(rng, &c)).unwrap();
+    }
+    w.commit().unwrap();
+    db.checkpoint().unwrap();
+    centres
+}
+
 #[test]
 fn patch_partitions_answer_exactly_and_prune() {
     // 240 tiles × 196 patches in a cosine space: enough patches for partitions. Each tile
@@ -113,21 +135,8 @@ fn patch_partitions_answer_exactly_and_prune() {
     let path = dir.path().join("db");
     let opts = graftdb::Options { hnsw_min_rows: 2_000, ..graftdb::Options::default() };
     let mut rng = rand::rngs::StdRng::seed_from_u64(21);
-    let centres: Vec<Vec<f32>> = (0..12).map(|_| unit((0..DIM).map(|_| rng.random_range(-1.0f32..1.0)).collect())).collect();
+    let centres = clustered_patch_db(&path, &opts, 240, 20, &mut rng);
     let n_patches = usize::from(G) * usize::from(G);
-    let grid_near = |rng: &mut rand::rngs::StdRng, c: &[f32]| -> Vec<f32> { (0..n_patches).flat_map(|_| unit(c.iter().map(|x| x + rng.random_range(-0.15f32..0.15)).collect())).collect() };
-    {
-        let db = Db::create_with(&path, opts.clone()).unwrap();
-        db.create_space("px", DIM as u32, Metric::Cos, Level::Patch { rows: G, cols: G }).unwrap();
-        let mut w = db.begin_write().unwrap();
-        for i in 0..240 {
-            let key = w.insert(Record::Tile(tile(i, 10.0 + (i % 20) as f64 * 0.03, 45.0 + (i / 20) as f64 * 0.03))).unwrap();
-            let c = centres[rng.random_range(0..centres.len())].clone();
-            w.put_patches("px", key, &grid_near(&mut rng, &c)).unwrap();
-        }
-        w.commit().unwrap();
-        db.checkpoint().unwrap();
-    }
     // Reopen: the partitions come from their file.
     let db = Db::open_with(&path, opts).unwrap();
     let np = graftdb::index::parts::count_for(240 * n_patches) as u64;
@@ -189,21 +198,7 @@ fn patch_graph_answers_within_its_miss_budget_and_never_short() {
     let path = dir.path().join("db");
     let opts = graftdb::Options { hnsw_min_rows: 2_000, exact_threshold: 2_000, partitions: false, ..graftdb::Options::default() };
     let mut rng = rand::rngs::StdRng::seed_from_u64(31);
-    let centres: Vec<Vec<f32>> = (0..12).map(|_| unit((0..DIM).map(|_| rng.random_range(-1.0f32..1.0)).collect())).collect();
-    let n_patches = usize::from(G) * usize::from(G);
-    {
-        let db = Db::create_with(&path, opts.clone()).unwrap();
-        db.create_space("px", DIM as u32, Metric::Cos, Level::Patch { rows: G, cols: G }).unwrap();
-        let mut w = db.begin_write().unwrap();
-        for i in 0..150 {
-            let key = w.insert(Record::Tile(tile(i, 10.0 + (i % 15) as f64 * 0.03, 45.0 + (i / 15) as f64 * 0.03))).unwrap();
-            let c = centres[rng.random_range(0..centres.len())].clone();
-            let grid: Vec<f32> = (0..n_patches).flat_map(|_| unit(c.iter().map(|x| x + rng.random_range(-0.15f32..0.15)).collect())).collect();
-            w.put_patches("px", key, &grid).unwrap();
-        }
-        w.commit().unwrap();
-        db.checkpoint().unwrap();
-    }
+    let centres = clustered_patch_db(&path, &opts, 150, 15, &mut rng);
     let db = Db::open_with(&path, opts).unwrap();
     assert_eq!(db.check().unwrap(), Vec::<String>::new(), "the patch graph agrees with the snapshot");
     let key = |h: &graftdb::Hit| (h.id.to_string(), h.patch.as_ref().unwrap().row, h.patch.as_ref().unwrap().col);
