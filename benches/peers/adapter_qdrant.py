@@ -39,6 +39,18 @@ def qfilter(q):
     return qe.Filter(must=[c])
 
 
+def new_shard(path, dim):
+    """An empty shard at `path` (anything there is removed): cosine, HNSW m 16, ef_construct
+    128, full-scan threshold 10k, one search thread — the settings of every run."""
+    shutil.rmtree(path, ignore_errors=True)
+    cfg = qe.EdgeConfig(
+        vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine),
+        hnsw_config=qe.HnswIndexConfig(m=16, ef_construct=128, full_scan_threshold=10_000),
+        max_search_threads=1,
+    )
+    return qe.EdgeShard.create(path, cfg)
+
+
 def patch_main(data, work, out):
     from gen import GRID, patch_boxes
     tiles, pv = np.load(f"{data}/tiles.npy"), np.load(f"{data}/patches.npy", mmap_mode="r")
@@ -46,13 +58,7 @@ def patch_main(data, work, out):
     p, dim, k, n = GRID * GRID, pv.shape[1], meta["k"], len(pv)
     boxes = patch_boxes(tiles).reshape(-1, 4)
     path = os.path.join(work, "qdrant-patch")
-    shutil.rmtree(path, ignore_errors=True)
-    cfg = qe.EdgeConfig(
-        vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine),
-        hnsw_config=qe.HnswIndexConfig(m=16, ef_construct=128, full_scan_threshold=10_000),
-        max_search_threads=1,
-    )
-    shard = qe.EdgeShard.create(path, cfg)
+    shard = new_shard(path, dim)
     with common.Timer() as ingest:
         for f in ("w", "s", "e", "n"):
             shard.update(qe.UpdateOperation.create_field_index(f, qe.PayloadSchemaType.Float))
@@ -104,13 +110,7 @@ def main():
         shard = qe.EdgeShard.load(path)
         print(f"qdrant: reusing {path} (times from {prior}); {shard.info()}", file=sys.stderr)
     else:
-        shutil.rmtree(path, ignore_errors=True)
-        cfg = qe.EdgeConfig(
-            vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine),
-            hnsw_config=qe.HnswIndexConfig(m=16, ef_construct=128, full_scan_threshold=10_000),
-            max_search_threads=1,
-        )
-        shard = qe.EdgeShard.create(path, cfg)
+        shard = new_shard(path, dim)
         with common.Timer() as ingest:
             shard.update(qe.UpdateOperation.create_field_index("loc", qe.PayloadSchemaType.Geo))
             for s in range(0, n, 2_000):
