@@ -106,8 +106,8 @@ impl SpaceHandle {
     }
 }
 
-/// Partition items per row of a space: 1 at the image level, the patches of a grid at the patch level.
-fn per(def: &SpaceDef) -> usize {
+/// Vectors per row of a space: 1 at the image level, the patches of a grid at the patch level.
+pub(crate) fn per(def: &SpaceDef) -> usize {
     match def.level {
         Level::Image => 1,
         Level::Patch { rows, cols } => usize::from(rows) * usize::from(cols),
@@ -125,7 +125,7 @@ pub(crate) fn payload_bytes(def: &SpaceDef) -> usize {
 fn stride(def: &SpaceDef) -> usize {
     match def.level {
         Level::Image => def.dim as usize,
-        Level::Patch { rows, cols } => usize::from(rows) * usize::from(cols) * codec::patch_stride(def.dim as usize),
+        Level::Patch { .. } => per(def) * codec::patch_stride(def.dim as usize),
     }
 }
 

@@ -198,10 +198,7 @@ impl Db {
             }
             let h = self.space_state(&def.name)?;
             let s = h.state.read().map_err(|_| Error::Index("lock poisoned".into()))?;
-            let payload = match def.level {
-                Level::Image => def.dim as u64 * 4,
-                Level::Patch { rows, cols } => u64::from(rows) * u64::from(cols) * codec::patch_stride(def.dim as usize) as u64,
-            };
+            let payload = crate::db::payload_bytes(&def) as u64;
             spaces.push(SpaceStats {
                 name: def.name.clone(),
                 dim: def.dim,
@@ -360,10 +357,7 @@ impl Db {
         if let Some(g) = &s.hnsw {
             // Graph nodes are labelled by snapshot row number, or `row × per + patch` for the
             // patches of a patch-level space (`hnsw::labels`).
-            let per = match def.level {
-                Level::Image => 1,
-                Level::Patch { rows, cols } => usize::from(rows) * usize::from(cols),
-            };
+            let per = crate::db::per(def);
             if g.size() != s.base.len() * per {
                 p.push(format!("space {}: graph holds {} vectors, snapshot {} × {per}", def.name, g.size(), s.base.len()));
             }

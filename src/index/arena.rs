@@ -215,10 +215,7 @@ impl Segment {
     /// Patch `p` of row `i`'s grid as its i8 codes and scale (patch-level spaces).
     #[inline]
     pub fn patch_coded(&self, i: usize, p: usize, dim: usize) -> Option<(&[i8], f32)> {
-        let stride = crate::store::codec::patch_stride(dim);
-        let rec = self.grid(i).get(p * stride..(p + 1) * stride)?;
-        let (scale, codes) = rec.split_at(4);
-        Some((bytemuck::cast_slice(codes), f32::from_le_bytes([scale[0], scale[1], scale[2], scale[3]])))
+        crate::store::codec::patch_codes(self.grid(i), dim, p)
     }
     /// The encoded grid of a row (patch-level spaces).
     #[inline]

@@ -833,7 +833,7 @@ fn run_patch(def: &SpaceDef, st: &SpaceIndex, ranges: &[(u64, u64)], m: &Matcher
     }
     if let (false, Some(g), Some((ef, walk_cost))) = (done, graph, walk_plan) {
         if walk_cost < scan_cost {
-            done = search_patch_graph(g, st, &mut test, qv, ef, want, in_base, &mut top, ex)?;
+            done = search_patch_graph(g, st, &mut test, qv, n, ef, want, in_base, &mut top, ex)?;
             if done {
                 ex.path = PlanPath::PatchHnsw;
             } else {
@@ -868,12 +868,11 @@ const PATCH_GRAPH_PREMIUM: f64 = 1.0;
 const PATCH_PARTS_MIN: u64 = 8;
 
 /// The patch graph's answer, added to `top` (which holds the delta's patches): the walk over
-/// patch codes with the region test as predicate, each hit re-scored from its codes. False
+/// patch codes (`per` a grid, labelled `row × per + patch`) with the region test as predicate, each hit re-scored from its codes. False
 /// when it came up short of k while the candidate tiles may hold more (the caller scans).
 #[allow(clippy::too_many_arguments)]
-fn search_patch_graph(g: &usearch::Index, st: &SpaceIndex, test: &mut PatchTest<'_, '_>, q: &[f32], ef: usize, want: usize, in_base: u64, top: &mut TopK<u32>, ex: &mut Explain) -> Result<bool> {
+fn search_patch_graph(g: &usearch::Index, st: &SpaceIndex, test: &mut PatchTest<'_, '_>, q: &[f32], per: usize, ef: usize, want: usize, in_base: u64, top: &mut TopK<u32>, ex: &mut Explain) -> Result<bool> {
     let dim = q.len();
-    let per = (g.size() / st.base.len().max(1)).max(1);
     let mut codes = Vec::with_capacity(dim);
     scan::quantise(q, &mut codes);
     g.change_expansion_search(ef);

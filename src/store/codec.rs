@@ -84,24 +84,25 @@ pub fn encode_patch_grid(grid: &[f32], dim: usize) -> Vec<u8> {
     out
 }
 
-/// Dot product of a query with patch `p` of an encoded grid. Returns `None` past the end.
-pub fn patch_dot(grid: &[u8], dim: usize, p: usize, q: &[f32]) -> Option<f32> {
+/// Patch `p` of an encoded grid as its i8 codes and scale. Returns `None` past the end.
+pub fn patch_codes(grid: &[u8], dim: usize, p: usize) -> Option<(&[i8], f32)> {
     let stride = patch_stride(dim);
     let rec = grid.get(p * stride..(p + 1) * stride)?;
     let (scale, codes) = rec.split_at(4);
-    let scale = f32::from_le_bytes([scale[0], scale[1], scale[2], scale[3]]);
     // The codes are i8 values stored as bytes.
-    let codes: &[i8] = bytemuck::cast_slice(codes);
+    Some((bytemuck::cast_slice(codes), f32::from_le_bytes([scale[0], scale[1], scale[2], scale[3]])))
+}
+
+/// Dot product of a query with patch `p` of an encoded grid. Returns `None` past the end.
+pub fn patch_dot(grid: &[u8], dim: usize, p: usize, q: &[f32]) -> Option<f32> {
+    let (codes, scale) = patch_codes(grid, dim, p)?;
     Some(crate::index::scan::dot_f32_i8(q, codes) * scale)
 }
 
 /// Decode patch `p` back to f32 (for checks and tests).
 pub fn patch_decode(grid: &[u8], dim: usize, p: usize) -> Option<Vec<f32>> {
-    let stride = patch_stride(dim);
-    let rec = grid.get(p * stride..(p + 1) * stride)?;
-    let (scale, codes) = rec.split_at(4);
-    let scale = f32::from_le_bytes([scale[0], scale[1], scale[2], scale[3]]);
-    Some(codes.iter().map(|c| f32::from(*c as i8) * scale).collect())
+    let (codes, scale) = patch_codes(grid, dim, p)?;
+    Some(codes.iter().map(|&c| f32::from(c) * scale).collect())
 }
 
 #[cfg(test)]
