@@ -221,27 +221,16 @@ fn patch_mode(data: &std::path::Path, work: &std::path::Path, out: &str) -> Resu
     time_patch_queries(&path, g, dim, &qvecs, qs, k, ingest_s, build_s, out)
 }
 
-/// Time the patch queries on the database at `path`: 20 warm-up queries, then every query
-/// once. PEERS_GRAFT_EF sets the beam; PEERS_GRAFT_EFS (comma list) adds runs at other
-/// beams, written beside OUT as `-ef<X>.json`; PEERS_GRAFT_NOPARTS=1 turns the partitions off.
+/// Time the patch queries on the database at `path` ([`timed_pass`]), at the beams of
+/// [`run_options`].
 #[allow(clippy::too_many_arguments)]
 fn time_patch_queries(path: &std::path::Path, g: u16, dim: usize, qvecs: &[f32], qs: &[Value], k: usize, ingest_s: f64, build_s: f64, out: &str) -> Result<()> {
     const CHUNK: usize = 100;
     let per = usize::from(g) * usize::from(g);
     let disk = dir_bytes(path);
-    let mut base = graftdb::Options::default();
-    if let Some(ef) = std::env::var("PEERS_GRAFT_EF").ok().and_then(|v| v.parse().ok()) {
-        base.ef_search = ef;
-    }
-    if std::env::var("PEERS_GRAFT_NOPARTS").is_ok_and(|v| v != "0") {
-        base.partitions = false;
-    }
-    let extra: Vec<usize> = std::env::var("PEERS_GRAFT_EFS").unwrap_or_default().split(',').filter_map(|v| v.trim().parse().ok()).collect();
-    for ef in std::iter::once(None).chain(extra.into_iter().map(Some)) {
-        let mut opts = base.clone();
-        if let Some(ef) = ef {
-            opts.ef_search = ef;
-        }
+    let (base, beams) = run_options();
+    for ef in beams {
+        let opts = graftdb::Options { ef_search: ef.unwrap_or(base.ef_search), ..base.clone() };
         let db = Db::open_with(path, opts.clone())?;
         let run = |qi: usize, q: &Value| -> Result<(f64, Vec<i64>, String, [u64; 3])> {
             let filter = Filter { regions: region(q)?.into_iter().collect(), ..Default::default() };
@@ -260,14 +249,7 @@ fn time_patch_queries(path: &std::path::Path, g: u16, dim: usize, qvecs: &[f32],
             let e = &res.explain;
             Ok((ms, ids, e.path.as_str().to_string(), [e.estimate, e.tested, e.matched]))
         };
-        for (qi, q) in qs.iter().enumerate().take(20) {
-            run(qi, q)?;
-        }
-        let mut results = Vec::with_capacity(qs.len());
-        for (qi, q) in qs.iter().enumerate() {
-            let (ms, ids, plan, [estimate, tested, matched]) = run(qi, q)?;
-            results.push(json!({"ms": ms, "ids": ids, "plan": plan, "estimate": estimate, "tested": tested, "matched": matched}));
-        }
+        let results = timed_pass(qs, run)?;
         eprintln!("graftdb: {} patch queries done", qs.len());
         let doc = json!({
             "engine": if ef.is_some() { format!("graftdb-ef{}", opts.ef_search) } else { "graftdb".to_string() },
@@ -278,11 +260,7 @@ fn time_patch_queries(path: &std::path::Path, g: u16, dim: usize, qvecs: &[f32],
             "peak_rss_kb": proc_status("VmHWM:"),
             "results": results,
         });
-        let file = match ef {
-            Some(e) => out.replace(".json", &format!("-ef{e}.json")),
-            None => out.to_string(),
-        };
-        std::fs::write(file, serde_json::to_string(&doc)?)?;
+        std::fs::write(out_for(out, ef), serde_json::to_string(&doc)?)?;
     }
     Ok(())
 }
@@ -341,14 +319,11 @@ fn main() -> Result<()> {
     time_queries(data, &path, dim, &qvecs, qs, k, ingest_s, build_s)
 }
 
-/// Time the queries on the built database at `path`, run the join, write OUT.json.
-#[allow(clippy::too_many_arguments)]
-fn time_queries(data: &std::path::Path, path: &std::path::Path, dim: usize, qvecs: &[f32], qs: &[Value], k: usize, ingest_s: f64, build_s: f64) -> Result<()> {
-    let out = &std::env::args().nth(3).context("OUT.json")?;
-    let path = path.to_path_buf();
-    let disk = dir_bytes(&path);
-    // Default Options unless PEERS_GRAFT_EF / PEERS_GRAFT_EXACT set them. PEERS_GRAFT_EFS
-    // (comma list) adds runs at other beams, written beside OUT as graftdb-ef<X>.json.
+/// The `Options` of a timed run and the beams to run it at (`None`: the default run, then each
+/// extra beam). PEERS_GRAFT_EF sets the beam, PEERS_GRAFT_EXACT the exact threshold,
+/// PEERS_GRAFT_NOPARTS=1 turns the partitions off; PEERS_GRAFT_EFS (comma list) adds runs at
+/// other beams, each written beside OUT ([`out_for`]).
+fn run_options() -> (graftdb::Options, Vec<Option<usize>>) {
     let mut opts = graftdb::Options::default();
     if let Some(ef) = std::env::var("PEERS_GRAFT_EF").ok().and_then(|v| v.parse().ok()) {
         opts.ef_search = ef;
@@ -356,13 +331,53 @@ fn time_queries(data: &std::path::Path, path: &std::path::Path, dim: usize, qvec
     if let Some(t) = std::env::var("PEERS_GRAFT_EXACT").ok().and_then(|v| v.parse().ok()) {
         opts.exact_threshold = t;
     }
-    let extra: Vec<usize> = std::env::var("PEERS_GRAFT_EFS").unwrap_or_default().split(',').filter_map(|v| v.trim().parse().ok()).collect();
+    if std::env::var("PEERS_GRAFT_NOPARTS").is_ok_and(|v| v != "0") {
+        opts.partitions = false;
+    }
+    let extra = std::env::var("PEERS_GRAFT_EFS").unwrap_or_default().split(',').filter_map(|v| v.trim().parse().ok()).map(Some).collect::<Vec<_>>();
+    (opts, std::iter::once(None).chain(extra).collect())
+}
+
+/// OUT for the default run, `OUT-ef<X>.json` for an extra beam.
+fn out_for(out: &str, ef: Option<usize>) -> String {
+    match ef {
+        None => out.to_string(),
+        Some(ef) => out.replace(".json", &format!("-ef{ef}.json")),
+    }
+}
+
+/// One timed pass over `qs` with `run` (query number and query → ms, ids, plan, [estimate,
+/// tested, matched]), as JSON results. Before it: PEERS_GRAFT_SETTLE=S (diagnosis) waits S
+/// seconds after open, e.g. for the background prefault of the mapped index files, as in a
+/// long-running process; the first 20 queries run untimed (every engine does the same); and
+/// PEERS_GRAFT_WARM=1 (diagnosis) answers every query once untimed, so the timed pass runs
+/// with the mapped index files already faulted in.
+fn timed_pass(qs: &[Value], run: impl Fn(usize, &Value) -> Result<(f64, Vec<i64>, String, [u64; 3])>) -> Result<Vec<Value>> {
+    if let Some(s) = std::env::var("PEERS_GRAFT_SETTLE").ok().and_then(|v| v.parse::<f64>().ok()) {
+        std::thread::sleep(std::time::Duration::from_secs_f64(s));
+    }
+    let warm = if std::env::var("PEERS_GRAFT_WARM").is_ok_and(|v| v != "0") { qs.len() } else { 20 };
+    for (qi, q) in qs.iter().enumerate().take(warm) {
+        run(qi, q)?;
+    }
+    let mut results = Vec::with_capacity(qs.len());
+    for (qi, q) in qs.iter().enumerate() {
+        let (ms, ids, plan, [estimate, tested, matched]) = run(qi, q)?;
+        results.push(json!({"ms": ms, "ids": ids, "plan": plan, "estimate": estimate, "tested": tested, "matched": matched}));
+    }
+    Ok(results)
+}
+
+/// Time the queries on the built database at `path`, run the join, write OUT.json.
+#[allow(clippy::too_many_arguments)]
+fn time_queries(data: &std::path::Path, path: &std::path::Path, dim: usize, qvecs: &[f32], qs: &[Value], k: usize, ingest_s: f64, build_s: f64) -> Result<()> {
+    let out = &std::env::args().nth(3).context("OUT.json")?;
+    let path = path.to_path_buf();
+    let disk = dir_bytes(&path);
+    let (base, beams) = run_options();
     let mut docs = Vec::new();
-    for ef in std::iter::once(None).chain(extra.into_iter().map(Some)) {
-        let mut opts = opts.clone();
-        if let Some(ef) = ef {
-            opts.ef_search = ef;
-        }
+    for ef in beams {
+        let opts = graftdb::Options { ef_search: ef.unwrap_or(base.ef_search), ..base.clone() };
         let mode = format!(
             "library (Db::search), exact_threshold {}, ef_search {}/√selectivity, graph M 16, ef_add {}",
             opts.exact_threshold,
@@ -380,27 +395,7 @@ fn time_queries(data: &std::path::Path, path: &std::path::Path, dim: usize, qvec
             let e = &res.explain;
             Ok((ms, ids, e.path.as_str().to_string(), [e.estimate, e.tested, e.matched]))
         };
-        // PEERS_GRAFT_SETTLE=S (diagnosis): wait S seconds after open, e.g. for the background
-        // prefault of the mapped index files to finish, as in a long-running process.
-        if let Some(s) = std::env::var("PEERS_GRAFT_SETTLE").ok().and_then(|v| v.parse::<f64>().ok()) {
-            std::thread::sleep(std::time::Duration::from_secs_f64(s));
-        }
-        // Warm-up: the first 20 queries, untimed (every engine does the same).
-        for (qi, q) in qs.iter().enumerate().take(20) {
-            run(qi, q)?;
-        }
-        // PEERS_GRAFT_WARM=1 (diagnosis): answer every query once untimed first, so the timed
-        // pass runs with the mapped index files already faulted in.
-        if std::env::var("PEERS_GRAFT_WARM").is_ok_and(|v| v != "0") {
-            for (qi, q) in qs.iter().enumerate() {
-                run(qi, q)?;
-            }
-        }
-        let mut results = Vec::with_capacity(qs.len());
-        for (qi, q) in qs.iter().enumerate() {
-            let (ms, ids, path, [estimate, tested, matched]) = run(qi, q)?;
-            results.push(json!({"ms": ms, "ids": ids, "plan": path, "estimate": estimate, "tested": tested, "matched": matched}));
-        }
+        let results = timed_pass(qs, run)?;
         eprintln!("graftdb: {} queries done ({mode})", qs.len());
         docs.push((ef, mode, results));
     }
@@ -432,11 +427,7 @@ fn time_queries(data: &std::path::Path, path: &std::path::Path, dim: usize, qvec
             "results": results,
             "join": if ef.is_none() { join.clone() } else { Value::Null },
         });
-        let path = match ef {
-            None => out.to_string(),
-            Some(ef) => out.replace(".json", &format!("-ef{ef}.json")),
-        };
-        std::fs::write(path, serde_json::to_string(&doc)?)?;
+        std::fs::write(out_for(out, ef), serde_json::to_string(&doc)?)?;
     }
     Ok(())
 }
