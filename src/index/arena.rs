@@ -138,7 +138,14 @@ pub struct Segment {
     pub qres: Col<f32>,
     /// Payload elements per row (`dim` for f32, grid bytes for patches).
     pub stride: usize,
+    /// Every [`FENCE`]-th key, built on first use by [`Segment::rows_in`] (never stored).
+    pub(crate) fences: std::sync::OnceLock<Vec<u64>>,
 }
+
+/// Keys per fence. A key lookup searches the fences (1M rows: 125 KB, which stay cached)
+/// and then one block of `FENCE` keys (512 bytes), instead of binary-searching the whole key
+/// column: a cold search over 1M keys misses the cache at each of its last ~10 steps.
+const FENCE: usize = 64;
 
 impl Segment {
     /// The mapped files its columns are windows of (one for a snapshot; none when owned).
@@ -166,6 +173,7 @@ impl Segment {
             qscale: Col::Owned(vec![]),
             qres: Col::Owned(vec![]),
             stride,
+            fences: Default::default(),
         }
     }
     /// Rows held.
@@ -178,10 +186,21 @@ impl Segment {
     }
     /// Row range whose keys lie in `[lo, hi]`.
     pub fn rows_in(&self, lo: u64, hi: u64) -> Range<usize> {
-        let k: &[u64] = &self.keys;
-        let a = k.partition_point(|&x| x < lo);
-        let b = k.partition_point(|&x| x <= hi);
+        let a = self.first_where_not(|x| x < lo);
+        let b = self.first_where_not(|x| x <= hi);
         a..b.max(a)
+    }
+    /// The first row whose key fails `below` (a predicate true for a prefix of the sorted
+    /// keys), through the fences.
+    #[inline]
+    fn first_where_not(&self, below: impl Fn(u64) -> bool) -> usize {
+        let k: &[u64] = &self.keys;
+        let fences = self.fences.get_or_init(|| k.iter().step_by(FENCE).copied().collect());
+        // fences[f - 1] passes and fences[f] fails: the answer is in (FENCE·(f-1), FENCE·f].
+        let f = fences.partition_point(|&x| below(x));
+        let start = if f == 0 { 0 } else { (f - 1) * FENCE + 1 };
+        let end = (f * FENCE).min(k.len()).max(start);
+        start + k.get(start..end).map_or(0, |b| b.partition_point(|&x| below(x)))
     }
     /// Row of a key.
     pub fn find(&self, key: u64) -> Option<usize> {
@@ -332,6 +351,7 @@ impl SegmentBuilder {
             qscale: Col::Owned(c.1),
             qres: Col::Owned(c.2),
             stride: self.stride,
+            fences: Default::default(),
         }
     }
 }
@@ -529,6 +549,7 @@ pub fn read_snapshot(path: &Path, expect_stride: usize, patch: bool) -> Result<(
         qscale: Col::mapped(&map, qs, path)?,
         qres: Col::mapped(&map, l1, path)?,
         stride,
+        fences: Default::default(),
     };
     if !seg.keys.windows(2).all(|w| w[0] < w[1]) {
         return Err(corrupt("keys are not sorted"));
@@ -586,6 +607,31 @@ mod tests {
                     let (s, rho) = crate::index::scan::quantise(seg.vector(i), &mut codes);
                     assert_eq!(seg.coded(i), Some((&codes[..], s, rho)), "codes of row {i}");
                 }
+            }
+        }
+    }
+
+    /// The fenced lookup equals a binary search over all keys, for segment lengths around
+    /// multiples of the fence and bounds below, between, on and above the keys.
+    #[test]
+    fn rows_in_through_fences_equals_a_plain_search() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        for n in [0, 1, 2, FENCE - 1, FENCE, FENCE + 1, 2 * FENCE, 3 * FENCE + 7, 1000] {
+            let mut keys: Vec<u64> = (0..n).map(|_| rng.random_range(0..50_000u64) * 2 + 10).collect();
+            keys.sort_unstable();
+            keys.dedup();
+            let rows: Vec<NewRow> = keys.iter().map(|&k| NewRow { key: k, meta: meta(0.0), f32s: vec![0.0; 2], bytes: vec![] }).collect();
+            let seg = merge_rows(&Segment::empty(2), rows, false);
+            let mut probes: Vec<u64> = vec![0, 9, 10, 11, u64::MAX - 1, u64::MAX];
+            probes.extend(keys.iter().flat_map(|&k| [k - 1, k, k + 1]).take(600));
+            probes.extend((0..200).map(|_| rng.random_range(0..110_000u64)));
+            for &lo in &probes {
+                let hi = lo.saturating_add(rng.random_range(0..3_000u64));
+                let a = keys.partition_point(|&x| x < lo);
+                let b = keys.partition_point(|&x| x <= hi).max(a);
+                assert_eq!(seg.rows_in(lo, hi), a..b, "n {n}, [{lo}, {hi}]");
+                assert_eq!(seg.rows_in(lo, lo), a..keys.partition_point(|&x| x <= lo).max(a), "n {n}, [{lo}, {lo}]");
             }
         }
     }
