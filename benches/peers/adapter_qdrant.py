@@ -39,13 +39,19 @@ def qfilter(q):
     return qe.Filter(must=[c])
 
 
+# PEERS_QDRANT_M (diagnosis): HNSW m; 0 builds no graph (Qdrant then answers every query by
+# scanning the filtered points, as its exact mode does), which skips the hour-long 1M build
+# when only the exact runs at low selectivity are wanted.
+M = int(os.environ.get("PEERS_QDRANT_M", "16"))
+
+
 def new_shard(path, dim):
-    """An empty shard at `path` (anything there is removed): cosine, HNSW m 16, ef_construct
+    """An empty shard at `path` (anything there is removed): cosine, HNSW m 16 (M), ef_construct
     128, full-scan threshold 10k, one search thread — the settings of every run."""
     shutil.rmtree(path, ignore_errors=True)
     cfg = qe.EdgeConfig(
         vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine),
-        hnsw_config=qe.HnswIndexConfig(m=16, ef_construct=128, full_scan_threshold=10_000),
+        hnsw_config=qe.HnswIndexConfig(m=M, ef_construct=128, full_scan_threshold=10_000),
         max_search_threads=1,
     )
     return qe.EdgeShard.create(path, cfg)
@@ -91,7 +97,7 @@ def patch_main(data, work, out):
 
     results = common.run_queries(meta["queries"], run)
     shard.close()
-    common.write(out, {"engine": "qdrant-edge", "mode": f"qdrant-edge-py 0.9.0 wheel, in-process; a point per patch; HNSW m 16, ef_construct 128, hnsw_ef {EF}, full_scan_threshold 10k; Float indexes on w, s, e, n, four range conditions",
+    common.write(out, {"engine": "qdrant-edge", "mode": f"qdrant-edge-py 0.9.0 wheel, in-process; a point per patch; HNSW m {M}, ef_construct 128, hnsw_ef {EF}, full_scan_threshold 10k; Float indexes on w, s, e, n, four range conditions",
                        "ingest_s": ingest.s, "build_s": build.s, "disk_bytes": disk, "peak_rss_kb": common.self_peak_rss_kb(), "results": results})
 
 
@@ -142,7 +148,7 @@ def main():
         results = common.run_queries(meta["queries"], run)
         search = "exact=True (full scan of the filtered points)" if params.exact else f"hnsw_ef {params.hnsw_ef}"
         docs.append((tag, {"engine": f"qdrant-edge-{tag}" if tag else "qdrant-edge",
-                           "mode": f"qdrant-edge-py 0.9.0 wheel, in-process; HNSW m 16, ef_construct 128, {search}, full_scan_threshold 10k"
+                           "mode": f"qdrant-edge-py 0.9.0 wheel, in-process; HNSW m {M}, ef_construct 128, {search}, full_scan_threshold 10k"
                                    + ("; reused shard" if prior else ""),
                            "ingest_s": ingest_s, "build_s": build_s, "disk_bytes": disk, "peak_rss_kb": common.self_peak_rss_kb(), "results": results}))
     shard.close()
