@@ -204,7 +204,8 @@ impl Segment {
     }
     /// Row of a key.
     pub fn find(&self, key: u64) -> Option<usize> {
-        self.keys.binary_search(&key).ok()
+        let r = self.rows_in(key, key);
+        (!r.is_empty()).then_some(r.start)
     }
     /// The filter-field columns, dereferenced once for a loop over many rows.
     pub fn metas(&self) -> MetaView<'_> {
@@ -632,6 +633,10 @@ mod tests {
                 let b = keys.partition_point(|&x| x <= hi).max(a);
                 assert_eq!(seg.rows_in(lo, hi), a..b, "n {n}, [{lo}, {hi}]");
                 assert_eq!(seg.rows_in(lo, lo), a..keys.partition_point(|&x| x <= lo).max(a), "n {n}, [{lo}, {lo}]");
+            }
+            for (i, &k) in keys.iter().enumerate() {
+                assert_eq!(seg.find(k), Some(i), "n {n}, key {k}");
+                assert_eq!(seg.find(k + 1), None, "n {n}, key {}", k + 1);
             }
         }
     }
