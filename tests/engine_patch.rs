@@ -187,6 +187,24 @@ fn patch_partitions_answer_exactly_and_prune() {
     w.commit().unwrap();
     let r = same(Query::new("px", q, 10), "with a delta");
     assert_eq!((r.hits[0].id.to_string().as_str(), r.hits[0].patch.as_ref().unwrap().col), ("t999", 7), "the delta tile's patch is missing (path {:?})", r.explain.path);
+    // Queries in random directions (near no tile's content) make the partitions give up and
+    // the next path start over: the delta's patches must survive the restart.
+    let mut gave_up = 0;
+    for qi in 0..8usize {
+        let q = unit((0..DIM).map(|_| rng.random_range(-1.0f32..1.0)).collect());
+        let mut w = db.begin_write().unwrap();
+        let key = w.insert(Record::Tile(tile(1000 + qi, 10.25, 45.1))).unwrap();
+        let mut grid = grid_near(&mut rng, &centres[0]);
+        grid[3 * DIM..4 * DIM].copy_from_slice(&q);
+        w.put_patches("px", key, &grid).unwrap();
+        w.commit().unwrap();
+        // The walk that may follow is approximate, so only the delta's patch is checked.
+        let r = db.search(&Query::new("px", q, 10)).unwrap();
+        assert_eq!(r.hits.len(), 10, "random query {qi} is short");
+        gave_up += usize::from(r.explain.path != PlanPath::PatchParts);
+        assert_eq!((r.hits[0].id.to_string(), r.hits[0].patch.as_ref().unwrap().col), (format!("t{}", 1000 + qi), 3), "random query {qi}: the delta tile's patch is missing (path {:?})", r.explain.path);
+    }
+    assert!(gave_up >= 4, "only {gave_up} of 8 random queries made the partitions give up");
 }
 
 #[test]

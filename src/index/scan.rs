@@ -394,6 +394,7 @@ impl<T: Copy + PartialEq> PartialOrd for Scored<T> {
 }
 
 /// Keeps the `k` best items seen.
+#[derive(Clone)]
 pub struct TopK<T: Copy + PartialEq> {
     k: usize,
     heap: BinaryHeap<Scored<T>>,

@@ -804,6 +804,9 @@ fn run_patch(def: &SpaceDef, st: &SpaceIndex, ranges: &[(u64, u64)], m: &Matcher
     let mut test = PatchTest::new(m, rows, cols);
     // Tiles not yet indexed first: their scores raise the k-th score the partitions must beat.
     scan_patch_tiles(&st.delta, ranges, &mut test, dim, n, qv, &mut top, ex);
+    // What a path that gives up starts over from: its partial answer may hold base patches
+    // the next path finds again.
+    let delta_top = top.clone();
     let in_base: u64 = ranges.iter().map(|&(lo, hi)| st.base.rows_in(lo, hi).len() as u64).sum();
     let items = in_base * n as u64;
     let indexed = !q.exact && k > 0;
@@ -826,9 +829,7 @@ fn run_patch(def: &SpaceDef, st: &SpaceIndex, ranges: &[(u64, u64)], m: &Matcher
         if done {
             ex.path = PlanPath::PatchParts;
         } else {
-            // Start over: the partial answer may hold base patches another path finds again.
-            top = TopK::new(k);
-            scan_patch_tiles(&st.delta, ranges, &mut test, dim, n, qv, &mut top, ex);
+            top = delta_top.clone();
         }
     }
     if let (false, Some(g), Some((ef, walk_cost))) = (done, graph, walk_plan) {
@@ -838,8 +839,7 @@ fn run_patch(def: &SpaceDef, st: &SpaceIndex, ranges: &[(u64, u64)], m: &Matcher
                 ex.path = PlanPath::PatchHnsw;
             } else {
                 ex.path = PlanPath::HnswThenExact;
-                top = TopK::new(k);
-                scan_patch_tiles(&st.delta, ranges, &mut test, dim, n, qv, &mut top, ex);
+                top = delta_top.clone();
             }
         }
     }
@@ -895,9 +895,9 @@ fn search_patch_graph(g: &usearch::Index, st: &SpaceIndex, test: &mut PatchTest<
     for item in found.keys {
         let i = item as usize;
         let (row, p) = (i / per, i % per);
-        let (Some((c, scale)), Some(&key)) = (st.base.patch_coded(row, p, dim), st.base.keys.get(row)) else { continue };
+        let (Some(score), Some(&key)) = (codec::patch_dot(st.base.grid(row), dim, p, q), st.base.keys.get(row)) else { continue };
         hits += 1;
-        top.push(Scored { score: scan::dot_f32_i8(q, c) * scale, key, extra: p as u32 });
+        top.push(Scored { score, key, extra: p as u32 });
     }
     ex.rescored += hits;
     Ok(top.len() >= top.capacity() || hits >= in_base * per as u64)
