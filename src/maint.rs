@@ -374,8 +374,7 @@ impl Db {
             let bad = (0..parts.rows_total()).find(|&j| {
                 let Some(it) = parts.row(j).map(|r| r as usize) else { return true };
                 let r = it / per;
-                let coded = if per == 1 { s.base.coded(r) } else { s.base.patch_coded(r, it % per, def.dim as usize).map(|(c, sc)| (c, sc, 0.0)) };
-                parts.key(j) != s.base.keys.get(r).copied() || parts.coded(j) != coded || parts.metas().get(j) != s.base.meta(r)
+                parts.key(j) != s.base.keys.get(r).copied() || parts.coded(j) != s.base.item_coded(it, per, def.dim as usize) || parts.metas().get(j) != s.base.meta(r)
             });
             if let Some(j) = bad {
                 p.push(format!("space {}: partition position {j} disagrees with the snapshot", def.name));

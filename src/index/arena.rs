@@ -237,6 +237,18 @@ impl Segment {
     pub fn patch_coded(&self, i: usize, p: usize, dim: usize) -> Option<(&[i8], f32)> {
         crate::store::codec::patch_codes(self.grid(i), dim, p)
     }
+    /// Item `item` of a space with `per` items a row, as the partitions rank it: at the image
+    /// level a row's codes, scale and residual norm; at the patch level (the segment holds
+    /// grids) patch `item % per` of row `item / per`, with residual 0 (patches are ranked as
+    /// coded).
+    pub fn item_coded(&self, item: usize, per: usize, dim: usize) -> Option<(&[i8], f32, f32)> {
+        if self.bytes.is_empty() {
+            self.coded(item)
+        } else {
+            let per = per.max(1);
+            self.patch_coded(item / per, item % per, dim).map(|(c, sc)| (c, sc, 0.0))
+        }
+    }
     /// The encoded grid of a row (patch-level spaces).
     #[inline]
     pub fn grid(&self, i: usize) -> &[u8] {

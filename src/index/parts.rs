@@ -150,10 +150,7 @@ impl Source<'_> {
     }
     /// Item `i`'s codes, scale and residual norm (0 for patches: they are ranked as coded).
     fn coded(&self, i: usize, dim: usize) -> Option<(&[i8], f32, f32)> {
-        match *self {
-            Source::Rows(s) => s.coded(i),
-            Source::Patches(s, per) => s.patch_coded(i / per, i % per, dim).map(|(c, sc)| (c, sc, 0.0)),
-        }
+        self.seg().item_coded(i, self.per(), dim)
     }
 }
 
