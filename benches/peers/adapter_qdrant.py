@@ -57,6 +57,15 @@ def new_shard(path, dim):
     return qe.EdgeShard.create(path, cfg)
 
 
+def optimize(shard):
+    """Build the shard's index (HNSW unless m = 0) and flush; the seconds it took."""
+    with common.Timer() as build:
+        shard.optimize()
+        shard.flush()
+    print(f"qdrant: optimize (HNSW build) {build.s:.1f} s; {shard.info()}", file=sys.stderr)
+    return build.s
+
+
 def patch_main(data, work, out):
     from gen import GRID, patch_boxes
     tiles, pv = np.load(f"{data}/tiles.npy"), np.load(f"{data}/patches.npy", mmap_mode="r")
@@ -76,10 +85,7 @@ def patch_main(data, work, out):
             shard.update(qe.UpdateOperation.upsert_points(pts))
         shard.flush()
     print(f"qdrant: patch ingest {ingest.s:.1f} s", file=sys.stderr)
-    with common.Timer() as build:
-        shard.optimize()
-        shard.flush()
-    print(f"qdrant: optimize (HNSW build) {build.s:.1f} s; {shard.info()}", file=sys.stderr)
+    build_s = optimize(shard)
     disk = common.dir_bytes(path)
 
     def pfilter(q):
@@ -98,7 +104,7 @@ def patch_main(data, work, out):
     results = common.run_queries(meta["queries"], run)
     shard.close()
     common.write(out, {"engine": "qdrant-edge", "mode": f"qdrant-edge-py 0.9.0 wheel, in-process; a point per patch; HNSW m {M}, ef_construct 128, hnsw_ef {EF}, full_scan_threshold 10k; Float indexes on w, s, e, n, four range conditions",
-                       "ingest_s": ingest.s, "build_s": build.s, "disk_bytes": disk, "peak_rss_kb": common.self_peak_rss_kb(), "results": results})
+                       "ingest_s": ingest.s, "build_s": build_s, "disk_bytes": disk, "peak_rss_kb": common.self_peak_rss_kb(), "results": results})
 
 
 def main():
@@ -124,11 +130,8 @@ def main():
                 shard.update(qe.UpdateOperation.upsert_points(pts))
             shard.flush()
         print(f"qdrant: ingest {ingest.s:.1f} s", file=sys.stderr)
-        with common.Timer() as build:
-            shard.optimize()
-            shard.flush()
-        print(f"qdrant: optimize (HNSW build) {build.s:.1f} s; {shard.info()}", file=sys.stderr)
-        ingest_s, build_s, disk = ingest.s, build.s, common.dir_bytes(path)
+        build_s = optimize(shard)
+        ingest_s, disk = ingest.s, common.dir_bytes(path)
     # PEERS_QDRANT_EFS (comma list) adds runs at other hnsw_ef, written as qdrant-ef<X>.json.
     extra = [int(x) for x in os.environ.get("PEERS_QDRANT_EFS", "").split(",") if x.strip()]
     # Runs as (tag, params): tag None is the default run, else the engine and file suffix.
