@@ -232,22 +232,11 @@ fn time_patch_queries(path: &std::path::Path, g: u16, dim: usize, qvecs: &[f32],
     for ef in beams {
         let opts = graftdb::Options { ef_search: ef.unwrap_or(base.ef_search), ..base.clone() };
         let db = Db::open_with(path, opts.clone())?;
-        let run = |qi: usize, q: &Value| -> Result<(f64, Vec<i64>, String, [u64; 3])> {
-            let filter = Filter { regions: region(q)?.into_iter().collect(), ..Default::default() };
-            let query = Query::new("patch", qvecs[qi * dim..(qi + 1) * dim].to_vec(), k).filter(filter);
-            let t = Instant::now();
-            let res = db.search(&query)?;
-            let ms = t.elapsed().as_secs_f64() * 1e3;
-            let ids = res
-                .hits
-                .iter()
-                .map(|h| match (&h.id, &h.patch) {
-                    (RecordId::Int(i), Some(p)) => i * per as i64 + i64::from(p.row) * i64::from(g) + i64::from(p.col),
-                    _ => -1,
-                })
-                .collect();
-            let e = &res.explain;
-            Ok((ms, ids, e.path.as_str().to_string(), [e.estimate, e.tested, e.matched]))
+        let run = |qi: usize, q: &Value| {
+            search_once(&db, "patch", &qvecs[qi * dim..(qi + 1) * dim], k, q, |h| match (&h.id, &h.patch) {
+                (RecordId::Int(i), Some(p)) => i * per as i64 + i64::from(p.row) * i64::from(g) + i64::from(p.col),
+                _ => -1,
+            })
         };
         let results = timed_pass(qs, run)?;
         eprintln!("graftdb: {} patch queries done", qs.len());
@@ -346,6 +335,18 @@ fn out_for(out: &str, ef: Option<usize>) -> String {
     }
 }
 
+/// One query of `space` with `q`'s region, timed around `Db::search` alone: ms, the hits' ids
+/// as the dataset numbers them (`id`), the plan path and [estimate, tested, matched].
+fn search_once(db: &Db, space: &str, qv: &[f32], k: usize, q: &Value, id: impl Fn(&graftdb::Hit) -> i64) -> Result<(f64, Vec<i64>, String, [u64; 3])> {
+    let filter = Filter { regions: region(q)?.into_iter().collect(), ..Default::default() };
+    let query = Query::new(space, qv.to_vec(), k).filter(filter);
+    let t = Instant::now();
+    let res = db.search(&query)?;
+    let ms = t.elapsed().as_secs_f64() * 1e3;
+    let e = &res.explain;
+    Ok((ms, res.hits.iter().map(id).collect(), e.path.as_str().to_string(), [e.estimate, e.tested, e.matched]))
+}
+
 /// One timed pass over `qs` with `run` (query number and query → ms, ids, plan, [estimate,
 /// tested, matched]), as JSON results. Before it: PEERS_GRAFT_SETTLE=S (diagnosis) waits S
 /// seconds after open, e.g. for the background prefault of the mapped index files, as in a
@@ -385,16 +386,7 @@ fn time_queries(data: &std::path::Path, path: &std::path::Path, dim: usize, qvec
             graftdb::index::hnsw::EXPANSION_ADD
         );
         let db = Db::open_with(&path, opts)?;
-        let run = |qi: usize, q: &Value| -> Result<(f64, Vec<i64>, String, [u64; 3])> {
-            let filter = Filter { regions: region(q)?.into_iter().collect(), ..Default::default() };
-            let query = Query::new("clip", qvecs[qi * dim..(qi + 1) * dim].to_vec(), k).filter(filter);
-            let t = Instant::now();
-            let res = db.search(&query)?;
-            let ms = t.elapsed().as_secs_f64() * 1e3;
-            let ids = res.hits.iter().map(|h| if let RecordId::Int(i) = h.id { i } else { -1 }).collect();
-            let e = &res.explain;
-            Ok((ms, ids, e.path.as_str().to_string(), [e.estimate, e.tested, e.matched]))
-        };
+        let run = |qi: usize, q: &Value| search_once(&db, "clip", &qvecs[qi * dim..(qi + 1) * dim], k, q, |h| if let RecordId::Int(i) = h.id { i } else { -1 });
         let results = timed_pass(qs, run)?;
         eprintln!("graftdb: {} queries done ({mode})", qs.len());
         docs.push((ef, mode, results));
