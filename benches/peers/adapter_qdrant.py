@@ -66,6 +66,37 @@ def optimize(shard):
     return build.s
 
 
+def timed_runs(shard, qvecs, meta, qfilter, out, what, extra_mode, ingest_s, build_s, disk):
+    """Time every query at hnsw_ef EF (written to `out`), at each of PEERS_QDRANT_EFS (comma
+    list, written as qdrant-ef<X>.json) and, with PEERS_QDRANT_EXACT=1, with Qdrant's exact
+    search (qdrant-exact.json); then close the shard. `what` and `extra_mode` go around the
+    index settings in each run's mode line."""
+    k = meta["k"]
+    extra = [int(x) for x in os.environ.get("PEERS_QDRANT_EFS", "").split(",") if x.strip()]
+    # Runs as (tag, params): tag None is the default run, else the engine and file suffix.
+    runs = [(None, qe.SearchParams(hnsw_ef=EF))] + [(f"ef{ef}", qe.SearchParams(hnsw_ef=ef)) for ef in extra]
+    if os.environ.get("PEERS_QDRANT_EXACT", "0") != "0":
+        runs.append(("exact", qe.SearchParams(exact=True)))
+    docs = []
+    for tag, params in runs:
+        # Requests are built before timing (graftdb's adapter also builds its Query first):
+        # the timed part is the shard.query call and reading the ids.
+        reqs = [qe.QueryRequest(limit=k, query=qe.Query.Nearest(qvecs[i].tolist()), filter=qfilter(q), params=params)
+                for i, q in enumerate(meta["queries"])]
+
+        def run(i, q):
+            return [p.id for p in shard.query(reqs[i])], None
+
+        results = common.run_queries(meta["queries"], run)
+        search = "exact=True (full scan of the filtered points)" if params.exact else f"hnsw_ef {params.hnsw_ef}"
+        docs.append((tag, {"engine": f"qdrant-edge-{tag}" if tag else "qdrant-edge",
+                           "mode": f"qdrant-edge-py 0.9.0 wheel, in-process; {what}HNSW m {M}, ef_construct 128, {search}, full_scan_threshold 10k{extra_mode}",
+                           "ingest_s": ingest_s, "build_s": build_s, "disk_bytes": disk, "peak_rss_kb": common.self_peak_rss_kb(), "results": results}))
+    shard.close()
+    for tag, doc in docs:
+        common.write(out if tag is None else out.replace(".json", f"-{tag}.json"), doc)
+
+
 def patch_main(data, work, out):
     from gen import GRID, patch_boxes
     tiles, pv = np.load(f"{data}/tiles.npy"), np.load(f"{data}/patches.npy", mmap_mode="r")
@@ -95,16 +126,7 @@ def patch_main(data, work, out):
         return qe.Filter(must=[qe.FieldCondition(key="w", range=qe.RangeFloat(lte=E)), qe.FieldCondition(key="e", range=qe.RangeFloat(gte=W)),
                                qe.FieldCondition(key="s", range=qe.RangeFloat(lte=N)), qe.FieldCondition(key="n", range=qe.RangeFloat(gte=S))])
 
-    params = qe.SearchParams(hnsw_ef=EF)
-    reqs = [qe.QueryRequest(limit=k, query=qe.Query.Nearest(qvecs[i].tolist()), filter=pfilter(q), params=params) for i, q in enumerate(meta["queries"])]
-
-    def run(i, q):
-        return [pt.id for pt in shard.query(reqs[i])], None
-
-    results = common.run_queries(meta["queries"], run)
-    shard.close()
-    common.write(out, {"engine": "qdrant-edge", "mode": f"qdrant-edge-py 0.9.0 wheel, in-process; a point per patch; HNSW m {M}, ef_construct 128, hnsw_ef {EF}, full_scan_threshold 10k; Float indexes on w, s, e, n, four range conditions",
-                       "ingest_s": ingest.s, "build_s": build_s, "disk_bytes": disk, "peak_rss_kb": common.self_peak_rss_kb(), "results": results})
+    timed_runs(shard, qvecs, meta, pfilter, out, "a point per patch; ", "; Float indexes on w, s, e, n, four range conditions", ingest.s, build_s, disk)
 
 
 def main():
@@ -132,31 +154,7 @@ def main():
         print(f"qdrant: ingest {ingest.s:.1f} s", file=sys.stderr)
         build_s = optimize(shard)
         ingest_s, disk = ingest.s, common.dir_bytes(path)
-    # PEERS_QDRANT_EFS (comma list) adds runs at other hnsw_ef, written as qdrant-ef<X>.json.
-    extra = [int(x) for x in os.environ.get("PEERS_QDRANT_EFS", "").split(",") if x.strip()]
-    # Runs as (tag, params): tag None is the default run, else the engine and file suffix.
-    runs = [(None, qe.SearchParams(hnsw_ef=EF))] + [(f"ef{ef}", qe.SearchParams(hnsw_ef=ef)) for ef in extra]
-    if os.environ.get("PEERS_QDRANT_EXACT", "0") != "0":
-        runs.append(("exact", qe.SearchParams(exact=True)))
-    docs = []
-    for tag, params in runs:
-        # Requests are built before timing (graftdb's adapter also builds its Query first):
-        # the timed part is the shard.query call and reading the ids.
-        reqs = [qe.QueryRequest(limit=k, query=qe.Query.Nearest(qvecs[i].tolist()), filter=qfilter(q), params=params)
-                for i, q in enumerate(meta["queries"])]
-
-        def run(i, q):
-            return [p.id for p in shard.query(reqs[i])], None
-
-        results = common.run_queries(meta["queries"], run)
-        search = "exact=True (full scan of the filtered points)" if params.exact else f"hnsw_ef {params.hnsw_ef}"
-        docs.append((tag, {"engine": f"qdrant-edge-{tag}" if tag else "qdrant-edge",
-                           "mode": f"qdrant-edge-py 0.9.0 wheel, in-process; HNSW m {M}, ef_construct 128, {search}, full_scan_threshold 10k"
-                                   + ("; reused shard" if prior else ""),
-                           "ingest_s": ingest_s, "build_s": build_s, "disk_bytes": disk, "peak_rss_kb": common.self_peak_rss_kb(), "results": results}))
-    shard.close()
-    for tag, doc in docs:
-        common.write(out if tag is None else out.replace(".json", f"-{tag}.json"), doc)
+    timed_runs(shard, qvecs, meta, qfilter, out, "", "" + ("; reused shard" if prior else ""), ingest_s, build_s, disk)
 
 if __name__ == "__main__":
     main()
