@@ -232,6 +232,13 @@ impl Segment {
             crate::index::scan::prefetch(c);
         }
     }
+    /// Ask the CPU to start loading row `i`'s f32 vector (a hint; none at the patch level).
+    #[inline]
+    pub fn prefetch_vector(&self, i: usize) {
+        if let Some(v) = self.f32s.get(i * self.stride..(i + 1) * self.stride) {
+            crate::index::scan::prefetch(v);
+        }
+    }
     /// Patch `p` of row `i`'s grid as its i8 codes and scale (patch-level spaces).
     #[inline]
     pub fn patch_coded(&self, i: usize, p: usize, dim: usize) -> Option<(&[i8], f32)> {

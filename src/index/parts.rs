@@ -161,8 +161,9 @@ pub struct PartBound {
     pub bound: f32,
     /// The partition.
     pub part: u32,
-    /// The query's angle to the centroid (radians), made small by the slack.
-    pub theta: f64,
+    /// The cosine of the query's angle to the centroid, made large (the angle small) by the
+    /// slack.
+    pub cos_theta: f64,
 }
 
 impl Parts {
@@ -239,7 +240,7 @@ impl Parts {
         if !(tt > -1.0) {
             return all;
         }
-        let min_angle = b.theta - tt.acos();
+        let min_angle = b.cos_theta.acos() - tt.acos();
         if min_angle <= 0.0 {
             return all;
         }
@@ -257,13 +258,15 @@ impl Parts {
         let mut out: Vec<PartBound> = (0..self.len())
             .map(|p| {
                 let c = &self.centroids[p * self.dim..(p + 1) * self.dim];
-                let qc = f64::from(scan::dot(q, c));
-                // Widen both angles' errors the safe way: a smaller angle to the centroid,
-                // a wider cone.
-                let theta = (qc + SLACK).clamp(-1.0, 1.0).acos();
-                let r = (f64::from(self.min_cos[p]) - SLACK).clamp(-1.0, 1.0).acos();
-                let b = ((theta - r).max(0.0).cos() + SLACK) * f64::from(self.max_norm[p]);
-                PartBound { bound: b as f32, part: p as u32, theta }
+                // Widen both angles' errors the safe way: a smaller angle θ to the centroid,
+                // a wider cone r.
+                let cos_theta = (f64::from(scan::dot(q, c)) + SLACK).clamp(-1.0, 1.0);
+                let cos_r = (f64::from(self.min_cos[p]) - SLACK).clamp(-1.0, 1.0);
+                // cos(max(0, θ − r)) without trigonometry (θ, r ∈ [0, π], so both sines are
+                // the non-negative roots): 1 inside the cone, else cos θ cos r + sin θ sin r.
+                let cos_gap = if cos_theta >= cos_r { 1.0 } else { cos_theta * cos_r + ((1.0 - cos_theta * cos_theta).max(0.0) * (1.0 - cos_r * cos_r).max(0.0)).sqrt() };
+                let b = (cos_gap.min(1.0) + SLACK) * f64::from(self.max_norm[p]);
+                PartBound { bound: b as f32, part: p as u32, cos_theta }
             })
             .collect();
         out.sort_unstable_by(|a, b| b.bound.total_cmp(&a.bound));
