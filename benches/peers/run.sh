@@ -84,7 +84,8 @@ for e in $ENGINES; do
     numpy)   "$PY" "$HERE/adapter_numpy.py" "$DATA" "$RUN" "$RUN/numpy.json"; OUTS+=("$RUN/numpy.json") ;;
     graftdb) "$ADAPTER" "$DATA" "$RUN" "$RUN/graftdb.json"; OUTS+=("$RUN/graftdb.json") ;;
     qdrant)  "$PY" "$HERE/adapter_qdrant.py" "$DATA" "$RUN" "$RUN/qdrant.json"; OUTS+=("$RUN/qdrant.json")
-             for ef in ${PEERS_QDRANT_EFS//,/ }; do OUTS+=("$RUN/qdrant-ef$ef.json"); done
+             efs="${PEERS_QDRANT_EFS:-}"
+             for ef in ${efs//,/ }; do OUTS+=("$RUN/qdrant-ef$ef.json"); done
              if [ "${PEERS_QDRANT_EXACT:-0}" != 0 ]; then OUTS+=("$RUN/qdrant-exact.json"); fi ;;
     lance)   "$PY" "$HERE/adapter_lance.py" "$DATA" "$RUN" "$RUN/lance.json"; OUTS+=("$RUN/lance.json" "$RUN/lance-exact.json") ;;
     pg)      "$PY" "$HERE/adapter_pg.py" "$DATA" "$RUN" "$RUN/pg.json"; OUTS+=("$RUN/pg.json") ;;
