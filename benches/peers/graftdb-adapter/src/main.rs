@@ -242,7 +242,7 @@ fn time_patch_queries(path: &std::path::Path, g: u16, dim: usize, qvecs: &[f32],
         eprintln!("graftdb: {} patch queries done", qs.len());
         let doc = json!({
             "engine": if ef.is_some() { format!("graftdb-ef{}", opts.ef_search) } else { "graftdb".to_string() },
-            "mode": format!("library: patch space {g}×{g} (i8 codes + per-patch scale), put_patches in {CHUNK}-tile commits, checkpoint (patch partitions {}, patch graph M 16, ef_add {}); Db::search with Region::bbox (tiles by footprint, edge tiles patch by patch), ef_search {}/√selectivity", if opts.partitions { "on" } else { "off" }, graftdb::index::hnsw::EXPANSION_ADD, opts.ef_search),
+            "mode": format!("library: patch space {g}×{g} (i8 codes + per-patch scale), put_patches in {CHUNK}-tile commits, checkpoint (patch partitions {}, patch graph M {}, ef_add {}); Db::search with Region::bbox (tiles by footprint, edge tiles patch by patch), ef_search {}/√selectivity", if opts.partitions { "on" } else { "off" }, graftdb::index::hnsw::PATCH_CONNECTIVITY, graftdb::index::hnsw::EXPANSION_ADD, opts.ef_search),
             "ingest_s": ingest_s,
             "build_s": build_s,
             "disk_bytes": disk,
