@@ -535,6 +535,39 @@ mod tests {
     }
 
     #[test]
+    fn bound_with_no_residual_covers_the_codes_own_score() {
+        // The patch scan skips a patch when `upper(codes, scale, 0)` is below the k-th score
+        // and otherwise scores it as `dot_f32_i8(q, codes) × scale`: the first must never be
+        // below the second. The query's own rounding is what the bound has to cover: the i16
+        // estimate alone falls below the exact score on some patches.
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let (mut estimate_below, mut widest) = (0, 0f32);
+        for round in 0..2_000 {
+            let dim = if round % 4 == 0 { 77 } else { 512 };
+            let mut q: Vec<f32> = (0..dim).map(|_| rng.random_range(-1.0..1.0)).collect();
+            normalise(&mut q);
+            let mut x: Vec<f32> = (0..dim).map(|_| rng.random_range(-1.0..1.0f32)).collect();
+            normalise(&mut x);
+            // Patches near the query, as the top of a scan: half of them.
+            if round % 2 == 0 {
+                x.iter_mut().zip(&q).for_each(|(a, b)| *a = 0.2 * *a + b);
+                normalise(&mut x);
+            }
+            let mut codes = Vec::new();
+            let (scale, _) = quantise(&x, &mut codes);
+            let b = Bound::new(&q);
+            let exact = dot_f32_i8(&q, &codes) * scale;
+            let up = b.upper(&codes, scale, 0.0);
+            assert!(up >= exact, "round {round}: bound {up} below the codes' score {exact}");
+            widest = widest.max(up - exact);
+            estimate_below += usize::from(b.scale * scale * (dot_i16_i8(&b.q16, &codes) as f32) < exact);
+        }
+        assert!(widest < 2e-3, "the bound is {widest} wide: too loose to skip patches");
+        assert!(estimate_below > 0, "the i16 estimate never fell below the exact score: the test cannot tell a bound without its error term");
+    }
+
+    #[test]
     fn topk_keeps_best_with_key_tiebreak() {
         let mut t = TopK::new(3);
         for (s, k) in [(0.5, 9), (0.9, 1), (0.5, 3), (0.1, 4), (0.9, 0), (0.7, 2)] {
