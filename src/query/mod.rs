@@ -973,6 +973,7 @@ fn search_patch_graph(g: &usearch::Index, st: &SpaceIndex, test: &mut PatchTest<
 /// on the stored codes.
 #[allow(clippy::too_many_arguments)]
 fn scan_patch_tiles(seg: &Segment, rows: &[Range<usize>], test: &mut PatchTest<'_, '_>, dim: usize, n: usize, q: &[f32], bound: &Bound, top: &mut TopK<u32>, ex: &mut Explain) {
+    let stride = codec::patch_stride(dim);
     for r in rows {
         for i in r.clone() {
             let (Some(&key), Some(meta)) = (seg.keys.get(i), seg.meta(i)) else { continue };
@@ -984,24 +985,30 @@ fn scan_patch_tiles(seg: &Segment, rows: &[Range<usize>], test: &mut PatchTest<'
             };
             ex.matched += 1;
             let grid = seg.grid(i);
-            let stride = codec::patch_stride(dim);
             for p in 0..n {
                 if let Some(ahead) = grid.get((p + PREFETCH_PATCHES) * stride..(p + PREFETCH_PATCHES + 1) * stride) {
                     scan::prefetch(ahead);
                 }
                 let Some((codes, scale)) = codec::patch_codes(grid, dim, p) else { break };
-                // The codes are the patch: its residual norm is 0.
-                if bound.upper(codes, scale, 0.0) < top.threshold() {
-                    continue;
-                }
-                let s = scan::dot_f32_i8(q, codes) * scale;
-                if s < top.threshold() || (edge && !test.patch_ok(key, &meta, p)) {
+                let Some(s) = patch_score_reaching(bound, q, codes, scale, top.threshold()) else { continue };
+                if edge && !test.patch_ok(key, &meta, p) {
                     continue;
                 }
                 top.push(Scored { score: s, key, extra: p as u32 });
             }
         }
     }
+}
+
+/// A patch's exact score on its codes ([`codec::patch_score`]) when it reaches `t`; `None`,
+/// often without the f32 dot product, when it does not. The i16 bound decides first: the
+/// codes are the patch, so its residual norm is 0.
+#[inline]
+fn patch_score_reaching(bound: &Bound, q: &[f32], codes: &[i8], scale: f32, t: f32) -> Option<f32> {
+    if bound.upper(codes, scale, 0.0) < t {
+        return None;
+    }
+    Some(codec::patch_score(q, codes, scale)).filter(|&s| s >= t)
 }
 
 /// How many patches ahead the tile scan prefetches a patch's codes (a grid is one stream,
@@ -1047,12 +1054,9 @@ fn scan_patch_parts(parts: &Parts, test: &mut PatchTest<'_, '_>, q: &[f32], boun
                 parts.prefetch_codes(ahead);
             }
             let (Some((codes, scale, _)), Some(key), Some(item), Some(meta)) = (parts.coded(j), parts.key(j), parts.row(j), metas.get(j)) else { continue };
-            if bound.upper(codes, scale, 0.0) < top.threshold() {
-                continue;
-            }
-            let s = scan::dot_f32_i8(q, codes) * scale;
+            let Some(s) = patch_score_reaching(bound, q, codes, scale, top.threshold()) else { continue };
             let p = item as usize % per;
-            if s < top.threshold() || !test.patch_ok(key, &meta, p) {
+            if !test.patch_ok(key, &meta, p) {
                 continue;
             }
             top.push(Scored { score: s, key, extra: p as u32 });

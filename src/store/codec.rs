@@ -96,7 +96,14 @@ pub fn patch_codes(grid: &[u8], dim: usize, p: usize) -> Option<(&[i8], f32)> {
 /// Dot product of a query with patch `p` of an encoded grid. Returns `None` past the end.
 pub fn patch_dot(grid: &[u8], dim: usize, p: usize, q: &[f32]) -> Option<f32> {
     let (codes, scale) = patch_codes(grid, dim, p)?;
-    Some(crate::index::scan::dot_f32_i8(q, codes) * scale)
+    Some(patch_score(q, codes, scale))
+}
+
+/// Dot product of a query with a patch given as its codes and scale (from a grid, or the
+/// partitions' copy): the score every patch-level path ranks by.
+#[inline]
+pub fn patch_score(q: &[f32], codes: &[i8], scale: f32) -> f32 {
+    crate::index::scan::dot_f32_i8(q, codes) * scale
 }
 
 /// Decode patch `p` back to f32 (for checks and tests).
