@@ -101,7 +101,7 @@ def patch_main(data, work, out):
     from gen import GRID, patch_boxes
     tiles, pv = np.load(f"{data}/tiles.npy"), np.load(f"{data}/patches.npy", mmap_mode="r")
     qvecs, meta = np.load(f"{data}/qvecs.npy"), json.load(open(f"{data}/queries.json"))
-    p, dim, k, n = GRID * GRID, pv.shape[1], meta["k"], len(pv)
+    p, dim, n = GRID * GRID, pv.shape[1], len(pv)
     boxes = patch_boxes(tiles).reshape(-1, 4)
     path = os.path.join(work, "qdrant-patch")
     shard = new_shard(path, dim)
@@ -134,7 +134,7 @@ def main():
     if os.environ.get("PEERS_PATCH", "0") != "0":
         return patch_main(data, work, out)
     vecs, lon, lat, qvecs, meta = common.load(data)
-    n, dim, k = len(lon), vecs.shape[1], meta["k"]
+    n, dim = len(lon), vecs.shape[1]
     path = os.path.join(work, "qdrant")
     prior = os.environ.get("PEERS_QDRANT_REUSE")
     if prior:
