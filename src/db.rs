@@ -697,7 +697,10 @@ impl Db {
         self.install(h, s, seg, last)
     }
 
-    fn install(&self, h: &SpaceHandle, s: &mut SpaceIndex, seg: Segment, seq: u64) -> Result<()> {
+    fn install(&self, h: &SpaceHandle, s: &mut SpaceIndex, mut seg: Segment, seq: u64) -> Result<()> {
+        if h.is_patch() {
+            seg.build_sketches(h.per(), h.def.dim as usize, self.opts.threads);
+        }
         let graph = match (self.wants_graph(h, seg.len()), h.is_patch()) {
             (false, _) => None,
             (true, false) => Some(hnsw::build(&seg, h.def.dim as usize, h.def.metric, self.opts.threads)?),
@@ -760,6 +763,10 @@ impl Db {
     /// current one, under the names the manifest already gives them (temporary file, fsync,
     /// rename: a reader that mapped the old file keeps it until it lets go).
     fn rewrite_format(&self, h: &SpaceHandle, s: &mut SpaceIndex) -> Result<()> {
+        if h.is_patch() {
+            // Version 3 snapshots hold no patch sketches.
+            s.base.build_sketches(h.per(), h.def.dim as usize, self.opts.threads);
+        }
         if self.opts.persist_index {
             let m = self.read_manifest(h.def.number)?;
             let dir = self.dir.join(INDEX_DIR);

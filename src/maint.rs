@@ -354,6 +354,15 @@ impl Db {
                 }
             }
         }
+        if patch && !s.base.sketch.is_empty() {
+            // The tile scan skips what the sketches and tile summaries rule out: they must be
+            // what the snapshot's grids give.
+            let (per, dim) = (crate::db::per(def), def.dim as usize);
+            let bad = (0..s.base.len()).find(|&i| crate::index::sketch::build(s.base.grid(i), 1, per, dim, 1) != s.base.sketches(i));
+            if let Some(i) = bad {
+                p.push(format!("space {}: the patch sketches of row {i} (key {}) do not match its grid", def.name, s.base.keys.get(i).copied().unwrap_or(0)));
+            }
+        }
         if let Some(g) = &s.hnsw {
             // Graph nodes are labelled by snapshot row number, or `row × per + patch` for the
             // patches of a patch-level space (`hnsw::labels`).

@@ -136,6 +136,9 @@ pub struct Segment {
     /// Image-level spaces: `ρ ≥ ‖x − x̂‖₂` of each row, the rounding residual's norm (for the
     /// error bound).
     pub qres: Col<f32>,
+    /// Patch-level spaces: the two-bit sketch of every patch ([`crate::index::sketch`]), the
+    /// same number of bytes per row; empty where not built (the delta, an older snapshot).
+    pub sketch: Col<u8>,
     /// Payload elements per row (`dim` for f32, grid bytes for patches).
     pub stride: usize,
     /// Every [`FENCE`]-th key, built on first use by [`Segment::rows_in`] (never stored).
@@ -150,7 +153,7 @@ const FENCE: usize = 64;
 impl Segment {
     /// The mapped files its columns are windows of (one for a snapshot; none when owned).
     pub(crate) fn maps(&self) -> Vec<Arc<Mmap>> {
-        let cols = [self.keys.map(), self.time.map(), self.bbox.map(), self.kind.map(), self.f32s.map(), self.bytes.map(), self.codes.map(), self.qscale.map(), self.qres.map()];
+        let cols = [self.keys.map(), self.time.map(), self.bbox.map(), self.kind.map(), self.f32s.map(), self.bytes.map(), self.codes.map(), self.qscale.map(), self.qres.map(), self.sketch.map()];
         let mut out: Vec<Arc<Mmap>> = Vec::new();
         for m in cols.into_iter().flatten() {
             if !out.iter().any(|o| Arc::ptr_eq(o, m)) {
@@ -172,6 +175,7 @@ impl Segment {
             codes: Col::Owned(vec![]),
             qscale: Col::Owned(vec![]),
             qres: Col::Owned(vec![]),
+            sketch: Col::Owned(vec![]),
             stride,
             fences: Default::default(),
         }
@@ -254,6 +258,20 @@ impl Segment {
         } else {
             let per = per.max(1);
             self.patch_coded(item / per, item % per, dim).map(|(c, sc)| (c, sc, 0.0))
+        }
+    }
+    /// The sketches of row `i`'s patches (patch-level spaces), or an empty slice when the
+    /// segment has none.
+    #[inline]
+    pub fn sketches(&self, i: usize) -> &[u8] {
+        let per_row = self.sketch.len().checked_div(self.len()).unwrap_or(0);
+        self.sketch.get(i * per_row..(i + 1) * per_row).unwrap_or(&[])
+    }
+    /// Build the patch sketches of a patch-level segment that has none (`per` patches of
+    /// `dim` a row), on up to `threads` threads.
+    pub fn build_sketches(&mut self, per: usize, dim: usize, threads: usize) {
+        if self.sketch.is_empty() && !self.bytes.is_empty() {
+            self.sketch = Col::Owned(crate::index::sketch::build(&self.bytes, self.len(), per, dim, threads));
         }
     }
     /// The encoded grid of a row (patch-level spaces).
@@ -370,6 +388,7 @@ impl SegmentBuilder {
             codes: Col::Owned(c.0),
             qscale: Col::Owned(c.1),
             qres: Col::Owned(c.2),
+            sketch: Col::Owned(Vec::new()),
             stride: self.stride,
             fences: Default::default(),
         }
@@ -435,11 +454,14 @@ pub fn merge_rows(seg: &Segment, mut rows: Vec<NewRow>, patch: bool) -> Segment 
 }
 
 const MAGIC: &[u8; 8] = b"GRAFTARN";
+/// 4: patch-level snapshots add the patches' two-bit sketches as a last section, its bytes
+/// per row in the header (0: none). A version 3 file is read as it is; its patch sketches
+/// are built and written at the next checkpoint.
 /// 3: i8 codes, scales and residual norms follow the f32 section. Version 2 held L1 norms of
 /// the codes in the last column: such a file is read, its residual norms computed from its
 /// f32 and code columns in memory, and the next checkpoint rewrites it. Version 1 files (no
 /// codes) are rebuilt.
-const SNAPSHOT_VERSION: u32 = 3;
+const SNAPSHOT_VERSION: u32 = 4;
 /// The oldest snapshot version [`read_snapshot`] upgrades in memory.
 const SNAPSHOT_UPGRADABLE: u32 = 2;
 /// Header bytes of a sectioned file (arena snapshots, partitions files).
@@ -483,7 +505,7 @@ pub(crate) fn write_sections(path: &Path, head: &[u8; HEADER], sections: &[(usiz
     Ok(())
 }
 
-fn layout(rows: usize, stride: usize, patch: bool) -> [Range<usize>; 9] {
+fn layout(rows: usize, stride: usize, patch: bool, sketch_row: usize) -> [Range<usize>; 10] {
     let image = if patch { 0 } else { rows };
     sections([
         rows * 8,                                      // keys
@@ -495,13 +517,15 @@ fn layout(rows: usize, stride: usize, patch: bool) -> [Range<usize>; 9] {
         image * stride,                                // i8 codes
         image * 4,                                     // code scale
         image * 4,                                     // residual norm ρ
+        rows * sketch_row,                             // patch sketches
     ])
 }
 
 /// Write a segment as a snapshot file (via a temporary file, fsync, rename).
 pub fn write_snapshot(path: &Path, seg: &Segment, seq: u64, patch: bool) -> Result<()> {
     let rows = seg.len();
-    let lay = layout(rows, seg.stride, patch);
+    let sketch_row = seg.sketch.len().checked_div(rows).unwrap_or(0);
+    let lay = layout(rows, seg.stride, patch, sketch_row);
     let mut head = [0u8; HEADER];
     head[0..8].copy_from_slice(MAGIC);
     head[8..12].copy_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
@@ -509,9 +533,10 @@ pub fn write_snapshot(path: &Path, seg: &Segment, seq: u64, patch: bool) -> Resu
     head[16..24].copy_from_slice(&(rows as u64).to_le_bytes());
     head[24..32].copy_from_slice(&(seg.stride as u64).to_le_bytes());
     head[32..40].copy_from_slice(&seq.to_le_bytes());
+    head[40..48].copy_from_slice(&(sketch_row as u64).to_le_bytes());
     // A patch segment's f32 and code columns and an image segment's grids are empty, and
     // empty sections are not written.
-    let cols: [&[u8]; 9] = [
+    let cols: [&[u8]; 10] = [
         bytemuck::cast_slice(&seg.keys),
         bytemuck::cast_slice(&seg.time),
         bytemuck::cast_slice(&seg.bbox),
@@ -521,6 +546,7 @@ pub fn write_snapshot(path: &Path, seg: &Segment, seq: u64, patch: bool) -> Resu
         bytemuck::cast_slice(&seg.codes),
         bytemuck::cast_slice(&seg.qscale),
         bytemuck::cast_slice(&seg.qres),
+        &seg.sketch,
     ];
     let secs: Vec<(usize, &[u8])> = lay.iter().map(|r| r.start).zip(cols).collect();
     write_sections(path, &head, &secs)
@@ -552,12 +578,16 @@ pub fn read_snapshot(path: &Path, expect_stride: usize, patch: bool) -> Result<(
     if stride != expect_stride {
         return Err(corrupt(&format!("row size {stride} does not match the space ({expect_stride})")));
     }
-    let lay = layout(rows, stride, patch);
+    let sketch_row = usize::try_from(u64_at(40)).map_err(|_| corrupt("sketch size"))?;
+    if sketch_row.checked_mul(rows).is_none_or(|b| b > map.len()) {
+        return Err(corrupt(&format!("sketch size {sketch_row} per row does not fit the file")));
+    }
+    let lay = layout(rows, stride, patch, sketch_row);
     let end = lay.iter().filter(|r| !r.is_empty()).map(|r| r.end).max().unwrap_or(HEADER);
     if map.len() < end {
         return Err(corrupt(&format!("truncated: {} bytes, expected {end}", map.len())));
     }
-    let [k, t, b, kd, f, by, c, qs, l1] = lay;
+    let [k, t, b, kd, f, by, c, qs, l1, sk] = lay;
     let mut seg = Segment {
         keys: Col::mapped(&map, k, path)?,
         time: Col::mapped(&map, t, path)?,
@@ -568,6 +598,7 @@ pub fn read_snapshot(path: &Path, expect_stride: usize, patch: bool) -> Result<(
         codes: Col::mapped(&map, c, path)?,
         qscale: Col::mapped(&map, qs, path)?,
         qres: Col::mapped(&map, l1, path)?,
+        sketch: Col::mapped(&map, sk, path)?,
         stride,
         fences: Default::default(),
     };
@@ -575,7 +606,7 @@ pub fn read_snapshot(path: &Path, expect_stride: usize, patch: bool) -> Result<(
         return Err(corrupt("keys are not sorted"));
     }
     let old = version < SNAPSHOT_VERSION;
-    if old && !patch {
+    if version < 3 && !patch {
         seg.qres = Col::Owned(residuals(&seg));
     }
     Ok((seg, seq, old))
@@ -684,7 +715,7 @@ mod tests {
         drop(back);
         let mut bytes = std::fs::read(&p).unwrap();
         bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
-        let last = layout(5, 3, false)[8].clone();
+        let last = layout(5, 3, false, 0)[8].clone();
         bytes[last].fill(0x7f);
         std::fs::write(&p, &bytes).unwrap();
         let (old, _, upgraded) = read_snapshot(&p, 3, false).unwrap();
@@ -702,5 +733,45 @@ mod tests {
         f.set_len(len - 10).unwrap();
         let e = read_snapshot(&p, 3, false).err().unwrap().to_string();
         assert!(e.contains("truncated"), "{e}");
+    }
+
+    /// A patch segment's sketches survive a snapshot; a version 3 file (no sketch section)
+    /// is read without them and flagged for rewriting; a sketch size that cannot fit the file
+    /// is an error naming the file, not a panic.
+    #[test]
+    fn patch_snapshot_keeps_its_sketches() {
+        use crate::store::codec;
+        let dir = tempfile::tempdir().unwrap();
+        let (dim, per) = (8, 4);
+        let stride = per * codec::patch_stride(dim);
+        let mut b = SegmentBuilder::new(stride, 3, true);
+        for k in 0..3u64 {
+            let v: Vec<f32> = (0..dim * per).map(|i| ((i as f32 + k as f32) * 0.37).sin()).collect();
+            b.push(k, meta(k as f64), &[], &codec::encode_patch_grid(&v, dim));
+        }
+        let mut seg = b.finish();
+        assert!(seg.sketches(0).is_empty());
+        seg.build_sketches(per, dim, 2);
+        assert_eq!(seg.sketches(2).len(), crate::index::sketch::row_bytes(per, dim));
+        let p = dir.path().join("p.arena");
+        write_snapshot(&p, &seg, 5, true).unwrap();
+        let (back, seq, old) = read_snapshot(&p, stride, true).unwrap();
+        assert_eq!((seq, old), (5, false));
+        for i in 0..3 {
+            assert_eq!(back.sketches(i), seg.sketches(i), "row {i}");
+        }
+        drop(back);
+        let mut bytes = std::fs::read(&p).unwrap();
+        bytes[8..12].copy_from_slice(&3u32.to_le_bytes());
+        bytes[40..48].fill(0);
+        std::fs::write(&p, &bytes).unwrap();
+        let (v3, _, old) = read_snapshot(&p, stride, true).unwrap();
+        assert!(old && v3.sketch.is_empty());
+        drop(v3);
+        bytes[8..12].copy_from_slice(&4u32.to_le_bytes());
+        bytes[40..48].copy_from_slice(&(u64::MAX / 2).to_le_bytes());
+        std::fs::write(&p, &bytes).unwrap();
+        let e = read_snapshot(&p, stride, true).err().unwrap().to_string();
+        assert!(e.contains("sketch") && e.contains("p.arena"), "{e}");
     }
 }

@@ -3,3 +3,4 @@ pub mod arena;
 pub mod hnsw;
 pub mod parts;
 pub mod scan;
+pub mod sketch;

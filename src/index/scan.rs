@@ -271,15 +271,20 @@ pub fn residual(v: &[f32], c: &[i8], s: f32) -> f32 {
         acc[i & 3] += d * d;
         i += 1;
     }
-    let r = (acc[0] + acc[1] + acc[2] + acc[3]).sqrt();
-    if !r.is_finite() {
+    round_up((acc[0] + acc[1] + acc[2] + acc[3]).sqrt())
+}
+
+/// A non-negative f64 as the least f32 not below it (+∞ when not finite): what a bound
+/// computed in f64 is stored as.
+pub(crate) fn round_up(x: f64) -> f32 {
+    if !x.is_finite() {
         return f32::INFINITY;
     }
-    let r32 = r as f32;
-    if f64::from(r32) < r {
-        r32.next_up()
+    let y = x as f32;
+    if f64::from(y) < x {
+        y.next_up()
     } else {
-        r32
+        y
     }
 }
 

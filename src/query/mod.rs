@@ -29,6 +29,7 @@ use crate::geo::{hash, Filter, Region};
 use crate::index::arena::{RowMeta, Segment};
 use crate::index::hnsw;
 use crate::index::scan::{self, Bound, Scored, TopK};
+use crate::index::sketch::{self, SketchQuery};
 use crate::store::codec;
 use crate::{Error, Kind, Level, Record, RecordId, Result, SpaceDef};
 
@@ -166,7 +167,9 @@ pub struct Explain {
     /// Rows not yet in the graph, scanned exactly.
     pub unindexed: u64,
     /// Rows whose f32 vector was read: on the exact path, the rows whose bounded i8 score
-    /// could still make the top k (the others were ruled out from their i8 codes alone).
+    /// could still make the top k (the others were ruled out from their i8 codes alone). At
+    /// the patch level, the patches whose codes were read (the tile scan rules the others out
+    /// from their sketches or their tile's bound), or that the patch graph found.
     pub rescored: u64,
     /// Cone partitions scanned (`parts` path), of the space's partitions.
     pub partitions: u64,
@@ -843,7 +846,7 @@ fn run_patch(def: &SpaceDef, st: &SpaceIndex, cand: &Rows, m: &Matcher<'_>, qv: 
     let mut test = PatchTest::new(m, rows, cols);
     // Tiles not yet indexed first: their scores raise the k-th score the partitions must beat.
     let bound = Bound::new(qv);
-    scan_patch_tiles(&st.delta, &cand.delta, &mut test, dim, n, qv, &bound, &mut top, ex);
+    scan_patch_tiles(&st.delta, &cand.delta, &mut test, dim, n, qv, &bound, None, &mut top, ex);
     // What a path that gives up starts over from: its partial answer may hold base patches
     // the next path finds again.
     let delta_top = top.clone();
@@ -900,7 +903,8 @@ fn run_patch(def: &SpaceDef, st: &SpaceIndex, cand: &Rows, m: &Matcher<'_>, qv: 
         }
     }
     if !done {
-        scan_patch_tiles(&st.base, &cand.base, &mut test, dim, n, qv, &bound, &mut top, ex);
+        let sketch = SketchQuery::new(qv).filter(|s| s.fast() && !st.base.sketch.is_empty());
+        scan_patch_tiles(&st.base, &cand.base, &mut test, dim, n, qv, &bound, sketch.as_ref(), &mut top, ex);
     }
     let mut out = Vec::new();
     for s in top.into_sorted() {
@@ -968,12 +972,20 @@ fn search_patch_graph(g: &usearch::Index, st: &SpaceIndex, test: &mut PatchTest<
 }
 
 /// Score every patch of every tile of `seg` in `rows` that matches. A patch is first bounded
-/// from the query's i16 codes (an integer dot product, about half the work of the f32 one)
-/// and scored exactly only when the bound reaches the k-th score, so the ranking stays exact
-/// on the stored codes.
+/// from its two-bit sketch (when `sketch` is given and the segment has sketches: a quarter of
+/// the bytes of its codes, see [`sketch`]), then from the query's i16 codes (an integer dot
+/// product, about half the work of the f32 one), and scored exactly only when both bounds
+/// reach the k-th score, so the ranking stays exact on the stored codes.
+///
+/// With sketches, tiles are visited best tile bound first ([`sketch::tile_bound`]), so the
+/// k-th score rises at once, and the scan stops at the first tile whose bound is below it.
 #[allow(clippy::too_many_arguments)]
-fn scan_patch_tiles(seg: &Segment, rows: &[Range<usize>], test: &mut PatchTest<'_, '_>, dim: usize, n: usize, q: &[f32], bound: &Bound, top: &mut TopK<u32>, ex: &mut Explain) {
-    let stride = codec::patch_stride(dim);
+fn scan_patch_tiles(seg: &Segment, rows: &[Range<usize>], test: &mut PatchTest<'_, '_>, dim: usize, n: usize, q: &[f32], bound: &Bound, sketch: Option<&SketchQuery>, top: &mut TopK<u32>, ex: &mut Explain) {
+    let mut tiles = TileScan { seg, dim, n, q, bound, stride: codec::patch_stride(dim), reach: Vec::with_capacity(n), plain: 0, read: 0 };
+    let sketch = sketch.filter(|_| !seg.sketch.is_empty());
+    // With sketches: the matching tiles, each with its tile bound and whether it is on the
+    // region's edge; without, each tile is scored as it is found.
+    let mut order: Vec<(f32, usize, bool)> = Vec::new();
     for r in rows {
         for i in r.clone() {
             let (Some(&key), Some(meta)) = (seg.keys.get(i), seg.meta(i)) else { continue };
@@ -984,21 +996,85 @@ fn scan_patch_tiles(seg: &Segment, rows: &[Range<usize>], test: &mut PatchTest<'
                 Some(e) => e.is_some(),
             };
             ex.matched += 1;
-            let grid = seg.grid(i);
-            for p in 0..n {
-                if let Some(ahead) = grid.get((p + PREFETCH_PATCHES) * stride..(p + PREFETCH_PATCHES + 1) * stride) {
-                    scan::prefetch(ahead);
-                }
-                let Some((codes, scale)) = codec::patch_codes(grid, dim, p) else { break };
-                let Some(s) = patch_score_reaching(bound, q, codes, scale, top.threshold()) else { continue };
-                if edge && !test.patch_ok(key, &meta, p) {
-                    continue;
-                }
-                top.push(Scored { score: s, key, extra: p as u32 });
+            match sketch {
+                Some(sq) => order.push((sketch::split_row(seg.sketches(i), n, dim).map_or(f32::INFINITY, |(_, sum)| sketch::tile_bound(q, sq.norm(), sum)), i, edge)),
+                None => tiles.score(i, key, &meta, edge, None, test, top),
             }
         }
     }
+    order.sort_unstable_by(|a, b| b.0.total_cmp(&a.0));
+    for &(b, i, edge) in &order {
+        if b < top.threshold() {
+            break;
+        }
+        let (Some(&key), Some(meta)) = (seg.keys.get(i), seg.meta(i)) else { continue };
+        tiles.score(i, key, &meta, edge, sketch, test, top);
+    }
+    ex.rescored += tiles.read;
 }
+
+/// The tile scan's state across tiles.
+struct TileScan<'s> {
+    seg: &'s Segment,
+    dim: usize,
+    n: usize,
+    q: &'s [f32],
+    bound: &'s Bound,
+    stride: usize,
+    /// The patches of the tile at hand to score.
+    reach: Vec<usize>,
+    /// Tiles left to scan without the sketches after one where they ruled out too little.
+    plain: usize,
+    /// Patches whose codes were read.
+    read: u64,
+}
+
+impl TileScan<'_> {
+    /// Offer the patches of tile `i` to `top`, bounding them from their sketches first when
+    /// `sketch` is given and the top k is full.
+    #[allow(clippy::too_many_arguments)]
+    fn score(&mut self, i: usize, key: u64, meta: &RowMeta, edge: bool, sketch: Option<&SketchQuery>, test: &mut PatchTest<'_, '_>, top: &mut TopK<u32>) {
+        let (n, stride) = (self.n, self.stride);
+        let grid = self.seg.grid(i);
+        let recs = sketch::split_row(self.seg.sketches(i), n, self.dim).map(|(r, _)| r);
+        let t = top.threshold();
+        self.reach.clear();
+        match (sketch, recs) {
+            (Some(sq), Some(recs)) if self.plain == 0 && t > f32::NEG_INFINITY => {
+                sq.reaching(recs, t, &mut self.reach);
+                if self.reach.len() * SKETCH_GIVE_UP_DEN > n * SKETCH_GIVE_UP_NUM {
+                    self.plain = SKETCH_REST_TILES;
+                }
+            }
+            _ => {
+                self.plain = self.plain.saturating_sub(1);
+                self.reach.extend(0..n);
+            }
+        }
+        self.read += self.reach.len() as u64;
+        for &p in self.reach.iter().take(PREFETCH_PATCHES) {
+            scan::prefetch(grid.get(p * stride..(p + 1) * stride).unwrap_or(&[]));
+        }
+        for (j, &p) in self.reach.iter().enumerate() {
+            if let Some(&ahead) = self.reach.get(j + PREFETCH_PATCHES) {
+                scan::prefetch(grid.get(ahead * stride..(ahead + 1) * stride).unwrap_or(&[]));
+            }
+            let Some((codes, scale)) = codec::patch_codes(grid, self.dim, p) else { break };
+            let Some(s) = patch_score_reaching(self.bound, self.q, codes, scale, top.threshold()) else { continue };
+            if edge && !test.patch_ok(key, meta, p) {
+                continue;
+            }
+            top.push(Scored { score: s, key, extra: p as u32 });
+        }
+    }
+}
+
+/// A tile's sketches let more than NUM/DEN of its patches through: the region holds little
+/// unlike the query's content, so the scan reads the next `SKETCH_REST_TILES` tiles' codes
+/// directly, then tries the sketches again (the k-th score only rises).
+const SKETCH_GIVE_UP_NUM: usize = 3;
+const SKETCH_GIVE_UP_DEN: usize = 4;
+const SKETCH_REST_TILES: usize = 8;
 
 /// A patch's exact score on its codes ([`codec::patch_score`]) when it reaches `t`; `None`,
 /// often without the f32 dot product, when it does not. The i16 bound decides first: the
