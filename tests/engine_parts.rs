@@ -189,7 +189,7 @@ fn older_index_formats_are_read_upgraded_and_rewritten_and_check_catches_wrong_r
     };
     let (arena, parts) = (index_files(&path, "arena"), index_files(&path, "parts"));
     assert_eq!((arena.len(), parts.len()), (1, 1));
-    assert_eq!((version_of(&arena[0]), version_of(&parts[0])), (3, 3));
+    assert_eq!((version_of(&arena[0]), version_of(&parts[0])), (4, 3));
     // Make them the previous formats: the snapshot's last column (ρ now, ‖x̂‖₁ then) holds
     // numbers that would be wrong as residual norms, and the versions say 2 and 1.
     let mut a = std::fs::read(&arena[0]).unwrap();
@@ -209,7 +209,7 @@ fn older_index_formats_are_read_upgraded_and_rewritten_and_check_catches_wrong_r
         assert_eq!(db.check().unwrap(), Vec::<String>::new());
         db.checkpoint().unwrap();
     }
-    assert_eq!((version_of(&arena[0]), version_of(&parts[0])), (3, 3), "the checkpoint rewrote both in the current format");
+    assert_eq!((version_of(&arena[0]), version_of(&parts[0])), (4, 3), "the checkpoint rewrote both in the current format");
     let db = Db::open_with(&path, options()).unwrap();
     assert_eq!(answers(&db), want);
     drop(db);
