@@ -317,7 +317,7 @@ impl SketchQuery {
     pub fn fast(&self) -> bool {
         #[cfg(target_arch = "x86_64")]
         {
-            has_avx512() && self.words <= MAX_WORDS_AVX512
+            has_avx512() && self.words <= MAX_WORDS_AVX512 && !PORTABLE.load(std::sync::atomic::Ordering::Relaxed)
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
@@ -345,6 +345,17 @@ fn sums_generic(q: &[i16], rec: &[u8], words: usize) -> (i32, i32) {
         }
     }
     (all, high)
+}
+
+/// Set by [`scan_as_without_avx512`].
+static PORTABLE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Make [`SketchQuery::fast`] false in this process (true) or as the CPU has it (false), so a
+/// test or a benchmark on an AVX-512 machine can run the tile scan as it runs elsewhere: tile
+/// bounds without patch sketches.
+#[doc(hidden)]
+pub fn scan_as_without_avx512(yes: bool) {
+    PORTABLE.store(yes, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// Records the AVX-512 loop prefetches ahead of the one it bounds.

@@ -875,8 +875,8 @@ fn run_patch(def: &SpaceDef, st: &SpaceIndex, cand: &Rows, m: &Matcher<'_>, qv: 
     let want = (k * 3).max(40);
     let graph = st.hnsw.as_ref().filter(|g| indexed && g.size() == st.base.len() * n && items as usize > opts.exact_threshold);
     let walk_plan = graph.map(|_| walk(opts, want, items, st.base.len() * n));
-    // The base's tile scan with sketches (where the CPU scores them fast).
-    let sketch = SketchQuery::new(qv).filter(|s| s.fast() && !st.base.sketch.is_empty());
+    // The base's tile scan with tile bounds, and patch sketches where the CPU scores them fast.
+    let sketch = SketchQuery::new(qv).filter(|_| !st.base.sketch.is_empty());
     let min_fraction = if sketch.is_some() { PATCH_PARTS_MIN_FRACTION_SKETCHED } else { PATCH_PARTS_MIN_FRACTION };
     let parts = st.parts.as_ref().filter(|p| {
         opts.partitions && indexed && p.per() == n && p.rows_total() == st.base.len() * n && items >= PATCH_PARTS_MIN * (p.rows_total() / p.len().max(1)) as u64 && items as f64 >= min_fraction * p.rows_total() as f64
@@ -979,10 +979,11 @@ fn search_patch_graph(g: &usearch::Index, st: &SpaceIndex, test: &mut PatchTest<
 }
 
 /// Score every patch of every tile of `seg` in `rows` that matches. A patch is first bounded
-/// from its two-bit sketch (when `sketch` is given and the segment has sketches: a quarter of
-/// the bytes of its codes, see [`sketch`]), then from the query's i16 codes (an integer dot
-/// product, about half the work of the f32 one), and scored exactly only when both bounds
-/// reach the k-th score, so the ranking stays exact on the stored codes.
+/// from its two-bit sketch (when `sketch` is given, the segment has sketches and the CPU
+/// scores them fast: a quarter of the bytes of its codes, see [`sketch`]), then from the
+/// query's i16 codes (an integer dot product, about half the work of the f32 one), and scored
+/// exactly only when both bounds reach the k-th score, so the ranking stays exact on the
+/// stored codes.
 ///
 /// With sketches, tiles are visited best tile bound first ([`sketch::tile_bound`]), so the
 /// k-th score rises at once, and the scan stops at the first tile whose bound is below it.
@@ -1047,7 +1048,7 @@ impl TileScan<'_> {
         let t = top.threshold();
         self.reach.clear();
         match (sketch, recs) {
-            (Some(sq), Some(recs)) if self.plain == 0 && t > f32::NEG_INFINITY => {
+            (Some(sq), Some(recs)) if sq.fast() && self.plain == 0 && t > f32::NEG_INFINITY => {
                 sq.reaching(recs, t, &mut self.reach);
                 if self.reach.len() * SKETCH_GIVE_UP_DEN > n * SKETCH_GIVE_UP_NUM {
                     self.plain = SKETCH_REST_TILES;
