@@ -143,23 +143,29 @@ pub fn build(grids: &[u8], rows: usize, per: usize, dim: usize, threads: usize) 
     }
     let sk = row_bytes(per, dim);
     let mut out = vec![0u8; rows * sk];
-    let chunk = rows.div_ceil(threads.max(1));
+    let fill = move |dst: &mut [u8], src: &[u8]| {
+        let mut buf = Vec::with_capacity(sk);
+        for (d, grid) in dst.chunks_exact_mut(sk).zip(src.chunks_exact(grid_bytes)) {
+            buf.clear();
+            for p in 0..per {
+                let (codes, scale) = crate::store::codec::patch_codes(grid, dim, p).unwrap_or((&[], 0.0));
+                push(codes, scale, &mut buf);
+            }
+            push_summary(grid, per, dim, &mut buf);
+            if buf.len() == d.len() {
+                d.copy_from_slice(&buf);
+            }
+        }
+    };
+    let threads = threads.clamp(1, rows);
+    if threads == 1 {
+        fill(&mut out, grids);
+        return out;
+    }
+    let chunk = rows.div_ceil(threads);
     std::thread::scope(|s| {
         for (dst, src) in out.chunks_mut(chunk * sk).zip(grids.chunks(chunk * grid_bytes)) {
-            s.spawn(move || {
-                let mut buf = Vec::with_capacity(sk);
-                for (d, grid) in dst.chunks_exact_mut(sk).zip(src.chunks_exact(grid_bytes)) {
-                    buf.clear();
-                    for p in 0..per {
-                        let (codes, scale) = crate::store::codec::patch_codes(grid, dim, p).unwrap_or((&[], 0.0));
-                        push(codes, scale, &mut buf);
-                    }
-                    push_summary(grid, per, dim, &mut buf);
-                    if buf.len() == d.len() {
-                        d.copy_from_slice(&buf);
-                    }
-                }
-            });
+            s.spawn(move || fill(dst, src));
         }
     });
     out
