@@ -316,6 +316,8 @@ fn round_near(y: f32) -> f32 {
 pub struct Bound {
     /// The query's i8 codes, as the graph (which holds rows' i8 codes) is searched with.
     pub codes: Vec<i8>,
+    /// Their scale: the query is `≈ code_scale × codes` (0 for a zero or non-finite query).
+    pub(crate) code_scale: f32,
     q16: Vec<i16>,
     /// `s_q`: the query is `≈ s_q × q16`.
     scale: f32,
@@ -331,7 +333,7 @@ impl Bound {
         let scale = step(q, 32767.0);
         let q16: Vec<i16> = if scale > 0.0 { q.iter().map(|&x| code(x, scale, 32767.0) as i16).collect() } else { vec![0; q.len()] };
         let mut codes = Vec::with_capacity(q.len());
-        codes_i8(q, &mut codes);
+        let code_scale = codes_i8(q, &mut codes);
         // ‖q‖₂ from an f32 sum of squares (relative error ≪ 1e-4), rounded up by 1e-4.
         let q2 = dot(q, q).sqrt() * (1.0 + 1e-4);
         // Each component is off by at most half a step, plus the f32 division's rounding
@@ -340,7 +342,7 @@ impl Bound {
         let sqrt_d = (q.len() as f32).sqrt();
         let eq = 0.504 * scale * sqrt_d * 127.0 * sqrt_d;
         let (q2, eq) = if q2.is_finite() && eq.is_finite() { (q2, eq * (1.0 + 1e-4)) } else { (f32::INFINITY, f32::INFINITY) };
-        Bound { scale, q2, eq, codes, q16 }
+        Bound { scale, q2, eq, codes, code_scale, q16 }
     }
 
     /// An upper bound of `q·x` from row `x`'s codes, scale and residual norm `ρ` (an exact

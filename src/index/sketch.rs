@@ -28,7 +28,7 @@
 //! of high bits (set: `|c_i|` above the median), then f32 `L`, `H`, `R`, `N` (bits past `dim`
 //! are 0); then the summary: `m̂` as a grid patch (f32 scale, `dim` i8 codes), then f32 `r`.
 
-use crate::index::scan::round_up as up;
+use crate::index::scan::{round_up as up, Bound};
 
 /// Bytes of one patch's sketch for `dim` dimensions.
 pub fn record_bytes(dim: usize) -> usize {
@@ -185,26 +185,24 @@ pub struct SketchQuery {
 }
 
 impl SketchQuery {
-    /// Prepare a query of `dim` dimensions; `None` when it has no finite scale.
-    pub fn new(q: &[f32]) -> Option<Self> {
-        let words = q.len().div_ceil(64);
-        let max = q.iter().fold(0f32, |m, x| m.max(x.abs()));
-        if !(max > 0.0 && max.is_finite()) {
+    /// Prepare query `q` from the i8 codes its [`Bound`] already holds; `None` when it has no
+    /// finite scale.
+    pub fn new(q: &[f32], bound: &Bound) -> Option<Self> {
+        let (words, scale) = (q.len().div_ceil(64), bound.code_scale);
+        if !(scale > 0.0 && scale.is_finite()) || bound.codes.len() != q.len() {
             return None;
         }
-        let scale = max / 127.0;
         let mut codes = vec![0i16; words * 64];
         let mut e2 = 0f64;
         let mut n2 = 0f64;
-        for (c, &x) in codes.iter_mut().zip(q) {
-            let k = (x / scale).round().clamp(-127.0, 127.0);
-            *c = k as i16;
+        for ((c, &k), &x) in codes.iter_mut().zip(&bound.codes).zip(q) {
+            *c = i16::from(k);
             let d = f64::from(x) - f64::from(k) * f64::from(scale);
             e2 += d * d;
             n2 += f64::from(x) * f64::from(x);
         }
-        // Measured in f64 from the codes as stored (exact up to f64 rounding, ≪ the 1e-4 slack
-        // of `upper`).
+        // Measured in f64 from the codes as they are (exact up to f64 rounding, ≪ the 1e-4
+        // slack of `upper`).
         Some(SketchQuery { q: codes, scale, norm: up(n2.sqrt()), eps: up(e2.sqrt()), words })
     }
 
@@ -422,7 +420,7 @@ mod tests {
                 push(&c, s, &mut rec);
                 assert_eq!(rec.len(), record_bytes(dim));
                 let q: Vec<f32> = (0..dim).map(|_| rng.random_range(-1.0f32..1.0)).collect();
-                let sq = SketchQuery::new(&q).unwrap();
+                let sq = SketchQuery::new(&q, &Bound::new(&q)).unwrap();
                 let score = crate::store::codec::patch_score(&q, &c, s);
                 let ub = sq.upper(&rec);
                 assert!(ub >= score, "dim {dim}: bound {ub} below score {score}");
@@ -451,7 +449,7 @@ mod tests {
             let rho_at = 16 * dim.div_ceil(64) + 8;
             rec[rho_at..rho_at + 4].copy_from_slice(&0f32.to_le_bytes());
             let q: Vec<f32> = (0..dim).map(|_| rng.random_range(-1.0f32..1.0)).collect();
-            let sq = SketchQuery::new(&q).unwrap();
+            let sq = SketchQuery::new(&q, &Bound::new(&q)).unwrap();
             broke |= sq.upper(&rec) < crate::store::codec::patch_score(&q, &c, s);
         }
         assert!(broke);
@@ -487,7 +485,7 @@ mod tests {
             let row = build(&grid, 1, per, dim, 1);
             let (_, summary) = split_row(&row, per, dim).unwrap();
             let q: Vec<f32> = if trial % 2 == 0 { (0..dim).map(|_| rng.random_range(-1.0f32..1.0)).collect() } else { v[..dim].to_vec() };
-            let sq = SketchQuery::new(&q).unwrap();
+            let sq = SketchQuery::new(&q, &Bound::new(&q)).unwrap();
             let best = (0..per).map(|p| crate::store::codec::patch_dot(&grid, dim, p, &q).unwrap()).fold(f32::MIN, f32::max);
             let b = tile_bound(&q, sq.norm(), summary);
             assert!(b >= best, "trial {trial}: tile bound {b} below its best patch {best}");
@@ -515,7 +513,7 @@ mod tests {
                 push(&c, s, &mut recs);
             }
             let q: Vec<f32> = (0..dim).map(|_| rng.random_range(-1.0f32..1.0)).collect();
-            let sq = SketchQuery::new(&q).unwrap();
+            let sq = SketchQuery::new(&q, &Bound::new(&q)).unwrap();
             let ub: Vec<f32> = recs.chunks_exact(record_bytes(dim)).map(|r| sq.upper(r)).collect();
             let mut sorted = ub.clone();
             sorted.sort_by(f32::total_cmp);

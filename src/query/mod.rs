@@ -876,7 +876,7 @@ fn run_patch(def: &SpaceDef, st: &SpaceIndex, cand: &Rows, m: &Matcher<'_>, qv: 
     let graph = st.hnsw.as_ref().filter(|g| indexed && g.size() == st.base.len() * n && items as usize > opts.exact_threshold);
     let walk_plan = graph.map(|_| walk(opts, want, items, st.base.len() * n));
     // The base's tile scan with tile bounds, and patch sketches where the CPU scores them fast.
-    let sketch = SketchQuery::new(qv).filter(|_| !st.base.sketch.is_empty());
+    let sketch = SketchQuery::new(qv, &bound).filter(|_| !st.base.sketch.is_empty());
     let min_fraction = if sketch.is_some() { PATCH_PARTS_MIN_FRACTION_SKETCHED } else { PATCH_PARTS_MIN_FRACTION };
     let parts = st.parts.as_ref().filter(|p| {
         opts.partitions && indexed && p.per() == n && p.rows_total() == st.base.len() * n && items >= PATCH_PARTS_MIN * (p.rows_total() / p.len().max(1)) as u64 && items as f64 >= min_fraction * p.rows_total() as f64
