@@ -846,6 +846,10 @@ impl Db {
                 }
                 continue;
             }
+            if h.is_patch() && !s.base.sketch.is_empty() {
+                // The delta's sketches only: the merge copies the base's with their rows.
+                s.delta.build_sketches(h.per(), h.def.dim as usize, self.opts.threads);
+            }
             let merged = arena::merge(&s.base, &s.delta, h.is_patch());
             let seq = s.applied;
             self.install(&h, &mut s, merged, seq)?;

@@ -268,6 +268,13 @@ fn sketched_tile_scan_equals_scoring_every_stored_patch() {
     let mut tiles = Vec::new();
     let mut w = db.begin_write().unwrap();
     for i in 0..64 {
+        if i == 40 {
+            // Two checkpoints: the second merges the first's sketched base with a delta, so
+            // its sketches are partly copied (base rows) and partly built (delta rows).
+            w.commit().unwrap();
+            db.checkpoint().unwrap();
+            w = db.begin_write().unwrap();
+        }
         let t = tile(i, 10.0 + (i % 8) as f64 * 0.03, 45.0 + (i / 8) as f64 * 0.03);
         let key = w.insert(Record::Tile(t.clone())).unwrap();
         let c = &centres[rng.random_range(0..centres.len())];

@@ -264,8 +264,13 @@ impl Segment {
     /// segment has none.
     #[inline]
     pub fn sketches(&self, i: usize) -> &[u8] {
-        let per_row = self.sketch.len().checked_div(self.len()).unwrap_or(0);
+        let per_row = self.sketch_row();
         self.sketch.get(i * per_row..(i + 1) * per_row).unwrap_or(&[])
+    }
+    /// The sketch bytes of one row (0: the segment has none).
+    #[inline]
+    pub fn sketch_row(&self) -> usize {
+        self.sketch.len().checked_div(self.len()).unwrap_or(0)
     }
     /// Build the patch sketches of a patch-level segment that has none (`per` patches of
     /// `dim` a row), on up to `threads` threads.
@@ -422,9 +427,14 @@ fn permute_rows<T: Copy>(data: &mut [T], stride: usize, perm: &[usize]) {
     }
 }
 
-/// Merge two sorted segments (keys are disjoint) into a new owned one.
+/// Merge two sorted segments (keys are disjoint) into a new owned one. Patch sketches are
+/// copied with their rows when every non-empty side carries them, at one size a row;
+/// otherwise the result has none (and [`Segment::build_sketches`] builds them all).
 pub fn merge(a: &Segment, b: &Segment, patch: bool) -> Segment {
     let mut out = SegmentBuilder::new(a.stride, a.len() + b.len(), patch);
+    let sk = a.sketch_row().max(b.sketch_row());
+    let whole = |s: &Segment| s.is_empty() || (s.sketch_row() == sk && s.sketch.len() == s.len() * sk);
+    let mut sketch = if patch && sk > 0 && whole(a) && whole(b) { Some(Vec::with_capacity((a.len() + b.len()) * sk)) } else { None };
     let (mut i, mut j) = (0, 0);
     while i < a.len() || j < b.len() {
         let take_a = match (a.keys.get(i), b.keys.get(j)) {
@@ -432,15 +442,18 @@ pub fn merge(a: &Segment, b: &Segment, patch: bool) -> Segment {
             (Some(_), None) => true,
             _ => false,
         };
-        if take_a {
-            out.push_from(a, i);
-            i += 1;
-        } else {
-            out.push_from(b, j);
-            j += 1;
+        let (from, row) = if take_a { (a, &mut i) } else { (b, &mut j) };
+        out.push_from(from, *row);
+        if let Some(v) = sketch.as_mut() {
+            v.extend_from_slice(from.sketches(*row));
         }
+        *row += 1;
     }
-    out.finish()
+    let mut seg = out.finish();
+    if let Some(v) = sketch {
+        seg.sketch = Col::Owned(v);
+    }
+    seg
 }
 
 /// Sort new rows by key and merge them into `seg`.
@@ -773,5 +786,40 @@ mod tests {
         std::fs::write(&p, &bytes).unwrap();
         let e = read_snapshot(&p, stride, true).err().unwrap().to_string();
         assert!(e.contains("sketch") && e.contains("p.arena"), "{e}");
+    }
+
+    /// Merging two sketched patch segments copies each row's sketches with the row: the same
+    /// bytes as building them over the merged segment. A side without sketches leaves the
+    /// merge without them (for `build_sketches` to build), never with rows misaligned.
+    #[test]
+    fn merge_carries_patch_sketches_with_their_rows() {
+        use crate::store::codec;
+        let (dim, per) = (8, 4);
+        let stride = per * codec::patch_stride(dim);
+        let seg_of = |keys: &[u64]| {
+            let mut b = SegmentBuilder::new(stride, keys.len(), true);
+            for &k in keys {
+                let v: Vec<f32> = (0..dim * per).map(|i| ((i as f32 * 1.3 + k as f32) * 0.37).sin()).collect();
+                b.push(k, meta(k as f64), &[], &codec::encode_patch_grid(&v, dim));
+            }
+            b.finish()
+        };
+        let (mut a, mut b) = (seg_of(&[1, 4, 6, 9]), seg_of(&[0, 5, 7, 12, 13]));
+        a.build_sketches(per, dim, 1);
+        let unsketched = merge(&a, &b, true);
+        assert!(unsketched.sketch.is_empty(), "one side without sketches");
+        b.build_sketches(per, dim, 1);
+        let merged = merge(&a, &b, true);
+        assert_eq!(&*merged.keys, &[0, 1, 4, 5, 6, 7, 9, 12, 13]);
+        let mut rebuilt = merge(&a, &b, true);
+        rebuilt.sketch = Col::Owned(Vec::new());
+        rebuilt.build_sketches(per, dim, 1);
+        assert_eq!(merged.sketch.len(), rebuilt.sketch.len());
+        for i in 0..merged.len() {
+            assert_eq!(merged.sketches(i), rebuilt.sketches(i), "row {i}");
+        }
+        // An empty side takes nothing away.
+        let alone = merge(&a, &Segment::empty(stride), true);
+        assert_eq!(&*alone.sketch, &*a.sketch);
     }
 }
