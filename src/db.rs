@@ -31,8 +31,9 @@ pub struct Options {
     /// bitmap the graph walk then tests in O(1). Above it the graph tests rows lazily.
     pub prefilter_max: usize,
     /// Choose the exact scan whenever it is expected to compute fewer distances than the
-    /// filtered graph walk (`ef / selectivity × M` nodes), not only below `exact_threshold`.
-    /// Tests turn it off to drive the graph path on small data.
+    /// filtered graph walk (`ef / selectivity × M` nodes), not only below `exact_threshold`
+    /// (at the patch level: whenever the tile scan is expected to cost less than the walk).
+    /// Tests turn it off to drive the graph path (and the patch partitions) on small data.
     pub cost_switch: bool,
     /// Spaces with fewer vectors than this get no HNSW graph (an exact scan is as fast).
     pub hnsw_min_rows: usize,

@@ -133,7 +133,8 @@ fn patch_partitions_answer_exactly_and_prune() {
     // has a content centre (one of 12) and its patches scatter around it.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
-    let opts = graftdb::Options { hnsw_min_rows: 2_000, ..graftdb::Options::default() };
+    // No cost switch: on 47k patches the sketched tile scan is cheaper than any other path.
+    let opts = graftdb::Options { hnsw_min_rows: 2_000, cost_switch: false, ..graftdb::Options::default() };
     let mut rng = rand::rngs::StdRng::seed_from_u64(21);
     let centres = clustered_patch_db(&path, &opts, 240, 20, &mut rng);
     let n_patches = usize::from(G) * usize::from(G);
@@ -214,7 +215,7 @@ fn patch_graph_answers_within_its_miss_budget_and_never_short() {
     // query full, and a region too tight for the graph answered exactly.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
-    let opts = graftdb::Options { hnsw_min_rows: 2_000, exact_threshold: 2_000, partitions: false, ..graftdb::Options::default() };
+    let opts = graftdb::Options { hnsw_min_rows: 2_000, exact_threshold: 2_000, partitions: false, cost_switch: false, ..graftdb::Options::default() };
     let mut rng = rand::rngs::StdRng::seed_from_u64(31);
     let centres = clustered_patch_db(&path, &opts, 150, 15, &mut rng);
     let db = Db::open_with(&path, opts).unwrap();
@@ -246,6 +247,15 @@ fn patch_graph_answers_within_its_miss_budget_and_never_short() {
     let got = db.search(&Query::new("px", q, 10).filter(tight)).unwrap();
     assert_eq!(got.explain.path, PlanPath::PatchExact);
     assert_eq!(got.hits.len(), 10);
+    // With the cost switch (the default), 29k patches are cheaper to scan from their sketches
+    // and tile bounds than to walk: the planner scans, exactly, even with no filter.
+    drop(db);
+    let db = Db::open_with(&path, graftdb::Options { hnsw_min_rows: 2_000, exact_threshold: 2_000, partitions: false, ..graftdb::Options::default() }).unwrap();
+    let q = unit(centres[1].clone());
+    let got = db.search(&Query::new("px", q.clone(), 10)).unwrap();
+    let want = db.search(&Query::new("px", q, 10).exact(true)).unwrap();
+    assert_eq!(got.explain.path, PlanPath::PatchExact, "the planner walked 29k patches");
+    assert_eq!(patch_hits(&got), patch_hits(&want));
 }
 
 /// The tile scan over a checkpointed base (tiles visited best tile bound first, patches
