@@ -33,6 +33,9 @@ EFC = int(os.environ.get("PEERS_PG_EFC", "64"))
 # The HNSW build's memory: 4 GB holds the 1M × 512-d graph; the 10k-tile patch set (1.96M
 # vectors) needs more, or pgvector goes on building on disk, much slower.
 MAINT_MEM = os.environ.get("PEERS_PG_MAINT_MEM", "4GB")
+# Patch level: no HNSW index, so every query is the GiST filter (or a sequential scan) and a
+# sort by distance: pgvector's exact answer, for comparing at equal recall.
+EXACT = os.environ.get("PEERS_PG_EXACT", "0") != "0"
 R = EARTH_RADIUS_KM
 
 
@@ -194,7 +197,8 @@ def patch_main(data, work, out):
         print(f"pg: COPY {n} patches {ingest.s:.1f} s", file=sys.stderr)
         with common.Timer() as build:
             c.execute("CREATE INDEX patches_bx_idx ON patches USING gist (bx)")
-            c.execute(f"CREATE INDEX patches_embedding_idx ON patches USING hnsw (embedding vector_cosine_ops) WITH (m = 16, ef_construction = {EFC})")
+            if not EXACT:
+                c.execute(f"CREATE INDEX patches_embedding_idx ON patches USING hnsw (embedding vector_cosine_ops) WITH (m = 16, ef_construction = {EFC})")
             c.execute("VACUUM ANALYZE patches")
         print(f"pg: GiST + HNSW build {build.s:.1f} s", file=sys.stderr)
         disk = c.execute("SELECT pg_total_relation_size('patches')").fetchone()[0]
@@ -222,7 +226,8 @@ def patch_main(data, work, out):
         conn.close()
     finally:
         srv.cleanup()
-    common.write(out, {"engine": "pgvector", "mode": f"{version} + pgvector {pgv} (pgserver wheel, unix socket); a row per patch; HNSW m 16, ef_construction {EFC}, ef_search {EF}, maintenance_work_mem {MAINT_MEM}; GiST on the patch box, `&&`",
+    how = "no vector index (exact: GiST filter or sequential scan, then a sort by distance)" if EXACT else f"HNSW m 16, ef_construction {EFC}, ef_search {EF}, maintenance_work_mem {MAINT_MEM}"
+    common.write(out, {"engine": "pgvector-exact" if EXACT else "pgvector", "mode": f"{version} + pgvector {pgv} (pgserver wheel, unix socket); a row per patch; {how}; GiST on the patch box, `&&`",
                        "ingest_s": ingest.s, "build_s": build.s, "disk_bytes": disk, "peak_rss_kb": rss + common.self_peak_rss_kb(), "results": results})
 
 
