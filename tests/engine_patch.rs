@@ -298,7 +298,13 @@ fn sketched_tile_scan_equals_scoring_every_stored_patch() {
     drop(db);
     // Reopened: the sketches come from the snapshot file.
     let db = Db::open_with(&path, opts).unwrap();
-    let regions = [None, Some(Region::bbox(10.02, 45.0, 10.13, 45.13).unwrap())];
+    // No region, a box, a circle and a triangle, each cutting through tiles (patch by patch).
+    let regions = [
+        None,
+        Some(Region::bbox(10.02, 45.0, 10.13, 45.13).unwrap()),
+        Some(Region::circle(10.1, 45.1, 4.0).unwrap()),
+        Some(Region::parse_polygon("test", "POLYGON((10.0 45.0, 10.2 45.03, 10.05 45.2, 10.0 45.0))").unwrap()),
+    ];
     let (mut read, mut all) = ([0u64; 2], [0u64; 2]);
     // The second round runs as on a CPU without AVX-512: tile bounds, no patch sketches.
     for qi in 0..24 {
