@@ -87,6 +87,10 @@ pub(crate) struct SpaceIndex {
     /// The snapshot or partitions file is of an older format and was upgraded in memory on
     /// load; the next checkpoint writes it again in the current format.
     pub old_format: bool,
+    /// Patch partitions were built for this snapshot and dropped because they do not prune
+    /// on its own patches ([`Parts::prune_their_own_items`]); not built again until the next
+    /// snapshot.
+    pub parts_declined: bool,
 }
 
 pub(crate) struct SpaceHandle {
@@ -368,7 +372,7 @@ impl Db {
     fn load_space(&self, def: SpaceDef) -> Arc<SpaceHandle> {
         let st = stride(&def);
         let patch = matches!(def.level, Level::Patch { .. });
-        let mut idx = SpaceIndex { base: Segment::empty(st), delta: Segment::empty(st), hnsw: None, parts: None, applied: 0, max_half_extent: 0.0, old_format: false };
+        let mut idx = SpaceIndex { base: Segment::empty(st), delta: Segment::empty(st), hnsw: None, parts: None, applied: 0, max_half_extent: 0.0, old_format: false, parts_declined: false };
         // A missing or damaged snapshot is not an error: the arena is rebuilt from redb.
         if let Ok(m) = self.read_manifest(def.number) {
             if let Ok((seg, seq, old_seg)) = arena::read_snapshot(&self.dir.join(INDEX_DIR).join(&m.arena), st, patch) {
@@ -382,6 +386,7 @@ impl Db {
                         let parts = m.parts.as_ref().and_then(|p| Parts::load(&self.dir.join(INDEX_DIR).join(p), def.dim as usize, &seg, per(&def)).ok());
                         idx.old_format = old_seg || parts.as_ref().is_some_and(|p| p.1);
                         idx.parts = parts.map(|p| p.0);
+                        idx.parts_declined = m.parts_declined;
                         if self.opts.prefault {
                             arena::prefault(seg.maps().into_iter().chain(idx.parts.iter().flat_map(Parts::maps)).collect());
                         }
@@ -707,16 +712,17 @@ impl Db {
             (true, false) => Some(hnsw::build(&seg, h.def.dim as usize, h.def.metric, self.opts.threads)?),
             (true, true) => Some(hnsw::build_patches(&seg, h.def.dim as usize, h.per(), self.opts.threads)?),
         };
-        let parts = if self.wants_parts(h, seg.len()) { self.build_parts(h, &seg) } else { None };
+        let (parts, declined) = if self.wants_parts(h, seg.len()) { self.build_parts(h, &seg) } else { (None, false) };
         if self.opts.persist_index {
             // Best effort: a failure here leaves the database correct, only slower to open.
-            let _ = self.persist(h.def.number, &seg, graph.as_ref(), parts.as_ref(), seq, h.is_patch(), h.def.metric);
+            let _ = self.persist(h.def.number, &seg, graph.as_ref(), parts.as_ref(), declined, seq, h.is_patch(), h.def.metric);
         }
         s.max_half_extent = half_extent(&seg);
         s.base = seg;
         s.delta = Segment::empty(h.stride());
         s.hnsw = graph;
         s.parts = parts;
+        s.parts_declined = declined;
         s.applied = seq;
         Ok(())
     }
@@ -733,19 +739,35 @@ impl Db {
         self.opts.partitions && h.def.metric == Metric::Cos && rows * h.per() >= self.opts.hnsw_min_rows
     }
 
-    fn build_parts(&self, h: &SpaceHandle, seg: &Segment) -> Option<Parts> {
+    /// The partitions of `seg`, and whether patch partitions were built and dropped because
+    /// they do not prune on their own patches (image-level partitions are always kept: at 1M
+    /// they answer from 10 % of the rows up).
+    fn build_parts(&self, h: &SpaceHandle, seg: &Segment) -> (Option<Parts>, bool) {
         let dim = h.def.dim as usize;
         if h.is_patch() {
-            Parts::build_patches(seg, dim, h.per(), self.opts.threads)
+            match Parts::build_patches(seg, dim, h.per(), self.opts.threads) {
+                Some(p) if !p.prune_their_own_items() => (None, true),
+                p => (p, false),
+            }
         } else {
-            Parts::build(seg, dim, self.opts.threads)
+            (Parts::build(seg, dim, self.opts.threads), false)
         }
     }
 
     /// Build the partitions of an installed base that lacks them (a database checkpointed by
     /// a graftdb without partitions), leaving the snapshot and graph as they are.
     fn install_parts(&self, h: &SpaceHandle, s: &mut SpaceIndex) -> Result<()> {
-        let Some(parts) = self.build_parts(h, &s.base) else { return Ok(()) };
+        let (parts, declined) = self.build_parts(h, &s.base);
+        if declined {
+            s.parts_declined = true;
+            if self.opts.persist_index {
+                if let Ok(mut m) = self.read_manifest(h.def.number) {
+                    m.parts_declined = true;
+                    let _ = self.write_manifest(h.def.number, &m);
+                }
+            }
+        }
+        let Some(parts) = parts else { return Ok(()) };
         if self.opts.persist_index {
             if let Ok(mut m) = self.read_manifest(h.def.number) {
                 let dir = self.dir.join(INDEX_DIR);
@@ -791,7 +813,8 @@ impl Db {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn persist(&self, num: u16, seg: &Segment, graph: Option<&usearch::Index>, parts: Option<&Parts>, seq: u64, patch: bool, def_metric: Metric) -> Result<()> {
+    #[allow(clippy::too_many_arguments)]
+    fn persist(&self, num: u16, seg: &Segment, graph: Option<&usearch::Index>, parts: Option<&Parts>, parts_declined: bool, seq: u64, patch: bool, def_metric: Metric) -> Result<()> {
         let dir = self.dir.join(INDEX_DIR);
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         let old = self.read_manifest(num).ok();
@@ -814,7 +837,7 @@ impl Db {
             None => None,
         };
         let labels = hnsw_name.as_ref().map(|_| hnsw::labels(def_metric, patch).to_string());
-        let m = Manifest { seq, arena: arena_name, hnsw: hnsw_name, labels, parts: parts_name };
+        let m = Manifest { seq, arena: arena_name, hnsw: hnsw_name, labels, parts: parts_name, parts_declined };
         self.write_manifest(num, &m)?;
         if let Some(o) = old {
             if o.arena != m.arena {
@@ -842,7 +865,7 @@ impl Db {
                 if s.old_format {
                     self.rewrite_format(&h, &mut s)?;
                 }
-                if s.parts.is_none() && self.wants_parts(&h, s.base.len()) {
+                if s.parts.is_none() && !s.parts_declined && self.wants_parts(&h, s.base.len()) {
                     self.install_parts(&h, &mut s)?;
                 }
                 continue;
@@ -881,6 +904,10 @@ struct Manifest {
     /// The cone partitions file (`index::parts`); absent when the space has none.
     #[serde(default)]
     parts: Option<String>,
+    /// Patch partitions were built for this snapshot and dropped: they do not prune on its
+    /// own patches (`Parts::prune_their_own_items`). Written only when true.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    parts_declined: bool,
 }
 
 /// The name of space `num`'s partitions file for the snapshot of sequence `seq`.

@@ -111,9 +111,9 @@ fn grid_near(rng: &mut rand::rngs::StdRng, c: &[f32]) -> Vec<f32> {
 }
 
 /// A checkpointed cosine patch space "px" at `path`: `n` tiles, `per_row` to a row of the
-/// layout, each tile's patches around one of 12 content centres (returned).
-fn clustered_patch_db(path: &std::path::Path, opts: &graftdb::Options, n: usize, per_row: usize, rng: &mut rand::rngs::StdRng) -> Vec<Vec<f32>> {
-    let centres: Vec<Vec<f32>> = (0..12).map(|_| unit((0..DIM).map(|_| rng.random_range(-1.0f32..1.0)).collect())).collect();
+/// layout, each tile's patches around one of `k` content centres (returned).
+fn clustered_patch_db(path: &std::path::Path, opts: &graftdb::Options, n: usize, per_row: usize, k: usize, rng: &mut rand::rngs::StdRng) -> Vec<Vec<f32>> {
+    let centres: Vec<Vec<f32>> = (0..k).map(|_| unit((0..DIM).map(|_| rng.random_range(-1.0f32..1.0)).collect())).collect();
     let db = Db::create_with(path, opts.clone()).unwrap();
     db.create_space("px", DIM as u32, Metric::Cos, Level::Patch { rows: G, cols: G }).unwrap();
     let mut w = db.begin_write().unwrap();
@@ -136,7 +136,9 @@ fn patch_partitions_answer_exactly_and_prune() {
     // No cost switch: on 47k patches the sketched tile scan is cheaper than any other path.
     let opts = graftdb::Options { hnsw_min_rows: 2_000, cost_switch: false, ..graftdb::Options::default() };
     let mut rng = rand::rngs::StdRng::seed_from_u64(21);
-    let centres = clustered_patch_db(&path, &opts, 240, 20, &mut rng);
+    // 60 content centres: a query's own cluster is ~2 % of the patches, few enough for the
+    // partitions to pass their self-check (`Parts::prune_their_own_items`) and be kept.
+    let centres = clustered_patch_db(&path, &opts, 240, 20, 60, &mut rng);
     let n_patches = usize::from(G) * usize::from(G);
     // Reopen: the partitions come from their file.
     let db = Db::open_with(&path, opts).unwrap();
@@ -189,7 +191,10 @@ fn patch_partitions_answer_exactly_and_prune() {
     let r = same(Query::new("px", q, 10), "with a delta");
     assert_eq!((r.hits[0].id.to_string().as_str(), r.hits[0].patch.as_ref().unwrap().col), ("t999", 7), "the delta tile's patch is missing (path {:?})", r.explain.path);
     // Queries in random directions (near no tile's content) make the partitions give up and
-    // the next path start over: the delta's patches must survive the restart.
+    // the next path start over: the delta's patches must survive the restart. A narrow beam
+    // makes the walk cheap, so the partitions' budget (one walk) is small enough to run out.
+    drop(db);
+    let db = Db::open_with(&path, graftdb::Options { hnsw_min_rows: 2_000, cost_switch: false, ef_search: 40, ..graftdb::Options::default() }).unwrap();
     let mut gave_up = 0;
     for qi in 0..8usize {
         let q = unit((0..DIM).map(|_| rng.random_range(-1.0f32..1.0)).collect());
@@ -208,6 +213,34 @@ fn patch_partitions_answer_exactly_and_prune() {
     assert!(gave_up >= 4, "only {gave_up} of 8 random queries made the partitions give up");
 }
 
+/// Patch partitions over a few large content clusters do not prune (a query must visit its
+/// whole cluster): the checkpoint builds them, finds so on its own patches, and keeps none;
+/// the manifest remembers it, so a checkpoint with nothing new does not build them again.
+#[test]
+fn patch_partitions_that_do_not_prune_are_not_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let opts = graftdb::Options { hnsw_min_rows: 2_000, ..graftdb::Options::default() };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(41);
+    let centres = clustered_patch_db(&path, &opts, 120, 12, 3, &mut rng);
+    let manifest = std::fs::read_dir(path.join("index")).unwrap().map(|e| e.unwrap().path()).find(|p| p.extension().is_some_and(|e| e == "json")).unwrap();
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let m: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert!(m["parts_declined"] == true && m["parts"].is_null(), "{text}");
+    let db = Db::open_with(&path, opts).unwrap();
+    assert_eq!(db.stats().unwrap().spaces[0].partitions, 0);
+    let before = std::fs::metadata(&manifest).unwrap().modified().unwrap();
+    db.checkpoint().unwrap();
+    assert_eq!(std::fs::metadata(&manifest).unwrap().modified().unwrap(), before, "an empty checkpoint rewrote the manifest (built the partitions again)");
+    assert_eq!(db.check().unwrap(), Vec::<String>::new());
+    // Without partitions the planner scans (or walks); the scan is exact.
+    let q = unit(centres[1].iter().map(|x| x + rng.random_range(-0.1f32..0.1)).collect());
+    let got = db.search(&Query::new("px", q.clone(), 10)).unwrap();
+    let want = db.search(&Query::new("px", q, 10).exact(true)).unwrap();
+    assert_eq!(got.explain.path, PlanPath::PatchExact);
+    assert_eq!(patch_hits(&got), patch_hits(&want));
+}
+
 #[test]
 fn patch_graph_answers_within_its_miss_budget_and_never_short() {
     // Partitions off: wide patch queries take the graph over every patch (i8 codes), which is
@@ -217,7 +250,7 @@ fn patch_graph_answers_within_its_miss_budget_and_never_short() {
     let path = dir.path().join("db");
     let opts = graftdb::Options { hnsw_min_rows: 2_000, exact_threshold: 2_000, partitions: false, cost_switch: false, ..graftdb::Options::default() };
     let mut rng = rand::rngs::StdRng::seed_from_u64(31);
-    let centres = clustered_patch_db(&path, &opts, 150, 15, &mut rng);
+    let centres = clustered_patch_db(&path, &opts, 150, 15, 12, &mut rng);
     let db = Db::open_with(&path, opts).unwrap();
     assert_eq!(db.check().unwrap(), Vec::<String>::new(), "the patch graph agrees with the snapshot");
     let key = |h: &graftdb::Hit| (h.id.to_string(), h.patch.as_ref().unwrap().row, h.patch.as_ref().unwrap().col);

@@ -154,6 +154,18 @@ impl Source<'_> {
     }
 }
 
+/// How many of their own items [`Parts::prune_their_own_items`] tries as queries.
+pub const SELF_CHECK_QUERIES: usize = 16;
+/// The share of all positions such a query may visit. A visited position costs a filter test
+/// and a score read out of order, ~23× a patch of the sketched tile scan (the planner's
+/// `PATCH_SCAN_COST_SKETCHED` against `SCAN_COST_I8` × 1.15), so partitions that visit more
+/// than ~4 % of the patches lose to that scan even where they finish. A query can prove its
+/// top 10 only after visiting its own content cluster, so this keeps partitions where the
+/// patches fall into more than ~25 content clusters. Measured: the peers' 10k-tile set (its
+/// patches spread around 1 of 50 content centroids each, unevenly) visits a median 9.0 % (1.5 s for
+/// the 16 queries over 1.96M patches), and its partitions never answered a query there.
+pub const SELF_CHECK_MAX_VISIT: f64 = 0.04;
+
 /// One partition's bound for a query.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PartBound {
@@ -250,6 +262,58 @@ impl Parts {
         let cos: &[f32] = &self.cos_c;
         let slice = cos.get(all.clone()).unwrap_or(&[]);
         all.start..all.start + slice.partition_point(|&c| f64::from(c) - SLACK <= cut)
+    }
+
+    /// Whether patch partitions pay on their own data: the median share of all positions an
+    /// exact top-10 scan visits for [`SELF_CHECK_QUERIES`] of their own items (evenly strided,
+    /// each as a unit query) is at most [`SELF_CHECK_MAX_VISIT`]. A stored item is about the
+    /// easiest query they will meet (it scores 1 against itself, so the k-th score is high at
+    /// once); partitions that fail it lose to the sketched tile scan on users' queries too,
+    /// and cost their file and each query's attempt for nothing.
+    pub fn prune_their_own_items(&self) -> bool {
+        self.own_item_visits().is_some_and(|v| v <= SELF_CHECK_MAX_VISIT)
+    }
+
+    /// The median share of all positions the self-check's queries visit (see
+    /// [`Parts::prune_their_own_items`]); a query that would visit more than
+    /// [`SELF_CHECK_MAX_VISIT`] counts as 1. `None` without items.
+    pub fn own_item_visits(&self) -> Option<f64> {
+        let n = self.rows_total();
+        if n == 0 {
+            return None;
+        }
+        let cap = ((n as f64 * SELF_CHECK_MAX_VISIT) as u64).max(1);
+        let queries = SELF_CHECK_QUERIES.min(n);
+        let mut q = vec![0f32; self.dim];
+        let mut shares = Vec::with_capacity(queries);
+        for i in 0..queries {
+            let Some((codes, scale, _)) = self.coded(i * n / queries) else { continue };
+            for (x, &c) in q.iter_mut().zip(codes) {
+                *x = f32::from(c) * scale;
+            }
+            if !scan::normalise(&mut q) {
+                continue;
+            }
+            let mut top: scan::TopK<()> = scan::TopK::new(10);
+            let mut visited = 0u64;
+            'parts: for pb in self.bounds(&q) {
+                if top.len() >= top.capacity() && pb.bound < top.threshold() {
+                    break;
+                }
+                for j in self.reaching(&pb, top.threshold()) {
+                    visited += 1;
+                    if visited > cap {
+                        break 'parts;
+                    }
+                    if let Some((c, s, _)) = self.coded(j) {
+                        top.push(scan::Scored { score: crate::store::codec::patch_score(&q, c, s), key: j as u64, extra: () });
+                    }
+                }
+            }
+            shares.push(if visited <= cap { visited as f64 / n as f64 } else { 1.0 });
+        }
+        shares.sort_by(f64::total_cmp);
+        shares.get(shares.len() / 2).copied()
     }
 
     /// An upper bound of `q·x` for every member `x` of each partition, best first, for a unit
@@ -669,6 +733,37 @@ mod tests {
             b.push(i as u64, RowMeta { kind: Kind::Tile, time: Some(i as i64), bbox: [x, x, x + 0.01, x + 0.01] }, &[], &crate::store::codec::encode_patch_grid(&grid, dim));
         }
         b.finish_sorted()
+    }
+
+    /// Partitions over patches of many small content clusters prune on their own patches;
+    /// over few large clusters, or patches spread evenly on the sphere, they do not.
+    #[test]
+    fn self_check_keeps_partitions_only_where_they_prune() {
+        let (n, per, dim) = (600, 9, 24);
+        let grids = |centres: usize, noise: f32, seed: u64| {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let cs: Vec<Vec<f32>> = (0..centres).map(|_| (0..dim).map(|_| rng.random_range(-1.0..1.0)).collect()).collect();
+            let mut b = SegmentBuilder::new(per * crate::store::codec::patch_stride(dim), n, true);
+            for i in 0..n {
+                let grid: Vec<f32> = (0..per).flat_map(|_| {
+                    let c = &cs[rng.random_range(0..centres)];
+                    let mut v: Vec<f32> = c.iter().map(|x| x + rng.random_range(-noise..noise)).collect();
+                    scan::normalise(&mut v);
+                    v
+                }).collect();
+                let x = i as f64 * 0.01;
+                b.push(i as u64, RowMeta { kind: Kind::Tile, time: None, bbox: [x, x, x + 0.01, x + 0.01] }, &[], &crate::store::codec::encode_patch_grid(&grid, dim));
+            }
+            Parts::build_patches(&b.finish_sorted(), dim, per, 2).unwrap()
+        };
+        let many = grids(60, 0.1, 4);
+        let few = grids(6, 0.1, 5);
+        let spread = grids(1, 10.0, 6);
+        let v = |p: &Parts| p.own_item_visits().unwrap();
+        eprintln!("visits: 60 clusters {:.3}, 6 clusters {:.3}, spread {:.3}", v(&many), v(&few), v(&spread));
+        assert!(many.prune_their_own_items(), "60 clusters: {}", v(&many));
+        assert!(!few.prune_their_own_items(), "6 clusters: {}", v(&few));
+        assert!(!spread.prune_their_own_items(), "spread: {}", v(&spread));
     }
 
     #[test]
