@@ -745,6 +745,15 @@ impl Db {
     fn build_parts(&self, h: &SpaceHandle, seg: &Segment) -> (Option<Parts>, bool) {
         let dim = h.def.dim as usize;
         if h.is_patch() {
+            // Over many patches the build is a quarter of the checkpoint (112 s of ~430 on
+            // 1.96M patches): check partitions of every 8th tile first (~1/30 of the work; the
+            // share a query visits depends on how the patches cluster, not on how many).
+            if seg.len() * h.per() >= PARTS_SAMPLE_MIN {
+                let sample = seg.every(PARTS_SAMPLE_STEP, true);
+                if Parts::build_patches(&sample, dim, h.per(), self.opts.threads).is_some_and(|p| !p.prune_their_own_items()) {
+                    return (None, true);
+                }
+            }
             match Parts::build_patches(seg, dim, h.per(), self.opts.threads) {
                 Some(p) if !p.prune_their_own_items() => (None, true),
                 p => (p, false),
@@ -909,6 +918,11 @@ struct Manifest {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     parts_declined: bool,
 }
+
+/// Patch spaces with at least this many patches check partitions built over every
+/// `PARTS_SAMPLE_STEP`-th tile before building them over all (see `Db::build_parts`).
+const PARTS_SAMPLE_MIN: usize = 800_000;
+const PARTS_SAMPLE_STEP: usize = 8;
 
 /// The name of space `num`'s partitions file for the snapshot of sequence `seq`.
 fn parts_file(num: u16, seq: u64) -> String {

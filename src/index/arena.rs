@@ -272,6 +272,16 @@ impl Segment {
     pub fn sketch_row(&self) -> usize {
         self.sketch.len().checked_div(self.len()).unwrap_or(0)
     }
+    /// Every `step`-th row (0, step, 2·step, …) as a new owned segment, codes copied (a
+    /// sample that spans every region, the segment being in key order).
+    pub fn every(&self, step: usize, patch: bool) -> Segment {
+        let step = step.max(1);
+        let mut b = SegmentBuilder::new(self.stride, self.len().div_ceil(step), patch);
+        for i in (0..self.len()).step_by(step) {
+            b.push_from(self, i);
+        }
+        b.finish()
+    }
     /// Build the patch sketches of a patch-level segment that has none (`per` patches of
     /// `dim` a row), on up to `threads` threads.
     pub fn build_sketches(&mut self, per: usize, dim: usize, threads: usize) {
@@ -786,6 +796,18 @@ mod tests {
         std::fs::write(&p, &bytes).unwrap();
         let e = read_snapshot(&p, stride, true).err().unwrap().to_string();
         assert!(e.contains("sketch") && e.contains("p.arena"), "{e}");
+    }
+
+    /// `every` keeps rows 0, step, 2·step, … with their keys, filter fields and codes.
+    #[test]
+    fn every_samples_rows_with_their_columns() {
+        let rows: Vec<NewRow> = (0..10u64).map(|k| NewRow { key: k * 10, meta: meta(k as f64), f32s: vec![k as f32, 1.0, 0.5], bytes: vec![] }).collect();
+        let seg = merge_rows(&Segment::empty(3), rows, false);
+        let s = seg.every(4, false);
+        assert_eq!(&*s.keys, &[0, 40, 80]);
+        for (j, i) in [0usize, 4, 8].into_iter().enumerate() {
+            assert_eq!((s.meta(j), s.vector(j), s.coded(j)), (seg.meta(i), seg.vector(i), seg.coded(i)), "row {i}");
+        }
     }
 
     /// Merging two sketched patch segments copies each row's sketches with the row: the same
