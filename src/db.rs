@@ -767,27 +767,25 @@ impl Db {
     /// a graftdb without partitions), leaving the snapshot and graph as they are.
     fn install_parts(&self, h: &SpaceHandle, s: &mut SpaceIndex) -> Result<()> {
         let (parts, declined) = self.build_parts(h, &s.base);
-        if declined {
-            s.parts_declined = true;
-            if self.opts.persist_index {
-                if let Ok(mut m) = self.read_manifest(h.def.number) {
-                    m.parts_declined = true;
-                    let _ = self.write_manifest(h.def.number, &m);
-                }
-            }
-        }
-        let Some(parts) = parts else { return Ok(()) };
-        if self.opts.persist_index {
+        if self.opts.persist_index && (declined || parts.is_some()) {
             if let Ok(mut m) = self.read_manifest(h.def.number) {
-                let dir = self.dir.join(INDEX_DIR);
-                let name = parts_file(h.def.number, m.seq);
-                if parts.save(&dir.join(&name)).is_ok() {
-                    m.parts = Some(name);
+                // The manifest names a saved partitions file, or says they were declined.
+                let mut changed = declined;
+                if let Some(p) = &parts {
+                    let name = parts_file(h.def.number, m.seq);
+                    if p.save(&self.dir.join(INDEX_DIR).join(&name)).is_ok() {
+                        m.parts = Some(name);
+                        changed = true;
+                    }
+                }
+                if changed {
+                    m.parts_declined = declined;
                     let _ = self.write_manifest(h.def.number, &m);
                 }
             }
         }
-        s.parts = Some(parts);
+        s.parts = parts;
+        s.parts_declined = declined;
         Ok(())
     }
 
@@ -821,7 +819,6 @@ impl Db {
         std::fs::rename(&tmp, &p).map_err(|e| Error::io(&p, e))
     }
 
-    #[allow(clippy::too_many_arguments)]
     #[allow(clippy::too_many_arguments)]
     fn persist(&self, num: u16, seg: &Segment, graph: Option<&usearch::Index>, parts: Option<&Parts>, parts_declined: bool, seq: u64, patch: bool, def_metric: Metric) -> Result<()> {
         let dir = self.dir.join(INDEX_DIR);

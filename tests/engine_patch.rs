@@ -130,7 +130,7 @@ fn clustered_patch_db(path: &std::path::Path, opts: &graftdb::Options, n: usize,
 #[test]
 fn patch_partitions_answer_exactly_and_prune() {
     // 240 tiles × 196 patches in a cosine space: enough patches for partitions. Each tile
-    // has a content centre (one of 12) and its patches scatter around it.
+    // has a content centre (one of 60) and its patches scatter around it.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
     // No cost switch: on 47k patches the sketched tile scan is cheaper than any other path.
