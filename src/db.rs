@@ -119,6 +119,12 @@ pub(crate) fn per(def: &SpaceDef) -> usize {
     }
 }
 
+/// Whether an image-level space keeps two-bit sketches of its rows' codes: where the exact
+/// scan bounds scores from codes (`cos`, `ip`; `l2` rows are scored in f32).
+pub(crate) fn row_sketches(def: &SpaceDef) -> bool {
+    matches!(def.level, Level::Image) && matches!(def.metric, Metric::Cos | Metric::Ip)
+}
+
 /// Bytes of one vector payload in a space: `dim` f32, or the i8 patch grid.
 pub(crate) fn payload_bytes(def: &SpaceDef) -> usize {
     match def.level {
@@ -706,6 +712,8 @@ impl Db {
     fn install(&self, h: &SpaceHandle, s: &mut SpaceIndex, mut seg: Segment, seq: u64) -> Result<()> {
         if h.is_patch() {
             seg.build_sketches(h.per(), h.def.dim as usize, self.opts.threads);
+        } else if row_sketches(&h.def) {
+            seg.build_row_sketches(self.opts.threads);
         }
         let graph = match (self.wants_graph(h, seg.len()), h.is_patch()) {
             (false, _) => None,
@@ -796,6 +804,9 @@ impl Db {
         if h.is_patch() {
             // Version 3 snapshots hold no patch sketches.
             s.base.build_sketches(h.per(), h.def.dim as usize, self.opts.threads);
+        } else if row_sketches(&h.def) {
+            // Version 4 image-level snapshots hold no row sketches.
+            s.base.build_row_sketches(self.opts.threads);
         }
         if self.opts.persist_index {
             let m = self.read_manifest(h.def.number)?;
@@ -876,9 +887,13 @@ impl Db {
                 }
                 continue;
             }
-            if h.is_patch() && !s.base.sketch.is_empty() {
+            if !s.base.sketch.is_empty() {
                 // The delta's sketches only: the merge copies the base's with their rows.
-                s.delta.build_sketches(h.per(), h.def.dim as usize, self.opts.threads);
+                if h.is_patch() {
+                    s.delta.build_sketches(h.per(), h.def.dim as usize, self.opts.threads);
+                } else {
+                    s.delta.build_row_sketches(self.opts.threads);
+                }
             }
             let merged = arena::merge(&s.base, &s.delta, h.is_patch());
             let seq = s.applied;

@@ -363,6 +363,17 @@ impl Db {
                 p.push(format!("space {}: the patch sketches of row {i} (key {}) do not match its grid", def.name, s.base.keys.get(i).copied().unwrap_or(0)));
             }
         }
+        if !patch && !s.base.sketch.is_empty() {
+            // The exact scan skips rows whose sketch bound is below the k-th score.
+            let dim = def.dim as usize;
+            let bad = (0..s.base.len()).find(|&i| match s.base.coded(i) {
+                Some((c, sc, _)) => crate::index::sketch::build_rows(c, &[sc], 1, dim, 1) != s.base.sketches(i),
+                None => true,
+            });
+            if let Some(i) = bad {
+                p.push(format!("space {}: the sketch of row {i} (key {}) does not match its codes", def.name, s.base.keys.get(i).copied().unwrap_or(0)));
+            }
+        }
         if let Some(g) = &s.hnsw {
             // Graph nodes are labelled by snapshot row number, or `row × per + patch` for the
             // patches of a patch-level space (`hnsw::labels`).

@@ -1,7 +1,11 @@
 //! The exact scan reads i8 codes first and f32 only for rows whose bounded score can still
 //! make the top k. These tests check that the answer is still the f32 scan's — ranks and
 //! scores equal to brute force — on data the codes can and cannot tell apart, and that the
-//! bound actually prunes (few f32 reads) when the codes can.
+//! bound actually prunes (few f32 reads) when the codes can. Over 4,096 rows the scan first
+//! bounds rows from the two-bit sketches of their codes (on CPUs with AVX-512BW): the answer
+//! must still be the f32 scan's, and `check` must notice a sketch that is not its codes'.
+//! (That a row's sketch bound covers its f32 score and not only its codes' is a unit test in
+//! `src/index/sketch.rs`.)
 
 #[path = "support/records.rs"]
 mod records;
@@ -24,11 +28,16 @@ fn photo(i: usize, rng: &mut StdRng) -> Record {
 
 /// Store `vecs` (unit vectors) in a fresh cos space, fold them into a snapshot (no graph),
 /// and answer `queries` exactly; compare each answer with brute force. Returns the mean
-/// number of f32 vectors read per query.
-fn check(vecs: &[Vec<f32>], queries: &[Vec<f32>], what: &str) -> f64 {
+/// number of f32 vectors read per query, and of rows ruled out by their sketches.
+fn check(vecs: &[Vec<f32>], queries: &[Vec<f32>], what: &str) -> (f64, f64) {
     let dir = tempfile::tempdir().unwrap();
+    check_in(dir.path(), vecs, queries, what)
+}
+
+/// [`check`] with the database left at `dir/db`.
+fn check_in(dir: &std::path::Path, vecs: &[Vec<f32>], queries: &[Vec<f32>], what: &str) -> (f64, f64) {
     // No graph: every query takes the scan.
-    let db = Db::create_with(dir.path().join("db"), Options { hnsw_min_rows: usize::MAX, ..Options::default() }).unwrap();
+    let db = Db::create_with(dir.join("db"), Options { hnsw_min_rows: usize::MAX, ..Options::default() }).unwrap();
     db.create_space("s", DIM as u32, Metric::Cos, Level::Image).unwrap();
     let mut rng = StdRng::seed_from_u64(3);
     let rows: Vec<(Record, Vec<f32>)> = vecs.iter().enumerate().map(|(i, v)| (photo(i, &mut rng), v.clone())).collect();
@@ -36,10 +45,11 @@ fn check(vecs: &[Vec<f32>], queries: &[Vec<f32>], what: &str) -> f64 {
     w.insert_batch("test", 1, "s", &rows).unwrap();
     w.commit().unwrap();
     db.checkpoint().unwrap();
-    let mut reads = 0u64;
+    let (mut reads, mut sketched) = (0u64, 0u64);
     for (qi, q) in queries.iter().enumerate() {
         let res = db.search(&Query::new("s", q.clone(), K)).unwrap();
         reads += res.explain.rescored;
+        sketched += res.explain.sketched;
         let mut truth: Vec<(f32, usize)> = vecs.iter().enumerate().map(|(i, v)| (v.iter().zip(q).map(|(a, b)| a * b).sum(), i)).collect();
         truth.sort_by(|a, b| b.0.total_cmp(&a.0));
         assert_eq!(res.hits.len(), K, "{what} query {qi}: short");
@@ -47,7 +57,19 @@ fn check(vecs: &[Vec<f32>], queries: &[Vec<f32>], what: &str) -> f64 {
             assert!((h.score - t.0).abs() <= 1e-5, "{what} query {qi} rank {rank}: score {} but brute force has {}", h.score, t.0);
         }
     }
-    reads as f64 / queries.len() as f64
+    (reads as f64 / queries.len() as f64, sketched as f64 / queries.len() as f64)
+}
+
+/// Whether this CPU scores sketches (the scan uses them only then).
+fn sketches_used() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512bw")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 #[test]
@@ -60,7 +82,7 @@ fn spread_vectors_need_few_f32_reads() {
     };
     let vecs: Vec<Vec<f32>> = (0..5_000).map(|_| gauss(&mut rng)).collect();
     let queries: Vec<Vec<f32>> = (0..30).map(|_| gauss(&mut rng)).collect();
-    let reads = check(&vecs, &queries, "spread");
+    let (reads, _) = check(&vecs, &queries, "spread");
     // The bound rules out nearly every row from its codes alone.
     assert!(reads < 500.0, "{reads} f32 reads per query out of 5,000 rows: the i8 bound is not pruning");
 }
@@ -73,7 +95,7 @@ fn near_duplicates_below_code_resolution_are_still_ranked_exactly() {
     let mut rng = StdRng::seed_from_u64(2);
     let mut base: Vec<f32> = (0..DIM).map(|_| rng.random_range(-1.0f32..1.0)).collect();
     unit(&mut base);
-    let vecs: Vec<Vec<f32>> = (0..2_000)
+    let vecs: Vec<Vec<f32>> = (0..5_000)
         .map(|_| {
             let mut v: Vec<f32> = base.iter().map(|x| x + rng.random_range(-1e-4f32..1e-4)).collect();
             unit(&mut v);
@@ -87,6 +109,48 @@ fn near_duplicates_below_code_resolution_are_still_ranked_exactly() {
             q
         })
         .collect();
-    let reads = check(&vecs, &queries, "near-duplicates");
+    let (reads, _) = check(&vecs, &queries, "near-duplicates");
     assert!(reads > 1_000.0, "only {reads} f32 reads per query: rows the codes cannot separate were ruled out");
+}
+
+#[test]
+fn row_sketches_rule_out_other_clusters_and_keep_the_answer() {
+    // 24 tight content clusters of 250 rows; each query sits near one centre, so the rows of
+    // the other 23 cannot reach its k-th score and their sketches should say so.
+    let mut rng = StdRng::seed_from_u64(4);
+    let centres: Vec<Vec<f32>> = (0..24)
+        .map(|_| {
+            let mut c: Vec<f32> = (0..DIM).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+            unit(&mut c);
+            c
+        })
+        .collect();
+    let near = |c: &[f32], r: f32, rng: &mut StdRng| -> Vec<f32> {
+        let mut v: Vec<f32> = c.iter().map(|x| x + rng.random_range(-r..r)).collect();
+        unit(&mut v);
+        v
+    };
+    let vecs: Vec<Vec<f32>> = (0..6_000).map(|i| near(&centres[i % 24], 0.08, &mut rng)).collect();
+    let queries: Vec<Vec<f32>> = (0..24).map(|i| near(&centres[i], 0.05, &mut rng)).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let (_, sketched) = check_in(dir.path(), &vecs, &queries, "clusters");
+    if sketches_used() {
+        assert!(sketched > 4_000.0, "the sketches ruled out {sketched} of 6,000 rows per query");
+    } else {
+        assert_eq!(sketched, 0.0, "no AVX-512BW: the scan must not use sketches");
+    }
+    // The snapshot keeps the sketches (they are its last section) and `check` rebuilds them
+    // from the codes: a changed byte in the last row's is reported.
+    let path = dir.path().join("db");
+    let db = Db::open_with(&path, Options { hnsw_min_rows: usize::MAX, ..Options::default() }).unwrap();
+    assert_eq!(db.check().unwrap(), Vec::<String>::new());
+    drop(db);
+    let arena = std::fs::read_dir(path.join("index")).unwrap().map(|e| e.unwrap().path()).find(|p| p.extension().is_some_and(|e| e == "arena")).unwrap();
+    let mut bytes = std::fs::read(&arena).unwrap();
+    let at = bytes.len() - 12;
+    bytes[at] ^= 0x40;
+    std::fs::write(&arena, &bytes).unwrap();
+    let db = Db::open_with(&path, Options { hnsw_min_rows: usize::MAX, ..Options::default() }).unwrap();
+    let problems = db.check().unwrap();
+    assert!(problems.iter().any(|p| p.contains("sketch of row 5999")), "{problems:?}");
 }

@@ -170,6 +170,14 @@ fn v2_layout(b: &[u8], np: usize, dim: usize) -> Vec<u8> {
     [&b[..norms], &b[offsets..]].concat()
 }
 
+/// The byte ranges of the residual norms ρ and of the row sketches (the last two sections,
+/// each 64-byte aligned) in a version 5 image snapshot of `rows` rows, `len` bytes long.
+fn rho_and_sketches(len: usize, rows: usize) -> (std::ops::Range<usize>, std::ops::Range<usize>) {
+    let sketches = len - rows * graftdb::index::sketch::record_bytes(DIM);
+    let rho = sketches - (rows * 4).div_ceil(64) * 64;
+    (rho..rho + rows * 4, sketches..len)
+}
+
 fn version_of(file: &std::path::Path) -> u32 {
     let b = std::fs::read(file).unwrap();
     u32::from_le_bytes(b[8..12].try_into().unwrap())
@@ -189,13 +197,16 @@ fn older_index_formats_are_read_upgraded_and_rewritten_and_check_catches_wrong_r
     };
     let (arena, parts) = (index_files(&path, "arena"), index_files(&path, "parts"));
     assert_eq!((arena.len(), parts.len()), (1, 1));
-    assert_eq!((version_of(&arena[0]), version_of(&parts[0])), (4, 3));
-    // Make them the previous formats: the snapshot's last column (ρ now, ‖x̂‖₁ then) holds
-    // numbers that would be wrong as residual norms, and the versions say 2 and 1.
+    assert_eq!((version_of(&arena[0]), version_of(&parts[0])), (5, 3));
+    // Make them the previous formats: the snapshot's residual column (ρ now, ‖x̂‖₁ then, the
+    // last column before version 4 added sketches) holds numbers that would be wrong as
+    // residual norms, there are no sketches, and the versions say 2 and 1.
     let mut a = std::fs::read(&arena[0]).unwrap();
+    let (rho, sketches) = rho_and_sketches(a.len(), 3_000);
     a[8..12].copy_from_slice(&2u32.to_le_bytes());
-    let n = a.len();
-    a[n - 4 * 3_000..].fill(0);
+    a[40..48].fill(0);
+    a[rho].fill(0);
+    a.truncate(sketches.start);
     std::fs::write(&arena[0], &a).unwrap();
     let mut p = v2_layout(&std::fs::read(&parts[0]).unwrap(), graftdb::index::parts::count_for(3_000), DIM);
     p[8..12].copy_from_slice(&1u32.to_le_bytes());
@@ -209,15 +220,17 @@ fn older_index_formats_are_read_upgraded_and_rewritten_and_check_catches_wrong_r
         assert_eq!(db.check().unwrap(), Vec::<String>::new());
         db.checkpoint().unwrap();
     }
-    assert_eq!((version_of(&arena[0]), version_of(&parts[0])), (4, 3), "the checkpoint rewrote both in the current format");
+    assert_eq!((version_of(&arena[0]), version_of(&parts[0])), (5, 3), "the checkpoint rewrote both in the current format");
+    let head = std::fs::read(&arena[0]).unwrap();
+    assert_eq!(u64::from_le_bytes(head[40..48].try_into().unwrap()) as usize, graftdb::index::sketch::record_bytes(DIM), "the rewrite built the row sketches");
     let db = Db::open_with(&path, options()).unwrap();
     assert_eq!(answers(&db), want);
     drop(db);
     // Residual norms of zero in a current-format snapshot would make the bound unsound:
     // check must say so.
     let mut a = std::fs::read(&arena[0]).unwrap();
-    let n = a.len();
-    a[n - 4 * 3_000..].fill(0);
+    let (rho, _) = rho_and_sketches(a.len(), 3_000);
+    a[rho].fill(0);
     std::fs::write(&arena[0], &a).unwrap();
     let db = Db::open_with(&path, options()).unwrap();
     let problems = db.check().unwrap();

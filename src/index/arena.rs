@@ -136,7 +136,8 @@ pub struct Segment {
     /// Image-level spaces: `ρ ≥ ‖x − x̂‖₂` of each row, the rounding residual's norm (for the
     /// error bound).
     pub qres: Col<f32>,
-    /// Patch-level spaces: the two-bit sketch of every patch ([`crate::index::sketch`]), the
+    /// The two-bit sketches ([`crate::index::sketch`]) of every patch (patch-level spaces:
+    /// with the tile's summary) or of every row's codes (image-level `cos`/`ip` spaces), the
     /// same number of bytes per row; empty where not built (the delta, an older snapshot).
     pub sketch: Col<u8>,
     /// Payload elements per row (`dim` for f32, grid bytes for patches).
@@ -289,6 +290,13 @@ impl Segment {
             self.sketch = Col::Owned(crate::index::sketch::build(&self.bytes, self.len(), per, dim, threads));
         }
     }
+    /// Build the row sketches of an image-level segment that has codes and no sketches, on
+    /// up to `threads` threads.
+    pub fn build_row_sketches(&mut self, threads: usize) {
+        if self.sketch.is_empty() && self.bytes.is_empty() && !self.codes.is_empty() {
+            self.sketch = Col::Owned(crate::index::sketch::build_rows(&self.codes, &self.qscale, self.len(), self.stride, threads));
+        }
+    }
     /// The encoded grid of a row (patch-level spaces).
     #[inline]
     pub fn grid(&self, i: usize) -> &[u8] {
@@ -437,14 +445,15 @@ fn permute_rows<T: Copy>(data: &mut [T], stride: usize, perm: &[usize]) {
     }
 }
 
-/// Merge two sorted segments (keys are disjoint) into a new owned one. Patch sketches are
-/// copied with their rows when every non-empty side carries them, at one size a row;
-/// otherwise the result has none (and [`Segment::build_sketches`] builds them all).
+/// Merge two sorted segments (keys are disjoint) into a new owned one. Sketches are copied
+/// with their rows when every non-empty side carries them, at one size a row; otherwise the
+/// result has none (and [`Segment::build_sketches`] or [`Segment::build_row_sketches`] builds
+/// them all).
 pub fn merge(a: &Segment, b: &Segment, patch: bool) -> Segment {
     let mut out = SegmentBuilder::new(a.stride, a.len() + b.len(), patch);
     let sk = a.sketch_row().max(b.sketch_row());
     let whole = |s: &Segment| s.is_empty() || (s.sketch_row() == sk && s.sketch.len() == s.len() * sk);
-    let mut sketch = if patch && sk > 0 && whole(a) && whole(b) { Some(Vec::with_capacity((a.len() + b.len()) * sk)) } else { None };
+    let mut sketch = if sk > 0 && whole(a) && whole(b) { Some(Vec::with_capacity((a.len() + b.len()) * sk)) } else { None };
     let (mut i, mut j) = (0, 0);
     while i < a.len() || j < b.len() {
         let take_a = match (a.keys.get(i), b.keys.get(j)) {
@@ -477,6 +486,9 @@ pub fn merge_rows(seg: &Segment, mut rows: Vec<NewRow>, patch: bool) -> Segment 
 }
 
 const MAGIC: &[u8; 8] = b"GRAFTARN";
+/// 5: image-level snapshots of `cos` and `ip` spaces fill the sketch section too, with the
+/// two-bit sketch of every row's codes. A version 4 file is read as it is (an image-level one
+/// scanned without sketches) and written as version 5 at the next checkpoint.
 /// 4: patch-level snapshots add the patches' two-bit sketches as a last section, its bytes
 /// per row in the header (0: none). A version 3 file is read as it is; its patch sketches
 /// are built and written at the next checkpoint.
@@ -484,7 +496,7 @@ const MAGIC: &[u8; 8] = b"GRAFTARN";
 /// the codes in the last column: such a file is read, its residual norms computed from its
 /// f32 and code columns in memory, and the next checkpoint rewrites it. Version 1 files (no
 /// codes) are rebuilt.
-const SNAPSHOT_VERSION: u32 = 4;
+const SNAPSHOT_VERSION: u32 = 5;
 /// The oldest snapshot version [`read_snapshot`] upgrades in memory.
 const SNAPSHOT_UPGRADABLE: u32 = 2;
 /// Header bytes of a sectioned file (arena snapshots, partitions files).
@@ -540,7 +552,7 @@ fn layout(rows: usize, stride: usize, patch: bool, sketch_row: usize) -> [Range<
         image * stride,                                // i8 codes
         image * 4,                                     // code scale
         image * 4,                                     // residual norm ρ
-        rows * sketch_row,                             // patch sketches
+        rows * sketch_row,                             // sketches (patches, or image rows)
     ])
 }
 
@@ -813,6 +825,36 @@ mod tests {
     /// Merging two sketched patch segments copies each row's sketches with the row: the same
     /// bytes as building them over the merged segment. A side without sketches leaves the
     /// merge without them (for `build_sketches` to build), never with rows misaligned.
+    #[test]
+    fn image_rows_sketches_survive_a_merge_and_a_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let dim = 70;
+        let seg_of = |keys: &[u64]| {
+            let mut b = SegmentBuilder::new(dim, keys.len(), false);
+            for &k in keys {
+                let v: Vec<f32> = (0..dim).map(|i| ((i as f32 * 0.7 + k as f32) * 0.41).sin()).collect();
+                b.push(k, meta(k as f64), &v, &[]);
+            }
+            b.finish()
+        };
+        let (mut a, mut b) = (seg_of(&[2, 3, 8]), seg_of(&[1, 5, 9, 11]));
+        a.build_row_sketches(2);
+        assert_eq!(a.sketches(1).len(), crate::index::sketch::record_bytes(dim));
+        assert!(merge(&a, &b, false).sketch.is_empty(), "one side without sketches");
+        b.build_row_sketches(1);
+        let merged = merge(&a, &b, false);
+        let mut rebuilt = merge(&a, &b, false);
+        rebuilt.sketch = Col::Owned(Vec::new());
+        rebuilt.build_row_sketches(1);
+        assert_eq!(&*merged.sketch, &*rebuilt.sketch);
+        let p = dir.path().join("i.arena");
+        write_snapshot(&p, &merged, 9, false).unwrap();
+        let (back, seq, old) = read_snapshot(&p, dim, false).unwrap();
+        assert_eq!((seq, old), (9, false));
+        assert_eq!(&*back.sketch, &*merged.sketch);
+        assert_eq!(&*back.codes, &*merged.codes);
+    }
+
     #[test]
     fn merge_carries_patch_sketches_with_their_rows() {
         use crate::store::codec;

@@ -1,6 +1,8 @@
-//! Two-bit sketches of patch codes, so the patch scan reads a quarter of the bytes for the
-//! patches that cannot make the top k, and a summary of each tile's patches, so it can skip
-//! whole tiles.
+//! Two-bit sketches of i8 codes, so a scan reads a quarter of the bytes for the vectors that
+//! cannot make the top k: every patch of a patch-level space (with a summary of each tile's
+//! patches, so the tile scan can skip whole tiles), and every row of an image-level `cos` or
+//! `ip` space ([`build_rows`]: one record a row, no summary; the exact range scan adds the
+//! row's rounding residual `‖q‖₂·ρ` to the bound, see `query::scan_exact`).
 //!
 //! A patch is stored as i8 codes `c` with a scale (`x = scale·c`). Its sketch keeps, per
 //! dimension, the sign of `c_i` and whether `|c_i|` lies above the patch's median magnitude,
@@ -171,6 +173,35 @@ pub fn build(grids: &[u8], rows: usize, per: usize, dim: usize, threads: usize) 
     out
 }
 
+/// The sketches of `rows` image-level rows (`dim` i8 codes each, one scale a row), one
+/// [`record_bytes`] record a row and no tile summary, on up to `threads` threads. Empty when
+/// the columns are shorter than that.
+pub fn build_rows(codes: &[i8], scales: &[f32], rows: usize, dim: usize, threads: usize) -> Vec<u8> {
+    if rows == 0 || dim == 0 || codes.len() < rows * dim || scales.len() < rows {
+        return Vec::new();
+    }
+    let rb = record_bytes(dim);
+    let mut out = vec![0u8; rows * rb];
+    let fill = move |dst: &mut [u8], codes: &[i8], scales: &[f32]| {
+        let mut buf = Vec::with_capacity(rb);
+        for ((d, c), &sc) in dst.chunks_exact_mut(rb).zip(codes.chunks_exact(dim)).zip(scales) {
+            buf.clear();
+            push(c, sc, &mut buf);
+            if buf.len() == d.len() {
+                d.copy_from_slice(&buf);
+            }
+        }
+    };
+    let threads = threads.clamp(1, rows);
+    let chunk = rows.div_ceil(threads);
+    std::thread::scope(|s| {
+        for ((dst, c), sc) in out.chunks_mut(chunk * rb).zip(codes.chunks(chunk * dim)).zip(scales.chunks(chunk)) {
+            s.spawn(move || fill(dst, c, sc));
+        }
+    });
+    out
+}
+
 /// A query prepared for [`SketchQuery::upper`].
 pub struct SketchQuery {
     /// The query's i8 codes widened to i16, zero-padded to `64·W` dimensions.
@@ -259,6 +290,72 @@ impl SketchQuery {
             if self.upper(rec) >= t {
                 out.push(p);
             }
+        }
+    }
+
+    /// For each row `i` of `rows`, push `(bound, i)` to `out`: an upper bound of the score of
+    /// an image-level row's f32 vector `x`, from record `i` of `recs` (the sketches of its
+    /// codes `c`, one record a row) and its rounding residual `rho[i] ≥ ‖x − scale·c‖₂`:
+    /// the sketch bounds `q·(scale·c)`, and `‖q‖₂·ρ` covers the rest.
+    pub fn row_bounds(&self, recs: &[u8], rho: &[f32], rows: &[u32], out: &mut Vec<(f32, u32)>) {
+        let start = out.len();
+        self.upper_rows(recs, rows, out);
+        for b in &mut out[start..] {
+            b.0 += self.norm * rho.get(b.1 as usize).copied().unwrap_or(f32::INFINITY);
+        }
+    }
+
+    /// [`SketchQuery::row_bounds`] without the rounding residual: the bound of the codes.
+    fn upper_rows(&self, recs: &[u8], rows: &[u32], out: &mut Vec<(f32, u32)>) {
+        let rb = 16 * self.words + 16;
+        #[cfg(target_arch = "x86_64")]
+        if has_avx512() && recs.len() / rb > rows.iter().copied().max().unwrap_or(0) as usize {
+            // SAFETY: the CPU supports AVX-512F/BW; every row is below the record count, checked
+            // above, so every record read is in bounds.
+            unsafe {
+                match self.words {
+                    4 => return self.upper_rows_avx512_w::<4>(recs, rows, out),
+                    8 => return self.upper_rows_avx512_w::<8>(recs, rows, out),
+                    12 => return self.upper_rows_avx512_w::<12>(recs, rows, out),
+                    _ => {}
+                }
+            }
+        }
+        out.extend(rows.iter().map(|&i| (recs.get(i as usize * rb..(i as usize + 1) * rb).map_or(f32::INFINITY, |r| self.upper(r)), i)));
+    }
+
+    /// [`SketchQuery::upper_rows`] for `W` words a plane known at compile time, the query's
+    /// chunks in registers, records prefetched a few rows ahead.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn upper_rows_avx512_w<const W: usize>(&self, recs: &[u8], rows: &[u32], out: &mut Vec<(f32, u32)>) {
+        use std::arch::x86_64::*;
+        let rb = 16 * W + 16;
+        let mut qc = [_mm512_setzero_si512(); 32];
+        for (c, v) in qc.iter_mut().enumerate().take(2 * W) {
+            *v = _mm512_loadu_si512(self.q.as_ptr().add(32 * c).cast());
+        }
+        let (zero, ones) = (_mm512_setzero_si512(), _mm512_set1_epi16(1));
+        out.reserve(rows.len());
+        for (n, &i) in rows.iter().enumerate() {
+            if let Some(&ahead) = rows.get(n + SKETCH_PREFETCH) {
+                let a = recs.as_ptr().add(ahead as usize * rb);
+                _mm_prefetch::<_MM_HINT_T0>(a.cast());
+                _mm_prefetch::<_MM_HINT_T0>(a.add(64).cast());
+                _mm_prefetch::<_MM_HINT_T0>(a.add(rb - 1).cast());
+            }
+            let rec = recs.get_unchecked(i as usize * rb..(i as usize + 1) * rb);
+            let pr = rec.as_ptr();
+            let (mut acc_all, mut acc_high) = (zero, zero);
+            for (c, &v) in qc.iter().enumerate().take(2 * W) {
+                let sb: u32 = std::ptr::read_unaligned(pr.add(4 * c).cast());
+                let hb: u32 = std::ptr::read_unaligned(pr.add(8 * W + 4 * c).cast());
+                let v = _mm512_mask_sub_epi16(v, sb, zero, v);
+                acc_all = _mm512_add_epi16(acc_all, v);
+                acc_high = _mm512_mask_add_epi16(acc_high, hb, acc_high, v);
+            }
+            let sums = (_mm512_reduce_add_epi32(_mm512_madd_epi16(acc_all, ones)), _mm512_reduce_add_epi32(_mm512_madd_epi16(acc_high, ones)));
+            out.push((self.finish(rec, sums), i));
         }
     }
 
@@ -403,6 +500,48 @@ mod tests {
         let g = crate::store::codec::encode_patch_grid(&v, dim);
         let (c, s) = crate::store::codec::patch_codes(&g, dim, 0).unwrap();
         (c.to_vec(), s)
+    }
+
+    /// An image-level row's bound covers its f32 score, not only its codes' score: built so
+    /// that the sketch of the codes is exact (two magnitudes, 127 and 51) and the query is
+    /// exact in i8, only the rounding residual `‖q‖·ρ` separates the two, and without it the
+    /// bound would fall below the score on every row with noise.
+    #[test]
+    fn row_bounds_cover_the_f32_score_where_the_sketch_is_exact() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        for dim in [64usize, 512] {
+            let low = 51.0f32 / 127.0;
+            let level: Vec<f32> = (0..dim).map(|i| if i % 8 < 3 { 1.0 } else { low }).collect();
+            let sign: Vec<f32> = (0..dim).map(|_| if rng.random_bool(0.5) { 1.0 } else { -1.0 }).collect();
+            let q: Vec<f32> = level.iter().zip(&sign).map(|(l, s)| l * s).collect();
+            let sq = SketchQuery::new(&q, &Bound::new(&q)).unwrap();
+            let (mut codes, mut scales, mut rho, mut xs) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..200 {
+                let d = rng.random_range(0.0f32..0.004);
+                let x: Vec<f32> = level.iter().zip(&sign).map(|(l, s)| s * (l + d)).collect();
+                let mut c = Vec::new();
+                let (sc, r) = crate::index::scan::quantise(&x, &mut c);
+                codes.extend(c);
+                scales.push(sc);
+                rho.push(r);
+                xs.push(x);
+            }
+            let recs = build_rows(&codes, &scales, xs.len(), dim, 2);
+            assert_eq!(recs.len(), xs.len() * record_bytes(dim));
+            let rows: Vec<u32> = (0..xs.len() as u32).collect();
+            let mut b = Vec::new();
+            sq.row_bounds(&recs, &rho, &rows, &mut b);
+            let mut needs_rho = 0;
+            for &(ub, i) in &b {
+                let x = &xs[i as usize];
+                let score = crate::index::scan::dot(&q, x);
+                assert!(ub >= score, "dim {dim} row {i}: bound {ub} below the f32 score {score}");
+                if ub - sq.norm() * rho[i as usize] < score {
+                    needs_rho += 1;
+                }
+            }
+            assert!(needs_rho > 150, "dim {dim}: only {needs_rho} of 200 rows needed the residual term");
+        }
     }
 
     /// The bound never falls below the score the scan ranks by, for odd sizes too (bits past

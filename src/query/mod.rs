@@ -171,6 +171,9 @@ pub struct Explain {
     /// the patch level, the patches whose codes were read (the tile scan rules the others out
     /// from their sketches or their tile's bound), or that the patch graph found.
     pub rescored: u64,
+    /// Rows that passed the filter and were ruled out by the two-bit sketch of their codes
+    /// alone, their codes never read (image-level exact scan; see [`crate::index::sketch`]).
+    pub sketched: u64,
     /// Cone partitions scanned (`parts` path), of the space's partitions.
     pub partitions: u64,
     /// Microseconds spent.
@@ -443,8 +446,9 @@ const FILTER_COST: f64 = 0.15;
 /// another path then answers.
 fn scan_parts(parts: &Parts, st: &SpaceIndex, rows: &Rows, m: &Matcher<'_>, sc: &mut Scorer<'_>, budget: u64, ex: &mut Explain) -> bool {
     let segs = [&st.base, &st.delta];
-    let (mut tested, mut matched) = (0, 0);
-    scan_exact(&st.delta, 1, &rows.delta, m, sc, &mut tested, &mut matched);
+    let mut n = ScanCounts::default();
+    scan_exact(segs, 1, &rows.delta, m, sc, &mut n);
+    let (tested, mut matched) = (n.tested, n.matched);
     sc.settle(segs);
     let bounds = parts.bounds(sc.q);
     let filtered = !m.filter.is_empty();
@@ -527,8 +531,41 @@ fn over_budget(parts: &Parts, rest: &[PartBound], t: f32, left: u64) -> bool {
 /// How many passing rows ahead [`scan_parts`] prefetches a row's codes.
 const PREFETCH_ROWS: usize = 4;
 
-/// Offer every row of `seg` in `rows` that passes the whole filter.
-fn scan_exact(seg: &Segment, sn: u8, rows: &[Range<usize>], m: &Matcher<'_>, sc: &mut Scorer<'_>, tested: &mut u64, matched: &mut u64) {
+/// What an exact scan did, for [`Explain`].
+#[derive(Default)]
+struct ScanCounts {
+    tested: u64,
+    matched: u64,
+    sketched: u64,
+}
+
+impl ScanCounts {
+    fn add_to(&self, ex: &mut Explain) {
+        ex.tested += self.tested;
+        ex.matched += self.matched;
+        ex.sketched += self.sketched;
+    }
+}
+
+/// Offer every row of segment `sn` of `segs` in `rows` that passes the whole filter.
+fn scan_exact(segs: [&Segment; 2], sn: u8, rows: &[Range<usize>], m: &Matcher<'_>, sc: &mut Scorer<'_>, ex: &mut ScanCounts) {
+    let seg = segs[usize::from(sn).min(1)];
+    if let Some(sq) = sketch_query(seg, sc, rows.iter().map(|r| r.len()).sum()) {
+        let (keys, metas): (&[u64], _) = (&seg.keys, seg.metas());
+        let mut passing = Vec::new();
+        for r in rows {
+            for i in r.clone() {
+                let (Some(&key), Some(meta)) = (keys.get(i), metas.get(i)) else { continue };
+                ex.tested += 1;
+                if m.matches(key, &meta) {
+                    passing.push(i as u32);
+                }
+            }
+        }
+        ex.matched += passing.len() as u64;
+        return scan_sketched(segs, sn, &passing, sc, &sq, ex);
+    }
+    let (tested, matched) = (&mut ex.tested, &mut ex.matched);
     let (keys, metas): (&[u64], _) = (&seg.keys, seg.metas());
     // Two passes per row range, as in `scan_parts`: the filter fields, then the passing rows'
     // codes, each prefetched a few passing rows ahead.
@@ -552,6 +589,65 @@ fn scan_exact(seg: &Segment, sn: u8, rows: &[Range<usize>], m: &Matcher<'_>, sc:
     }
 }
 
+/// A sketch query for scanning `rows` rows of `seg` when the segment has row sketches, the
+/// rows are enough to pay for them ([`SKETCH_MIN_ROWS`]) and the CPU scores them fast.
+fn sketch_query(seg: &Segment, sc: &Scorer<'_>, rows: usize) -> Option<SketchQuery> {
+    if rows < SKETCH_MIN_ROWS || seg.sketch_row() != sketch::record_bytes(seg.stride) {
+        return None;
+    }
+    sc.bound.as_ref().and_then(|b| SketchQuery::new(sc.q, b)).filter(SketchQuery::fast)
+}
+
+/// Below this many rows in its key ranges the exact scan bounds every passing row from its
+/// codes directly: preparing the sketch query and the seed pass cost more than the sketches
+/// save (measured at 1M rows: at 0.1 % the region rarely holds the query's content, the k-th
+/// score is low, and the sketches rule out ~20 % of ~1,000 rows).
+const SKETCH_MIN_ROWS: usize = 4_096;
+
+/// Rows of a sketched scan bounded from their codes first — the best sketch bounds — so the
+/// k-th score is known before the rest are tested against it (at least `4·k`).
+const SKETCH_SEED: usize = 64;
+
+/// The rest of [`scan_exact`] or [`scan_rows`] over an image-level segment with row sketches,
+/// given the rows that passed the filter: every passing row's sketch bound (`q·x̂` from the two-bit sketch of its codes, plus `‖q‖₂·ρ` for
+/// the codes' own rounding: an upper bound of its f32 score); the rows with the best
+/// [`SKETCH_SEED`] bounds are scored from their codes and settled in f32, which sets the k-th
+/// score `t`; of the rest, only the rows whose sketch bound reaches `t` have their codes read.
+/// The answer is the plain scan's: a row skipped here scores below a k-th score already held.
+fn scan_sketched(segs: [&Segment; 2], sn: u8, passing: &[u32], sc: &mut Scorer<'_>, sq: &SketchQuery, ex: &mut ScanCounts) {
+    let seg = segs[usize::from(sn).min(1)];
+    let keys: &[u64] = &seg.keys;
+    let mut bounded: Vec<(f32, u32)> = Vec::new();
+    sq.row_bounds(&seg.sketch, &seg.qres, passing, &mut bounded);
+    let seed = SKETCH_SEED.max(4 * sc.top.capacity()).min(bounded.len());
+    if seed < bounded.len() {
+        bounded.select_nth_unstable_by(seed, |a, b| b.0.total_cmp(&a.0));
+    }
+    let offer = |sc: &mut Scorer<'_>, list: &[(f32, u32)]| {
+        for (n, &(_, i)) in list.iter().enumerate() {
+            if let Some(&(_, ahead)) = list.get(n + PREFETCH_ROWS) {
+                seg.prefetch_codes(ahead as usize);
+            }
+            if let Some(&key) = keys.get(i as usize) {
+                sc.offer(seg, sn, i as usize, key);
+            }
+        }
+    };
+    let (first, rest) = bounded.split_at_mut(seed);
+    offer(sc, first);
+    sc.settle(segs);
+    let t = sc.top.threshold();
+    let mut kept = 0;
+    for j in 0..rest.len() {
+        if rest[j].0 >= t {
+            rest[kept] = rest[j];
+            kept += 1;
+        }
+    }
+    ex.sketched += (rest.len() - kept) as u64;
+    offer(sc, &rest[..kept]);
+}
+
 /// Score one row's vector and keep it if it makes the top k.
 #[inline]
 fn score_row(def: &SpaceDef, q: &[f32], v: &[f32], key: u64, top: &mut TopK<()>) {
@@ -562,8 +658,22 @@ fn score_row(def: &SpaceDef, q: &[f32], v: &[f32], key: u64, top: &mut TopK<()>)
 }
 
 /// Offer the listed rows of the base segment (already through [`Matcher::quick`]).
-fn scan_rows(seg: &Segment, rows: &[u32], m: &Matcher<'_>, sc: &mut Scorer<'_>, matched: &mut u64) {
+fn scan_rows(segs: [&Segment; 2], rows: &[u32], m: &Matcher<'_>, sc: &mut Scorer<'_>, ex: &mut ScanCounts) {
+    let seg = segs[0];
     let (keys, metas): (&[u64], _) = (&seg.keys, seg.metas());
+    if let Some(sq) = sketch_query(seg, sc, rows.len()) {
+        let passing: Vec<u32> = rows
+            .iter()
+            .copied()
+            .filter(|&r| match (keys.get(r as usize), metas.get(r as usize)) {
+                (Some(&key), Some(meta)) => !m.needs_footprint(&meta) || m.footprint_ok(key),
+                _ => false,
+            })
+            .collect();
+        ex.matched += passing.len() as u64;
+        return scan_sketched(segs, 0, &passing, sc, &sq, ex);
+    }
+    let matched = &mut ex.matched;
     for &r in rows {
         let i = r as usize;
         let (Some(&key), Some(meta)) = (keys.get(i), metas.get(i)) else { continue };
@@ -621,6 +731,7 @@ pub(crate) fn run(def: &SpaceDef, st: &SpaceIndex, q: &Query, recs: &Records<'_>
         exact_threshold: opts.exact_threshold as u64,
         unindexed: st.delta.len() as u64,
         rescored: 0,
+        sketched: 0,
         partitions: 0,
         micros: 0,
     };
@@ -714,10 +825,9 @@ pub(crate) fn run(def: &SpaceDef, st: &SpaceIndex, q: &Query, recs: &Records<'_>
             for row in res.keys {
                 sc.rescore([&st.base, &st.delta], 0, row as u32);
             }
-            let (mut t, mut mm) = (0, 0);
-            scan_exact(&st.delta, 1, &rows.delta, &m, &mut sc, &mut t, &mut mm);
-            ex.tested += t;
-            ex.matched += mm;
+            let mut n = ScanCounts::default();
+            scan_exact([&st.base, &st.delta], 1, &rows.delta, &m, &mut sc, &mut n);
+            n.add_to(&mut ex);
             ex.path = PlanPath::Hnsw;
             sc.settle([&st.base, &st.delta]);
             if sc.top.len() < q.k && (sc.top.len() as u64) < est {
@@ -728,14 +838,14 @@ pub(crate) fn run(def: &SpaceDef, st: &SpaceIndex, q: &Query, recs: &Records<'_>
     }
     match ex.path {
         PlanPath::Exact | PlanPath::HnswThenExact => {
-            let (mut t, mut mm) = (0, 0);
+            let mut n = ScanCounts::default();
+            let segs = [&st.base, &st.delta];
             match &listed {
-                Some(rows) => scan_rows(&st.base, rows, &m, &mut sc, &mut mm),
-                None => scan_exact(&st.base, 0, &rows.base, &m, &mut sc, &mut t, &mut mm),
+                Some(rows) => scan_rows(segs, rows, &m, &mut sc, &mut n),
+                None => scan_exact(segs, 0, &rows.base, &m, &mut sc, &mut n),
             }
-            scan_exact(&st.delta, 1, &rows.delta, &m, &mut sc, &mut t, &mut mm);
-            ex.tested += t;
-            ex.matched += mm;
+            scan_exact(segs, 1, &rows.delta, &m, &mut sc, &mut n);
+            n.add_to(&mut ex);
         }
         _ => {}
     }

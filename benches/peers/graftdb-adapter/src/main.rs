@@ -242,7 +242,7 @@ fn time_patch_queries(path: &std::path::Path, g: u16, dim: usize, qvecs: &[f32],
         eprintln!("graftdb: {} patch queries done", qs.len());
         let doc = json!({
             "engine": if ef.is_some() { format!("graftdb-ef{}", opts.ef_search) } else { "graftdb".to_string() },
-            "mode": format!("library: patch space {g}×{g} (i8 codes + per-patch scale), put_patches in {CHUNK}-tile commits, checkpoint (patch partitions {}, patch graph M {}, ef_add {}); Db::search with Region::bbox (tiles by footprint, edge tiles patch by patch), ef_search {}/√selectivity", if opts.partitions { "on" } else { "off" }, graftdb::index::hnsw::PATCH_CONNECTIVITY, graftdb::index::hnsw::EXPANSION_ADD, opts.ef_search),
+            "mode": format!("library: patch space {g}×{g} (i8 codes + per-patch scale), put_patches in {CHUNK}-tile commits, checkpoint (patch partitions {}, patch graph M {}, ef_add {}); Db::search with Region::bbox (tiles by footprint, edge tiles patch by patch), ef_search {}/√selectivity{}", if opts.partitions { "on" } else { "off" }, graftdb::index::hnsw::PATCH_CONNECTIVITY, graftdb::index::hnsw::EXPANSION_ADD, opts.ef_search, sketch_note()),
             "ingest_s": ingest_s,
             "build_s": build_s,
             "disk_bytes": disk,
@@ -311,8 +311,10 @@ fn main() -> Result<()> {
 /// The `Options` of a timed run and the beams to run it at (`None`: the default run, then each
 /// extra beam). PEERS_GRAFT_EF sets the beam, PEERS_GRAFT_EXACT the exact threshold,
 /// PEERS_GRAFT_NOPARTS=1 turns the partitions off; PEERS_GRAFT_EFS (comma list) adds runs at
-/// other beams, each written beside OUT ([`out_for`]).
+/// other beams, each written beside OUT ([`out_for`]). PEERS_GRAFT_PORTABLE=1 (diagnosis) scans
+/// without the two-bit sketches, as on a CPU without AVX-512BW.
 fn run_options() -> (graftdb::Options, Vec<Option<usize>>) {
+    graftdb::index::sketch::scan_as_without_avx512(std::env::var("PEERS_GRAFT_PORTABLE").is_ok_and(|v| v != "0"));
     let mut opts = graftdb::Options::default();
     if let Some(ef) = std::env::var("PEERS_GRAFT_EF").ok().and_then(|v| v.parse().ok()) {
         opts.ef_search = ef;
@@ -325,6 +327,15 @@ fn run_options() -> (graftdb::Options, Vec<Option<usize>>) {
     }
     let extra = std::env::var("PEERS_GRAFT_EFS").unwrap_or_default().split(',').filter_map(|v| v.trim().parse().ok()).map(Some).collect::<Vec<_>>();
     (opts, std::iter::once(None).chain(extra).collect())
+}
+
+/// Said in the mode line when the scans run without sketches (PEERS_GRAFT_PORTABLE=1).
+fn sketch_note() -> &'static str {
+    if std::env::var("PEERS_GRAFT_PORTABLE").is_ok_and(|v| v != "0") {
+        ", sketches off (PEERS_GRAFT_PORTABLE)"
+    } else {
+        ""
+    }
 }
 
 /// OUT for the default run, `OUT-ef<X>.json` for an extra beam.
@@ -380,10 +391,11 @@ fn time_queries(data: &std::path::Path, path: &std::path::Path, dim: usize, qvec
     for ef in beams {
         let opts = graftdb::Options { ef_search: ef.unwrap_or(base.ef_search), ..base.clone() };
         let mode = format!(
-            "library (Db::search), exact_threshold {}, ef_search {}/√selectivity, graph M 16, ef_add {}",
+            "library (Db::search), exact_threshold {}, ef_search {}/√selectivity, graph M 16, ef_add {}{}",
             opts.exact_threshold,
             opts.ef_search,
-            graftdb::index::hnsw::EXPANSION_ADD
+            graftdb::index::hnsw::EXPANSION_ADD,
+            sketch_note()
         );
         let db = Db::open_with(&path, opts)?;
         let run = |qi: usize, q: &Value| search_once(&db, "clip", &qvecs[qi * dim..(qi + 1) * dim], k, q, |h| if let RecordId::Int(i) = h.id { i } else { -1 });
