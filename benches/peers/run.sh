@@ -6,7 +6,8 @@
 #   PEERS_N=100000 benches/peers/run.sh       # what one session can run on a 2-core VM
 #
 # Env: PEERS_N, PEERS_Q (queries per selectivity), PEERS_ENGINES (subset of
-# "numpy graftdb qdrant lance pg"), PEERS_WORK (scratch dir, default benches/peers/work),
+# "numpy graftdb qdrant lance pg", plus "qdrant-rs": Qdrant Edge through the Rust crate, nightly
+# toolchain, not in the default list), PEERS_WORK (scratch dir, default benches/peers/work),
 # PEERS_JOIN=0 to skip the photo→tile join, PEERS_RUN (output dir, default WORK/run-N).
 # PEERS_JOIN_ONLY=1: the photo→tile join alone, N photos × N/10 tiles, no vectors (data in
 # WORK/join-N, output in WORK/join-run-N, engines "graftdb pg"); the report fails unless both
@@ -62,6 +63,13 @@ if [[ " $ENGINES " == *" graftdb "* ]]; then
   (cd "$HERE/graftdb-adapter" && cargo build --release -q)
 fi
 ADAPTER="${CARGO_TARGET_DIR:-$HERE/graftdb-adapter/target}/release/graftdb-peer-adapter"
+# qdrant-rs: Qdrant Edge through the qdrant-edge crate (Rust, in-process), not in the default
+# list: it needs the nightly toolchain (`rustup toolchain install nightly`) and its first release
+# build takes ~10 min on the 2-vCPU VM (see README.md).
+if [[ " $ENGINES " == *" qdrant-rs "* ]]; then
+  (cd "$HERE/qdrant-edge-adapter" && cargo +nightly build --release -q)
+fi
+QADAPTER="${CARGO_TARGET_DIR:-$HERE/qdrant-edge-adapter/target}/release/qdrant-edge-peer-adapter"
 
 if [ "$PATCH" != 0 ]; then
   if [ ! -f "$DATA/truth.json" ]; then PEERS_PATCH_TILES="$T" PEERS_Q="$Q" "$PY" "$HERE/gen.py" "$DATA"; fi
@@ -87,6 +95,10 @@ for e in $ENGINES; do
              efs="${PEERS_QDRANT_EFS:-}"
              for ef in ${efs//,/ }; do OUTS+=("$RUN/qdrant-ef$ef.json"); done
              if [ "${PEERS_QDRANT_EXACT:-0}" != 0 ]; then OUTS+=("$RUN/qdrant-exact.json"); fi ;;
+    qdrant-rs) "$QADAPTER" "$DATA" "$RUN" "$RUN/qdrant-rs.json"; OUTS+=("$RUN/qdrant-rs.json")
+             efs="${PEERS_QDRANT_EFS:-}"
+             for ef in ${efs//,/ }; do OUTS+=("$RUN/qdrant-rs-ef$ef.json"); done
+             if [[ "${PEERS_QDRANT_EXACT:-0}" != 0 ]]; then OUTS+=("$RUN/qdrant-rs-exact.json"); fi ;;
     lance)   "$PY" "$HERE/adapter_lance.py" "$DATA" "$RUN" "$RUN/lance.json"; OUTS+=("$RUN/lance.json" "$RUN/lance-exact.json") ;;
     pg)      "$PY" "$HERE/adapter_pg.py" "$DATA" "$RUN" "$RUN/pg.json"; OUTS+=("$RUN/pg.json") ;;
     *) echo "unknown engine $e" >&2; exit 2 ;;
