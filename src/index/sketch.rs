@@ -335,7 +335,6 @@ impl SketchQuery {
         for (c, v) in qc.iter_mut().enumerate().take(2 * W) {
             *v = _mm512_loadu_si512(self.q.as_ptr().add(32 * c).cast());
         }
-        let (zero, ones) = (_mm512_setzero_si512(), _mm512_set1_epi16(1));
         out.reserve(rows.len());
         for (n, &i) in rows.iter().enumerate() {
             if let Some(&ahead) = rows.get(n + SKETCH_PREFETCH) {
@@ -345,16 +344,7 @@ impl SketchQuery {
                 _mm_prefetch::<_MM_HINT_T0>(a.add(rb - 1).cast());
             }
             let rec = recs.get_unchecked(i as usize * rb..(i as usize + 1) * rb);
-            let pr = rec.as_ptr();
-            let (mut acc_all, mut acc_high) = (zero, zero);
-            for (c, &v) in qc.iter().enumerate().take(2 * W) {
-                let sb: u32 = std::ptr::read_unaligned(pr.add(4 * c).cast());
-                let hb: u32 = std::ptr::read_unaligned(pr.add(8 * W + 4 * c).cast());
-                let v = _mm512_mask_sub_epi16(v, sb, zero, v);
-                acc_all = _mm512_add_epi16(acc_all, v);
-                acc_high = _mm512_mask_add_epi16(acc_high, hb, acc_high, v);
-            }
-            let sums = (_mm512_reduce_add_epi32(_mm512_madd_epi16(acc_all, ones)), _mm512_reduce_add_epi32(_mm512_madd_epi16(acc_high, ones)));
+            let sums = sums_w::<W>(&qc, rec.as_ptr());
             out.push((self.finish(rec, sums), i));
         }
     }
@@ -387,22 +377,12 @@ impl SketchQuery {
         for (c, v) in qc.iter_mut().enumerate().take(2 * W) {
             *v = _mm512_loadu_si512(self.q.as_ptr().add(32 * c).cast());
         }
-        let (zero, ones) = (_mm512_setzero_si512(), _mm512_set1_epi16(1));
         for p in 0..n {
             if let Some(ahead) = recs.get((p + SKETCH_PREFETCH) * rb..(p + SKETCH_PREFETCH + 1) * rb) {
                 crate::index::scan::prefetch(ahead);
             }
             let rec = &recs[p * rb..(p + 1) * rb];
-            let pr = rec.as_ptr();
-            let (mut acc_all, mut acc_high) = (zero, zero);
-            for (c, &v) in qc.iter().enumerate().take(2 * W) {
-                let sb: u32 = std::ptr::read_unaligned(pr.add(4 * c).cast());
-                let hb: u32 = std::ptr::read_unaligned(pr.add(8 * W + 4 * c).cast());
-                let v = _mm512_mask_sub_epi16(v, sb, zero, v);
-                acc_all = _mm512_add_epi16(acc_all, v);
-                acc_high = _mm512_mask_add_epi16(acc_high, hb, acc_high, v);
-            }
-            let sums = (_mm512_reduce_add_epi32(_mm512_madd_epi16(acc_all, ones)), _mm512_reduce_add_epi32(_mm512_madd_epi16(acc_high, ones)));
+            let sums = sums_w::<W>(&qc, rec.as_ptr());
             if self.finish(rec, sums) >= t {
                 out.push(p);
             }
@@ -425,6 +405,30 @@ impl SketchQuery {
             false
         }
     }
+}
+
+/// The sums `(Σ_i ±q₈ᵢ, Σ_high ±q₈ᵢ)` of the sketch record at `pr`, for `W` words a plane,
+/// the query's 32-lane chunks in `qc` (the loops of `reaching_avx512_w` and
+/// `upper_rows_avx512_w` keep them in registers across records).
+///
+/// # Safety
+/// The CPU supports AVX-512F/BW, and `pr` points at a whole record (`16·W` bytes of bit
+/// planes at least).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+#[inline]
+unsafe fn sums_w<const W: usize>(qc: &[std::arch::x86_64::__m512i; 32], pr: *const u8) -> (i32, i32) {
+    use std::arch::x86_64::*;
+    let (zero, ones) = (_mm512_setzero_si512(), _mm512_set1_epi16(1));
+    let (mut acc_all, mut acc_high) = (zero, zero);
+    for (c, &v) in qc.iter().enumerate().take(2 * W) {
+        let sb: u32 = std::ptr::read_unaligned(pr.add(4 * c).cast());
+        let hb: u32 = std::ptr::read_unaligned(pr.add(8 * W + 4 * c).cast());
+        let v = _mm512_mask_sub_epi16(v, sb, zero, v);
+        acc_all = _mm512_add_epi16(acc_all, v);
+        acc_high = _mm512_mask_add_epi16(acc_high, hb, acc_high, v);
+    }
+    (_mm512_reduce_add_epi32(_mm512_madd_epi16(acc_all, ones)), _mm512_reduce_add_epi32(_mm512_madd_epi16(acc_high, ones)))
 }
 
 /// Each i16 lane of [`sums_avx512`] adds `2·W` values of magnitude ≤ 127.
