@@ -89,6 +89,8 @@ fn api_answers_and_refuses_bad_input() {
     assert!(hits.windows(2).all(|w| w[0]["score"].as_f64() >= w[1]["score"].as_f64()));
     assert!(hits.iter().all(|h| h["lon"].as_f64().unwrap() > -106.0 && h["lon"].as_f64().unwrap() < -105.0), "{j}");
     assert_eq!(j["explain"]["path"], "exact");
+    // A handful of rows: no sketch pass (it starts at 4,096 rows in the cover).
+    assert_eq!(j["explain"]["sketch_skips"], 0, "{j}");
     // The same query as the CLI gives the same ids in the same order.
     let cli: Value = serde_json::from_str(&graftdb(&[
         "query", db.to_str().unwrap(), "--space", "tiny", "--text", "a lake", "--model", &tiny(), "--bbox", "-106,40,-105,41", "-k", "5", "--format", "json",

@@ -55,7 +55,7 @@ pub fn print(out: &mut dyn Write, f: Format, hits: &[Hit]) -> Result<()> {
 /// The plan in one line.
 pub fn explain_line(e: &Explain) -> String {
     format!(
-        "plan: path={} rows={} estimate={} ranges={} tested={} matched={} exact_threshold={} unindexed={} f32_reads={} partitions={} time={}us",
+        "plan: path={} rows={} estimate={} ranges={} tested={} matched={} exact_threshold={} unindexed={} f32_reads={} sketch_skips={} partitions={} time={}us",
         e.path.as_str(),
         e.rows,
         e.estimate,
@@ -65,6 +65,7 @@ pub fn explain_line(e: &Explain) -> String {
         e.exact_threshold,
         e.unindexed,
         e.rescored,
+        e.sketched,
         e.partitions,
         e.micros
     )

@@ -83,7 +83,7 @@ async fn query(State(state): State<Arc<AppState>>, body: Result<Bytes, BytesReje
         let e = &res.explain;
         let explain = json!({"path": e.path.as_str(), "rows": e.rows, "estimate": e.estimate, "ranges": e.ranges, "tested": e.tested,
                              "matched": e.matched, "exact_threshold": e.exact_threshold, "unindexed": e.unindexed,
-                             "f32_reads": e.rescored, "partitions": e.partitions, "micros": e.micros});
+                             "f32_reads": e.rescored, "sketch_skips": e.sketched, "partitions": e.partitions, "micros": e.micros});
         Ok(Json(match planned.format {
             Format::Json => json!({"hits": crate::json::hits_json(&res.hits), "explain": explain}),
             Format::Geojson => {
