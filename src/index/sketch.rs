@@ -143,34 +143,14 @@ pub fn build(grids: &[u8], rows: usize, per: usize, dim: usize, threads: usize) 
     if rows == 0 || grid_bytes == 0 || grids.len() < rows * grid_bytes {
         return Vec::new();
     }
-    let sk = row_bytes(per, dim);
-    let mut out = vec![0u8; rows * sk];
-    let fill = move |dst: &mut [u8], src: &[u8]| {
-        let mut buf = Vec::with_capacity(sk);
-        for (d, grid) in dst.chunks_exact_mut(sk).zip(src.chunks_exact(grid_bytes)) {
-            buf.clear();
-            for p in 0..per {
-                let (codes, scale) = crate::store::codec::patch_codes(grid, dim, p).unwrap_or((&[], 0.0));
-                push(codes, scale, &mut buf);
-            }
-            push_summary(grid, per, dim, &mut buf);
-            if buf.len() == d.len() {
-                d.copy_from_slice(&buf);
-            }
+    build_each(rows, row_bytes(per, dim), threads, |row, buf| {
+        let grid = &grids[row * grid_bytes..(row + 1) * grid_bytes];
+        for p in 0..per {
+            let (codes, scale) = crate::store::codec::patch_codes(grid, dim, p).unwrap_or((&[], 0.0));
+            push(codes, scale, buf);
         }
-    };
-    let threads = threads.clamp(1, rows);
-    if threads == 1 {
-        fill(&mut out, grids);
-        return out;
-    }
-    let chunk = rows.div_ceil(threads);
-    std::thread::scope(|s| {
-        for (dst, src) in out.chunks_mut(chunk * sk).zip(grids.chunks(chunk * grid_bytes)) {
-            s.spawn(move || fill(dst, src));
-        }
-    });
-    out
+        push_summary(grid, per, dim, buf);
+    })
 }
 
 /// The sketches of `rows` image-level rows (`dim` i8 codes each, one scale a row), one
@@ -180,23 +160,34 @@ pub fn build_rows(codes: &[i8], scales: &[f32], rows: usize, dim: usize, threads
     if rows == 0 || dim == 0 || codes.len() < rows * dim || scales.len() < rows {
         return Vec::new();
     }
-    let rb = record_bytes(dim);
+    build_each(rows, record_bytes(dim), threads, |row, buf| push(&codes[row * dim..(row + 1) * dim], scales[row], buf))
+}
+
+/// `rows` rows of `rb` bytes each, row `i` written by `write(i, buf)` into an empty `buf`
+/// (a row whose bytes come out at another length stays zero), in contiguous runs of rows on
+/// up to `threads` threads (on the calling thread when one).
+fn build_each(rows: usize, rb: usize, threads: usize, write: impl Fn(usize, &mut Vec<u8>) + Sync) -> Vec<u8> {
     let mut out = vec![0u8; rows * rb];
-    let fill = move |dst: &mut [u8], codes: &[i8], scales: &[f32]| {
+    let fill = |first: usize, dst: &mut [u8]| {
         let mut buf = Vec::with_capacity(rb);
-        for ((d, c), &sc) in dst.chunks_exact_mut(rb).zip(codes.chunks_exact(dim)).zip(scales) {
+        for (j, d) in dst.chunks_exact_mut(rb).enumerate() {
             buf.clear();
-            push(c, sc, &mut buf);
+            write(first + j, &mut buf);
             if buf.len() == d.len() {
                 d.copy_from_slice(&buf);
             }
         }
     };
-    let threads = threads.clamp(1, rows);
+    let threads = threads.clamp(1, rows.max(1));
+    if threads == 1 {
+        fill(0, &mut out);
+        return out;
+    }
     let chunk = rows.div_ceil(threads);
     std::thread::scope(|s| {
-        for ((dst, c), sc) in out.chunks_mut(chunk * rb).zip(codes.chunks(chunk * dim)).zip(scales.chunks(chunk)) {
-            s.spawn(move || fill(dst, c, sc));
+        for (c, dst) in out.chunks_mut(chunk * rb).enumerate() {
+            let fill = &fill;
+            s.spawn(move || fill(c * chunk, dst));
         }
     });
     out
