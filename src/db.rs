@@ -709,12 +709,18 @@ impl Db {
         self.install(h, s, seg, last)
     }
 
-    fn install(&self, h: &SpaceHandle, s: &mut SpaceIndex, mut seg: Segment, seq: u64) -> Result<()> {
+    /// Build the sketches `seg` lacks, as its space keeps them: patch sketches and tile
+    /// summaries at the patch level, row sketches in image-level `cos`/`ip` spaces.
+    fn build_sketches(&self, h: &SpaceHandle, seg: &mut Segment) {
         if h.is_patch() {
             seg.build_sketches(h.per(), h.def.dim as usize, self.opts.threads);
         } else if row_sketches(&h.def) {
             seg.build_row_sketches(self.opts.threads);
         }
+    }
+
+    fn install(&self, h: &SpaceHandle, s: &mut SpaceIndex, mut seg: Segment, seq: u64) -> Result<()> {
+        self.build_sketches(h, &mut seg);
         let graph = match (self.wants_graph(h, seg.len()), h.is_patch()) {
             (false, _) => None,
             (true, false) => Some(hnsw::build(&seg, h.def.dim as usize, h.def.metric, self.opts.threads)?),
@@ -801,13 +807,9 @@ impl Db {
     /// current one, under the names the manifest already gives them (temporary file, fsync,
     /// rename: a reader that mapped the old file keeps it until it lets go).
     fn rewrite_format(&self, h: &SpaceHandle, s: &mut SpaceIndex) -> Result<()> {
-        if h.is_patch() {
-            // Version 3 snapshots hold no patch sketches.
-            s.base.build_sketches(h.per(), h.def.dim as usize, self.opts.threads);
-        } else if row_sketches(&h.def) {
-            // Version 4 image-level snapshots hold no row sketches.
-            s.base.build_row_sketches(self.opts.threads);
-        }
+        // Version 3 snapshots hold no patch sketches, version 4 image-level ones no row
+        // sketches.
+        self.build_sketches(h, &mut s.base);
         if self.opts.persist_index {
             let m = self.read_manifest(h.def.number)?;
             let dir = self.dir.join(INDEX_DIR);
@@ -889,11 +891,7 @@ impl Db {
             }
             if !s.base.sketch.is_empty() {
                 // The delta's sketches only: the merge copies the base's with their rows.
-                if h.is_patch() {
-                    s.delta.build_sketches(h.per(), h.def.dim as usize, self.opts.threads);
-                } else {
-                    s.delta.build_row_sketches(self.opts.threads);
-                }
+                self.build_sketches(&h, &mut s.delta);
             }
             let merged = arena::merge(&s.base, &s.delta, h.is_patch());
             let seq = s.applied;
