@@ -550,41 +550,42 @@ impl ScanCounts {
 /// Offer every row of segment `sn` of `segs` in `rows` that passes the whole filter.
 fn scan_exact(segs: [&Segment; 2], sn: u8, rows: &[Range<usize>], m: &Matcher<'_>, sc: &mut Scorer<'_>, ex: &mut ScanCounts) {
     let seg = segs[usize::from(sn).min(1)];
-    if let Some(sq) = sketch_query(seg, sc, rows.iter().map(|r| r.len()).sum()) {
-        let (keys, metas): (&[u64], _) = (&seg.keys, seg.metas());
-        let mut passing = Vec::new();
-        for r in rows {
-            for i in r.clone() {
-                let (Some(&key), Some(meta)) = (keys.get(i), metas.get(i)) else { continue };
-                ex.tested += 1;
-                if m.matches(key, &meta) {
-                    passing.push(i as u32);
-                }
-            }
-        }
-        ex.matched += passing.len() as u64;
-        return scan_sketched(segs, sn, &passing, sc, &sq, ex);
-    }
-    let (tested, matched) = (&mut ex.tested, &mut ex.matched);
     let (keys, metas): (&[u64], _) = (&seg.keys, seg.metas());
+    let sketch = sketch_query(seg, sc, rows.iter().map(|r| r.len()).sum());
     // Two passes per row range, as in `scan_parts`: the filter fields, then the passing rows'
-    // codes, each prefetched a few passing rows ahead.
-    let mut passing: Vec<(usize, u64)> = Vec::new();
+    // codes, each prefetched a few passing rows ahead. With sketches the second pass waits
+    // for the rows of every range (`scan_sketched`).
+    let mut passing: Vec<u32> = Vec::new();
     for r in rows {
-        passing.clear();
+        if sketch.is_none() {
+            passing.clear();
+        }
         for i in r.clone() {
             let (Some(&key), Some(meta)) = (keys.get(i), metas.get(i)) else { continue };
-            *tested += 1;
+            ex.tested += 1;
             if m.matches(key, &meta) {
-                passing.push((i, key));
+                passing.push(i as u32);
+                ex.matched += 1;
             }
         }
-        *matched += passing.len() as u64;
-        for (n, &(i, key)) in passing.iter().enumerate() {
-            if let Some(&(ahead, _)) = passing.get(n + PREFETCH_ROWS) {
-                seg.prefetch_codes(ahead);
-            }
-            sc.offer(seg, sn, i, key);
+        if sketch.is_none() {
+            offer_rows(seg, sn, &passing, sc);
+        }
+    }
+    if let Some(sq) = sketch {
+        scan_sketched(segs, sn, &passing, sc, &sq, ex);
+    }
+}
+
+/// Offer rows `rows` of segment `sn` (`seg`), which passed the filter, prefetching each
+/// row's codes a few rows ahead.
+fn offer_rows(seg: &Segment, sn: u8, rows: &[u32], sc: &mut Scorer<'_>) {
+    for (n, &i) in rows.iter().enumerate() {
+        if let Some(&ahead) = rows.get(n + PREFETCH_ROWS) {
+            seg.prefetch_codes(ahead as usize);
+        }
+        if let Some(&key) = seg.keys.get(i as usize) {
+            sc.offer(seg, sn, i as usize, key);
         }
     }
 }
@@ -616,36 +617,19 @@ const SKETCH_SEED: usize = 64;
 /// The answer is the plain scan's: a row skipped here scores below a k-th score already held.
 fn scan_sketched(segs: [&Segment; 2], sn: u8, passing: &[u32], sc: &mut Scorer<'_>, sq: &SketchQuery, ex: &mut ScanCounts) {
     let seg = segs[usize::from(sn).min(1)];
-    let keys: &[u64] = &seg.keys;
     let mut bounded: Vec<(f32, u32)> = Vec::new();
     sq.row_bounds(&seg.sketch, &seg.qres, passing, &mut bounded);
     let seed = SKETCH_SEED.max(4 * sc.top.capacity()).min(bounded.len());
     if seed < bounded.len() {
         bounded.select_nth_unstable_by(seed, |a, b| b.0.total_cmp(&a.0));
     }
-    let offer = |sc: &mut Scorer<'_>, list: &[(f32, u32)]| {
-        for (n, &(_, i)) in list.iter().enumerate() {
-            if let Some(&(_, ahead)) = list.get(n + PREFETCH_ROWS) {
-                seg.prefetch_codes(ahead as usize);
-            }
-            if let Some(&key) = keys.get(i as usize) {
-                sc.offer(seg, sn, i as usize, key);
-            }
-        }
-    };
-    let (first, rest) = bounded.split_at_mut(seed);
-    offer(sc, first);
+    let first: Vec<u32> = bounded[..seed].iter().map(|b| b.1).collect();
+    offer_rows(seg, sn, &first, sc);
     sc.settle(segs);
     let t = sc.top.threshold();
-    let mut kept = 0;
-    for j in 0..rest.len() {
-        if rest[j].0 >= t {
-            rest[kept] = rest[j];
-            kept += 1;
-        }
-    }
-    ex.sketched += (rest.len() - kept) as u64;
-    offer(sc, &rest[..kept]);
+    let rest: Vec<u32> = bounded[seed..].iter().filter(|b| b.0 >= t).map(|b| b.1).collect();
+    ex.sketched += (bounded.len() - seed - rest.len()) as u64;
+    offer_rows(seg, sn, &rest, sc);
 }
 
 /// Score one row's vector and keep it if it makes the top k.
@@ -661,27 +645,22 @@ fn score_row(def: &SpaceDef, q: &[f32], v: &[f32], key: u64, top: &mut TopK<()>)
 fn scan_rows(segs: [&Segment; 2], rows: &[u32], m: &Matcher<'_>, sc: &mut Scorer<'_>, ex: &mut ScanCounts) {
     let seg = segs[0];
     let (keys, metas): (&[u64], _) = (&seg.keys, seg.metas());
+    // Counted rows passed `quick`; only a tile's footprint is left to test.
+    let passes = |i: usize| match (keys.get(i), metas.get(i)) {
+        (Some(&key), Some(meta)) => !m.needs_footprint(&meta) || m.footprint_ok(key),
+        _ => false,
+    };
     if let Some(sq) = sketch_query(seg, sc, rows.len()) {
-        let passing: Vec<u32> = rows
-            .iter()
-            .copied()
-            .filter(|&r| match (keys.get(r as usize), metas.get(r as usize)) {
-                (Some(&key), Some(meta)) => !m.needs_footprint(&meta) || m.footprint_ok(key),
-                _ => false,
-            })
-            .collect();
+        let passing: Vec<u32> = rows.iter().copied().filter(|&r| passes(r as usize)).collect();
         ex.matched += passing.len() as u64;
         return scan_sketched(segs, 0, &passing, sc, &sq, ex);
     }
-    let matched = &mut ex.matched;
     for &r in rows {
         let i = r as usize;
-        let (Some(&key), Some(meta)) = (keys.get(i), metas.get(i)) else { continue };
-        if m.needs_footprint(&meta) && !m.footprint_ok(key) {
-            continue;
+        if let (true, Some(&key)) = (passes(i), keys.get(i)) {
+            ex.matched += 1;
+            sc.offer(seg, 0, i, key);
         }
-        *matched += 1;
-        sc.offer(seg, 0, i, key);
     }
 }
 
