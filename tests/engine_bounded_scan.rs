@@ -7,6 +7,8 @@
 //! (That a row's sketch bound covers its f32 score and not only its codes' is a unit test in
 //! `src/index/sketch.rs`.)
 
+#[path = "support/index_files.rs"]
+mod index_files;
 #[path = "support/records.rs"]
 mod records;
 
@@ -145,11 +147,7 @@ fn row_sketches_rule_out_other_clusters_and_keep_the_answer() {
     let db = Db::open_with(&path, Options { hnsw_min_rows: usize::MAX, ..Options::default() }).unwrap();
     assert_eq!(db.check().unwrap(), Vec::<String>::new());
     drop(db);
-    let arena = std::fs::read_dir(path.join("index")).unwrap().map(|e| e.unwrap().path()).find(|p| p.extension().is_some_and(|e| e == "arena")).unwrap();
-    let mut bytes = std::fs::read(&arena).unwrap();
-    let at = bytes.len() - 12;
-    bytes[at] ^= 0x40;
-    std::fs::write(&arena, &bytes).unwrap();
+    index_files::flip_arena_byte(&path, 12, 0x40);
     let db = Db::open_with(&path, Options { hnsw_min_rows: usize::MAX, ..Options::default() }).unwrap();
     let problems = db.check().unwrap();
     assert!(problems.iter().any(|p| p.contains("sketch of row 5999")), "{problems:?}");

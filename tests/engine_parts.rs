@@ -3,8 +3,12 @@
 //! way to another path when pruning fails, and must survive a reopen (the partitions file)
 //! and rows added after the checkpoint (the delta).
 
+#[path = "support/index_files.rs"]
+mod index_files;
 #[path = "support/records.rs"]
 mod records;
+
+use index_files::index_files;
 
 use graftdb::geo::{Filter, Region};
 use graftdb::{Db, Level, Metric, Options, PlanPath, Query, Record, RecordId};
@@ -142,7 +146,7 @@ fn check_catches_a_partitions_copy_that_disagrees_with_the_snapshot() {
         let db = checkpointed(&d, &path, options());
         assert_eq!(db.check().unwrap(), Vec::<String>::new());
     }
-    let parts: Vec<_> = std::fs::read_dir(path.join("index")).unwrap().filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "parts")).collect();
+    let parts = index_files(&path, "parts");
     assert_eq!(parts.len(), 1, "one partitions file after the checkpoint");
     // The file ends with the kind byte of its last position: make it no kind at all.
     let mut b = std::fs::read(&parts[0]).unwrap();
@@ -151,13 +155,6 @@ fn check_catches_a_partitions_copy_that_disagrees_with_the_snapshot() {
     let db = Db::open_with(&path, options()).unwrap();
     let problems = db.check().unwrap();
     assert!(problems.iter().any(|p| p.contains("partition position")), "check missed the damaged copy: {problems:?}");
-}
-
-/// The index files of a checkpointed database with the given extension.
-fn index_files(path: &std::path::Path, ext: &str) -> Vec<std::path::PathBuf> {
-    let mut v: Vec<_> = std::fs::read_dir(path.join("index")).unwrap().filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == ext)).collect();
-    v.sort();
-    v
 }
 
 /// A version 3 partitions file of `np` partitions in the layout of versions 1 and 2: the

@@ -2,6 +2,9 @@
 //! region query returns the best patches with their tile id, row, column and footprint.
 //! The reference is brute force over the original f32 grids.
 
+#[path = "support/index_files.rs"]
+mod index_files;
+
 use graftdb::query::patch_footprint;
 use graftdb::{Db, Filter, Level, Metric, PixelRef, PlanPath, Query, Record, RecordId, Region, Tile};
 use rand::{Rng, SeedableRng};
@@ -223,7 +226,7 @@ fn patch_partitions_that_do_not_prune_are_not_kept() {
     let opts = graftdb::Options { hnsw_min_rows: 2_000, ..graftdb::Options::default() };
     let mut rng = rand::rngs::StdRng::seed_from_u64(41);
     let centres = clustered_patch_db(&path, &opts, 120, 12, 3, &mut rng);
-    let manifest = std::fs::read_dir(path.join("index")).unwrap().map(|e| e.unwrap().path()).find(|p| p.extension().is_some_and(|e| e == "json")).unwrap();
+    let manifest = index_files::index_files(&path, "json").into_iter().next().unwrap();
     let text = std::fs::read_to_string(&manifest).unwrap();
     let m: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert!(m["parts_declined"] == true && m["parts"].is_null(), "{text}");
@@ -374,11 +377,7 @@ fn sketched_tile_scan_equals_scoring_every_stored_patch() {
     // (the end of the snapshot file) is reported.
     assert_eq!(db.check().unwrap(), Vec::<String>::new());
     drop(db);
-    let arena = std::fs::read_dir(path.join("index")).unwrap().map(|e| e.unwrap().path()).find(|p| p.extension().is_some_and(|e| e == "arena")).unwrap();
-    let mut bytes = std::fs::read(&arena).unwrap();
-    let at = bytes.len() - 100;
-    bytes[at] ^= 0x40;
-    std::fs::write(&arena, &bytes).unwrap();
+    index_files::flip_arena_byte(&path, 100, 0x40);
     let db = Db::open_with(&path, graftdb::Options { hnsw_min_rows: usize::MAX, partitions: false, ..graftdb::Options::default() }).unwrap();
     let problems = db.check().unwrap();
     assert!(problems.iter().any(|p| p.contains("patch sketches of row 63")), "{problems:?}");
