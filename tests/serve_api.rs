@@ -109,6 +109,11 @@ fn api_answers_and_refuses_bad_input() {
     assert_eq!(fc["features"][0]["geometry"]["type"], "Polygon");
     assert!(fc["features"][0]["properties"]["patch"]["row"].is_u64(), "{fc}");
     assert_eq!(fc["explain"]["path"], "patch-exact");
+    // A cap on the tiles visited is taken (its semantics: tests/engine_patch.rs).
+    let r = post_json(a, "/query", &json!({"text": "a glacier", "level": "patch", "k": 7, "max_tiles": 2}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["hits"].as_array().unwrap().len(), 7);
+    assert!(["patch-exact", "patch-probe"].contains(&r.json()["explain"]["path"].as_str().unwrap()), "{}", r.text());
 
     // like (an id typed as text) leaves the record out; vector; near/radius; geohash; time.
     let first = hits[0]["id"].as_str().unwrap().to_string();
@@ -161,6 +166,8 @@ fn api_answers_and_refuses_bad_input() {
     refused(&post_json(a, "/query", &json!({"text": "x", "k": 1_000_000})), 400, "k");
     refused(&post_json(a, "/query", &json!({"text": "x", "k": -1})), 400, "k");
     refused(&post_json(a, "/query", &json!({"text": "x", "k": "ten"})), 400, "k");
+    refused(&post_json(a, "/query", &json!({"text": "x", "level": "patch", "max_tiles": 0})), 400, "max_tiles");
+    refused(&post_json(a, "/query", &json!({"text": "x", "level": "patch", "max_tiles": -3})), 400, "max_tiles");
     refused(&post_json(a, "/query", &json!({"text": "x", "radius_km": 5})), 400, "radius_km");
     refused(&post_json(a, "/query", &json!({"text": "x", "from": "2021-02-01", "to": "2021-01-01"})), 400, "from");
     refused(&post_json(a, "/query", &json!({"text": "x", "to": "someday"})), 400, "to");

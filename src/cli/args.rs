@@ -315,6 +315,10 @@ pub struct QueryArgs {
     /// Scan exactly, never the graph.
     #[arg(long)]
     pub exact: bool,
+    /// Patch level: answer from at most N tiles, those whose mean patch scores best
+    /// (approximate; faster over many tiles).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_tiles: Option<u64>,
     /// Print the plan to stderr.
     #[arg(long)]
     pub explain: bool,

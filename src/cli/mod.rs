@@ -189,7 +189,7 @@ fn query(q: &QueryArgs, out: &mut dyn Write) -> Result<()> {
     let (vectors, leave_out) = query_vectors(q, &db, &def)?;
     let batch = q.vectors.is_some();
     for v in vectors {
-        let query = Query::new(&q.space, v, q.k).filter(filter.clone()).exact(q.exact);
+        let query = Query::new(&q.space, v, q.k).filter(filter.clone()).exact(q.exact).max_tiles(q.max_tiles.map(|n| n as usize));
         let res = spec::search_leaving_out(&db, query, leave_out)?;
         if batch {
             writeln!(out, "{}", serde_json::to_string(&output::hits_json(&res.hits))?)?;

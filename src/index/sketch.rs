@@ -56,11 +56,18 @@ pub fn split_row(row: &[u8], per: usize, dim: usize) -> Option<(&[u8], &[u8])> {
 /// the module docs), for a query with `‖q‖₂ ≤ norm`.
 #[inline]
 pub fn tile_bound(q: &[f32], norm: f32, summary: &[u8]) -> f32 {
+    tile_score(q, norm, summary).1
+}
+
+/// The score of the tile's mean patch and [`tile_bound`]; `(+∞, +∞)` for a malformed summary.
+#[inline]
+pub fn tile_score(q: &[f32], norm: f32, summary: &[u8]) -> (f32, f32) {
     let dim = q.len();
-    let Some((codes, scale)) = crate::store::codec::patch_codes(summary, dim, 0) else { return f32::INFINITY };
-    let Some(r) = summary.get(summary_bytes(dim) - 4..summary_bytes(dim)).and_then(|b| b.try_into().ok()).map(f32::from_le_bytes) else { return f32::INFINITY };
-    let b = crate::store::codec::patch_score(q, codes, scale) + norm * r;
-    b + 1e-4 * (1.0 + b.abs())
+    let Some((codes, scale)) = crate::store::codec::patch_codes(summary, dim, 0) else { return (f32::INFINITY, f32::INFINITY) };
+    let Some(r) = summary.get(summary_bytes(dim) - 4..summary_bytes(dim)).and_then(|b| b.try_into().ok()).map(f32::from_le_bytes) else { return (f32::INFINITY, f32::INFINITY) };
+    let mean = crate::store::codec::patch_score(q, codes, scale);
+    let b = mean + norm * r;
+    (mean, b + 1e-4 * (1.0 + b.abs()))
 }
 
 /// Append the summary of one tile's grid (`per` patches of `dim`) to `out`.

@@ -56,12 +56,15 @@ pub struct Query {
     pub filter: Filter,
     /// Force the exact path.
     pub exact: bool,
+    /// Patch level: visit at most this many tiles, best first by their mean patch's score
+    /// (an approximate answer; see [`Query::max_tiles`]).
+    pub max_tiles: Option<usize>,
 }
 
 impl Query {
     /// A query with no filter.
     pub fn new(space: &str, vector: Vec<f32>, k: usize) -> Self {
-        Query { space: space.into(), vector, k, filter: Filter::default(), exact: false }
+        Query { space: space.into(), vector, k, filter: Filter::default(), exact: false, max_tiles: None }
     }
     /// Set the filter.
     pub fn filter(mut self, f: Filter) -> Self {
@@ -71,6 +74,18 @@ impl Query {
     /// Force the exact path.
     pub fn exact(mut self, yes: bool) -> Self {
         self.exact = yes;
+        self
+    }
+    /// Patch level: answer from at most `n` tiles of the region, those whose mean patch
+    /// scores best against the query (from the tile summaries kept with the patch sketches),
+    /// instead of the planner's exact tile scan or graph walk. Tiles whose bound cannot reach
+    /// the k-th score are skipped, and when every tile the cap left out is ruled out by its
+    /// bound the answer is exact on the stored codes (path `patch-exact`), else approximate
+    /// (path `patch-probe`). Recall depends on how closely a tile's patches gather around
+    /// their mean: a patch unlike the rest of its tile ranks its tile low. Ignored at the
+    /// image level, with [`Query::exact`], and where the snapshot has no sketches.
+    pub fn max_tiles(mut self, n: Option<usize>) -> Self {
+        self.max_tiles = n;
         self
     }
 }
@@ -128,6 +143,9 @@ pub enum PlanPath {
     PatchParts,
     /// (Filtered) HNSW over the patches, re-scored from their codes.
     PatchHnsw,
+    /// The tile scan cut at [`Query::max_tiles`] tiles, best mean first, with tiles left
+    /// out that might have held better patches: approximate.
+    PatchProbe,
     /// Exact scan of the cone partitions whose bound reaches the k-th score.
     Parts,
 }
@@ -142,6 +160,7 @@ impl PlanPath {
             PlanPath::PatchExact => "patch-exact",
             PlanPath::PatchParts => "patch-parts",
             PlanPath::PatchHnsw => "patch-hnsw",
+            PlanPath::PatchProbe => "patch-probe",
             PlanPath::Parts => "parts",
         }
     }
@@ -897,13 +916,18 @@ impl<'m, 'a> PatchTest<'m, 'a> {
                 if !m.quick(meta) {
                     return None;
                 }
+                // A tile whose box lies inside every region is inside whole (its footprint
+                // lies in its box): no need to read the footprint from the store.
+                let b = meta.bbox;
+                let inside = m.filter.regions.iter().all(|r| [(b[0], b[1]), (b[0], b[3]), (b[2], b[1]), (b[2], b[3])].iter().all(|&(x, y)| r.contains_point(x, y)) && !matches!(r, Region::Polygon(_)));
+                if inside {
+                    return Some(None);
+                }
                 let ring = footprint(m.recs, key)?;
                 if !m.filter.regions.iter().all(|r| r.intersects_ring(&ring)) {
                     return None;
                 }
-                let b = meta.bbox;
-                let inside = m.filter.regions.iter().all(|r| [(b[0], b[1]), (b[0], b[3]), (b[2], b[1]), (b[2], b[3])].iter().all(|&(x, y)| r.contains_point(x, y)) && !matches!(r, Region::Polygon(_)));
-                Some(if inside { None } else { Some(ring) })
+                Some(Some(ring))
             })
             .as_ref()
     }
@@ -935,7 +959,7 @@ fn run_patch(def: &SpaceDef, st: &SpaceIndex, cand: &Rows, m: &Matcher<'_>, qv: 
     let mut test = PatchTest::new(m, rows, cols);
     // Tiles not yet indexed first: their scores raise the k-th score the partitions must beat.
     let bound = Bound::new(qv);
-    scan_patch_tiles(&st.delta, &cand.delta, &mut test, dim, n, qv, &bound, None, &mut top, ex);
+    scan_patch_tiles(&st.delta, &cand.delta, &mut test, dim, n, qv, &bound, None, None, &mut top, ex);
     // What a path that gives up starts over from: its partial answer may hold base patches
     // the next path finds again.
     let delta_top = top.clone();
@@ -978,8 +1002,17 @@ fn run_patch(def: &SpaceDef, st: &SpaceIndex, cand: &Rows, m: &Matcher<'_>, qv: 
     let parts = st.parts.as_ref().filter(|p| {
         opts.partitions && indexed && p.per() == n && p.rows_total() == st.base.len() * n && items >= PATCH_PARTS_MIN * (p.rows_total() / p.len().max(1)) as u64 && items as f64 >= min_fraction * p.rows_total() as f64
     });
+    // A cap on the tiles visited (`Query::max_tiles`) replaces the planner's choice: the
+    // tile scan, best mean patch first, answers alone.
+    let cap = q.max_tiles.filter(|_| indexed && sketch.is_some());
     let mut done = false;
-    if let Some(p) = parts {
+    if let Some(cap) = cap {
+        if scan_patch_tiles(&st.base, &cand.base, &mut test, dim, n, qv, &bound, sketch.as_ref(), Some(cap), &mut top, ex) {
+            ex.path = PlanPath::PatchProbe;
+        }
+        done = true;
+    }
+    if let (false, Some(p)) = (done, parts) {
         // A visited position costs a filter test and, when it passes, a score read out of
         // order; the partitions may spend what the tile scan would, or one graph walk.
         let alt = walk_plan.map_or(scan_cost, |(_, w)| scan_cost.min(PATCH_GRAPH_PREMIUM * w));
@@ -1003,7 +1036,7 @@ fn run_patch(def: &SpaceDef, st: &SpaceIndex, cand: &Rows, m: &Matcher<'_>, qv: 
         }
     }
     if !done {
-        scan_patch_tiles(&st.base, &cand.base, &mut test, dim, n, qv, &bound, sketch.as_ref(), &mut top, ex);
+        scan_patch_tiles(&st.base, &cand.base, &mut test, dim, n, qv, &bound, sketch.as_ref(), None, &mut top, ex);
     }
     let mut out = Vec::new();
     for s in top.into_sorted() {
@@ -1102,15 +1135,24 @@ fn search_patch_graph(g: &usearch::Index, st: &SpaceIndex, test: &mut PatchTest<
 ///
 /// With sketches, tiles are visited best tile bound first ([`sketch::tile_bound`]), so the
 /// k-th score rises at once, and the scan stops at the first tile whose bound is below it.
+/// With a `cap` ([`Query::max_tiles`]) they are visited best mean patch first instead, at
+/// most `cap` of them, skipping those whose bound is below the k-th score. Returns whether
+/// the cap left out a tile whose bound reached the final k-th score (the answer is then
+/// approximate).
 #[allow(clippy::too_many_arguments)]
-fn scan_patch_tiles(seg: &Segment, rows: &[Range<usize>], test: &mut PatchTest<'_, '_>, dim: usize, n: usize, q: &[f32], bound: &Bound, sketch: Option<&SketchQuery>, top: &mut TopK<u32>, ex: &mut Explain) {
+fn scan_patch_tiles(seg: &Segment, rows: &[Range<usize>], test: &mut PatchTest<'_, '_>, dim: usize, n: usize, q: &[f32], bound: &Bound, sketch: Option<&SketchQuery>, cap: Option<usize>, top: &mut TopK<u32>, ex: &mut Explain) -> bool {
     let mut tiles = TileScan { seg, dim, n, q, bound, stride: codec::patch_stride(dim), reach: Vec::with_capacity(n), plain: 0, read: 0 };
     let sketch = sketch.filter(|_| !seg.sketch.is_empty());
-    // With sketches: the matching tiles, each with its tile bound and whether it is on the
-    // region's edge; without, each tile is scored as it is found.
-    let mut order: Vec<(f32, usize, bool)> = Vec::new();
+    // With sketches: the matching tiles, each with the key they are visited by, its tile
+    // bound and whether it is on the region's edge; without, each tile is scored as it is found.
+    let mut order: Vec<(f32, f32, usize, bool)> = Vec::new();
+    // The summaries lie a tile's sketches apart: fetch a few tiles ahead.
+    let summary = |i: usize| sketch::split_row(seg.sketches(i), n, dim).map(|(_, sum)| sum);
     for r in rows {
         for i in r.clone() {
+            if sketch.is_some() && i + PREFETCH_TILES < r.end {
+                scan::prefetch(summary(i + PREFETCH_TILES).unwrap_or(&[]));
+            }
             let (Some(&key), Some(meta)) = (seg.keys.get(i), seg.meta(i)) else { continue };
             ex.tested += 1;
             // The tile's verdict once; a tile on the region's edge tests each patch that scores.
@@ -1120,21 +1162,58 @@ fn scan_patch_tiles(seg: &Segment, rows: &[Range<usize>], test: &mut PatchTest<'
             };
             ex.matched += 1;
             match sketch {
-                Some(sq) => order.push((sketch::split_row(seg.sketches(i), n, dim).map_or(f32::INFINITY, |(_, sum)| sketch::tile_bound(q, sq.norm(), sum)), i, edge)),
+                Some(sq) => {
+                    let (mean, b) = summary(i).map_or((f32::INFINITY, f32::INFINITY), |sum| sketch::tile_score(q, sq.norm(), sum));
+                    order.push((if cap.is_some() { mean } else { b }, b, i, edge));
+                }
                 None => tiles.score(i, key, &meta, edge, None, test, top),
             }
         }
     }
-    order.sort_unstable_by(|a, b| b.0.total_cmp(&a.0));
-    for &(b, i, edge) in &order {
+    // Under a cap only the first few tiles are visited: order those, and the rest only if
+    // the scan gets there (tiles ruled out by their bound do not count against the cap).
+    let best = |a: &(f32, f32, usize, bool), b: &(f32, f32, usize, bool)| b.0.total_cmp(&a.0);
+    let mut sorted = match cap.map(|c| c.saturating_mul(CAP_SORTED)) {
+        Some(m) if m < order.len() => {
+            order.select_nth_unstable_by(m, best);
+            m
+        }
+        _ => order.len(),
+    };
+    order[..sorted].sort_unstable_by(best);
+    let mut left = cap.unwrap_or(usize::MAX);
+    let mut cut = false;
+    for j in 0..order.len() {
+        if j == sorted {
+            order[sorted..].sort_unstable_by(best);
+            sorted = order.len();
+        }
+        let (_, b, i, edge) = order[j];
         if b < top.threshold() {
+            if cap.is_none() {
+                break;
+            }
+            continue;
+        }
+        if left == 0 {
+            let t = top.threshold();
+            cut = order[j..].iter().any(|o| o.1 >= t);
             break;
         }
+        left -= 1;
         let (Some(&key), Some(meta)) = (seg.keys.get(i), seg.meta(i)) else { continue };
         tiles.score(i, key, &meta, edge, sketch, test, top);
     }
     ex.rescored += tiles.read;
+    cut
 }
+
+/// Under a cap of `c` tiles, the tile scan sorts the `CAP_SORTED × c` best tiles first.
+const CAP_SORTED: usize = 4;
+
+/// How many tiles ahead the tile scan fetches a tile's summary (measured on the peers' 10k
+/// tiles, all of them: without it the pass over the summaries stalls on each one).
+const PREFETCH_TILES: usize = 8;
 
 /// The tile scan's state across tiles.
 struct TileScan<'s> {

@@ -70,6 +70,8 @@ pub fn document() -> Value {
                 "level": {"enum": ["image", "patch"], "default": "image"},
                 "k": {"type": "integer", "minimum": 1, "maximum": d.max_k, "default": 10},
                 "exact": {"type": "boolean", "default": false},
+                "max_tiles": {"type": "integer", "minimum": 1,
+                              "description": "patch level: answer from at most this many tiles, best mean patch first (approximate)"},
                 "format": {"enum": ["json", "geojson"], "default": "json"}
             }}
         }}

@@ -63,6 +63,8 @@ pub struct QueryRequest {
     pub k: Option<u64>,
     /// Scan exactly, never the graph.
     pub exact: Option<bool>,
+    /// Patch level: answer from at most this many tiles, best mean patch first.
+    pub max_tiles: Option<u64>,
     /// `json` (default: hits and the plan) or `geojson` (a FeatureCollection).
     pub format: Option<String>,
 }
@@ -225,6 +227,10 @@ pub fn plan(req: &QueryRequest, cx: &Context<'_>) -> Result<Planned, ApiError> {
         let (v, key) = spec::like_vector(cx.db, &def, &id)?;
         (v, Some(key))
     };
-    let query = Query::new(&def.name, vector, k as usize).filter(filter).exact(req.exact.unwrap_or(false));
+    if req.max_tiles == Some(0) {
+        return Err(ApiError::bad("max_tiles", "must be at least 1"));
+    }
+    let max_tiles = req.max_tiles.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+    let query = Query::new(&def.name, vector, k as usize).filter(filter).exact(req.exact.unwrap_or(false)).max_tiles(max_tiles);
     Ok(Planned { query, leave_out, format })
 }

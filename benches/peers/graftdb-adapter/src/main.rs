@@ -222,18 +222,21 @@ fn patch_mode(data: &std::path::Path, work: &std::path::Path, out: &str) -> Resu
 }
 
 /// Time the patch queries on the database at `path` ([`timed_pass`]), at the beams of
-/// [`run_options`].
+/// [`run_options`], then under each cap of PEERS_GRAFT_TILES=N[,N...] (`Query::max_tiles`:
+/// at most N tiles visited, best mean patch first; engine `graftdb-tilesN`, OUT-tilesN.json).
 #[allow(clippy::too_many_arguments)]
 fn time_patch_queries(path: &std::path::Path, g: u16, dim: usize, qvecs: &[f32], qs: &[Value], k: usize, ingest_s: f64, build_s: f64, out: &str) -> Result<()> {
     const CHUNK: usize = 100;
     let per = usize::from(g) * usize::from(g);
     let disk = dir_bytes(path);
     let (base, beams) = run_options();
-    for ef in beams {
+    let caps = std::env::var("PEERS_GRAFT_TILES").unwrap_or_default().split(',').filter_map(|v| v.trim().parse().ok()).collect::<Vec<usize>>();
+    let runs = beams.into_iter().map(|ef| (ef, None)).chain(caps.into_iter().map(|c| (None, Some(c))));
+    for (ef, cap) in runs {
         let opts = graftdb::Options { ef_search: ef.unwrap_or(base.ef_search), ..base.clone() };
         let db = Db::open_with(path, opts.clone())?;
         let run = |qi: usize, q: &Value| {
-            search_once(&db, "patch", &qvecs[qi * dim..(qi + 1) * dim], k, q, |h| match (&h.id, &h.patch) {
+            search_once(&db, "patch", &qvecs[qi * dim..(qi + 1) * dim], k, q, cap, |h| match (&h.id, &h.patch) {
                 (RecordId::Int(i), Some(p)) => i * per as i64 + i64::from(p.row) * i64::from(g) + i64::from(p.col),
                 _ => -1,
             })
@@ -241,15 +244,23 @@ fn time_patch_queries(path: &std::path::Path, g: u16, dim: usize, qvecs: &[f32],
         let results = timed_pass(qs, run)?;
         eprintln!("graftdb: {} patch queries done", qs.len());
         let doc = json!({
-            "engine": if ef.is_some() { format!("graftdb-ef{}", opts.ef_search) } else { "graftdb".to_string() },
-            "mode": format!("library: patch space {g}×{g} (i8 codes + per-patch scale), put_patches in {CHUNK}-tile commits, checkpoint (patch partitions {}, patch graph M {}, ef_add {}); Db::search with Region::bbox (tiles by footprint, edge tiles patch by patch), ef_search {}/√selectivity{}", if opts.partitions { "on" } else { "off" }, graftdb::index::hnsw::PATCH_CONNECTIVITY, graftdb::index::hnsw::EXPANSION_ADD, opts.ef_search, sketch_note()),
+            "engine": match (ef, cap) {
+                (_, Some(c)) => format!("graftdb-tiles{c}"),
+                (Some(_), None) => format!("graftdb-ef{}", opts.ef_search),
+                (None, None) => "graftdb".to_string(),
+            },
+            "mode": format!("library: patch space {g}×{g} (i8 codes + per-patch scale), put_patches in {CHUNK}-tile commits, checkpoint (patch partitions {}, patch graph M {}, ef_add {}); Db::search with Region::bbox (tiles by footprint, edge tiles patch by patch), {}{}", if opts.partitions { "on" } else { "off" }, graftdb::index::hnsw::PATCH_CONNECTIVITY, graftdb::index::hnsw::EXPANSION_ADD, cap.map_or(format!("ef_search {}/√selectivity", opts.ef_search), |c| format!("max_tiles {c} (best mean patch first)")), sketch_note()),
             "ingest_s": ingest_s,
             "build_s": build_s,
             "disk_bytes": disk,
             "peak_rss_kb": proc_status("VmHWM:"),
             "results": results,
         });
-        std::fs::write(out_for(out, ef), serde_json::to_string(&doc)?)?;
+        let file = match cap {
+            Some(c) => out.replace(".json", &format!("-tiles{c}.json")),
+            None => out_for(out, ef),
+        };
+        std::fs::write(file, serde_json::to_string(&doc)?)?;
     }
     Ok(())
 }
@@ -348,9 +359,9 @@ fn out_for(out: &str, ef: Option<usize>) -> String {
 
 /// One query of `space` with `q`'s region, timed around `Db::search` alone: ms, the hits' ids
 /// as the dataset numbers them (`id`), the plan path and [estimate, tested, matched].
-fn search_once(db: &Db, space: &str, qv: &[f32], k: usize, q: &Value, id: impl Fn(&graftdb::Hit) -> i64) -> Result<(f64, Vec<i64>, String, [u64; 3])> {
+fn search_once(db: &Db, space: &str, qv: &[f32], k: usize, q: &Value, max_tiles: Option<usize>, id: impl Fn(&graftdb::Hit) -> i64) -> Result<(f64, Vec<i64>, String, [u64; 3])> {
     let filter = Filter { regions: region(q)?.into_iter().collect(), ..Default::default() };
-    let query = Query::new(space, qv.to_vec(), k).filter(filter);
+    let query = Query::new(space, qv.to_vec(), k).filter(filter).max_tiles(max_tiles);
     let t = Instant::now();
     let res = db.search(&query)?;
     let ms = t.elapsed().as_secs_f64() * 1e3;
@@ -398,7 +409,7 @@ fn time_queries(data: &std::path::Path, path: &std::path::Path, dim: usize, qvec
             sketch_note()
         );
         let db = Db::open_with(&path, opts)?;
-        let run = |qi: usize, q: &Value| search_once(&db, "clip", &qvecs[qi * dim..(qi + 1) * dim], k, q, |h| if let RecordId::Int(i) = h.id { i } else { -1 });
+        let run = |qi: usize, q: &Value| search_once(&db, "clip", &qvecs[qi * dim..(qi + 1) * dim], k, q, None, |h| if let RecordId::Int(i) = h.id { i } else { -1 });
         let results = timed_pass(qs, run)?;
         eprintln!("graftdb: {} queries done ({mode})", qs.len());
         docs.push((ef, mode, results));
