@@ -38,7 +38,7 @@ pub fn record_bytes(dim: usize) -> usize {
 }
 
 /// Bytes of a tile's summary.
-fn summary_bytes(dim: usize) -> usize {
+pub fn summary_bytes(dim: usize) -> usize {
     crate::store::codec::patch_stride(dim) + 4
 }
 
@@ -53,19 +53,20 @@ pub fn split_row(row: &[u8], per: usize, dim: usize) -> Option<(&[u8], &[u8])> {
 }
 
 /// An upper bound of the score of every patch of the tile whose summary is `summary` (see
-/// the module docs), for a query with `‖q‖₂ ≤ norm`.
+/// the module docs), for the query `bound` was made from, with `‖q‖₂ ≤ norm`.
 #[inline]
-pub fn tile_bound(q: &[f32], norm: f32, summary: &[u8]) -> f32 {
-    tile_score(q, norm, summary).1
+pub fn tile_bound(bound: &Bound, norm: f32, summary: &[u8]) -> f32 {
+    tile_score(bound, norm, summary).1
 }
 
-/// The score of the tile's mean patch and [`tile_bound`]; `(+∞, +∞)` for a malformed summary.
+/// An upper bound of the score of the tile's mean patch (from the query's i16 codes, see
+/// [`Bound::upper`]) and [`tile_bound`]; `(+∞, +∞)` for a malformed summary.
 #[inline]
-pub fn tile_score(q: &[f32], norm: f32, summary: &[u8]) -> (f32, f32) {
-    let dim = q.len();
+pub fn tile_score(bound: &Bound, norm: f32, summary: &[u8]) -> (f32, f32) {
+    let dim = bound.codes.len();
     let Some((codes, scale)) = crate::store::codec::patch_codes(summary, dim, 0) else { return (f32::INFINITY, f32::INFINITY) };
     let Some(r) = summary.get(summary_bytes(dim) - 4..summary_bytes(dim)).and_then(|b| b.try_into().ok()).map(f32::from_le_bytes) else { return (f32::INFINITY, f32::INFINITY) };
-    let mean = crate::store::codec::patch_score(q, codes, scale);
+    let mean = bound.upper(codes, scale, 0.0);
     let b = mean + norm * r;
     (mean, b + 1e-4 * (1.0 + b.abs()))
 }
@@ -626,16 +627,17 @@ mod tests {
             let row = build(&grid, 1, per, dim, 1);
             let (_, summary) = split_row(&row, per, dim).unwrap();
             let q: Vec<f32> = if trial % 2 == 0 { (0..dim).map(|_| rng.random_range(-1.0f32..1.0)).collect() } else { v[..dim].to_vec() };
-            let sq = SketchQuery::new(&q, &Bound::new(&q)).unwrap();
+            let qb = Bound::new(&q);
+            let sq = SketchQuery::new(&q, &qb).unwrap();
             let best = (0..per).map(|p| crate::store::codec::patch_dot(&grid, dim, p, &q).unwrap()).fold(f32::MIN, f32::max);
-            let b = tile_bound(&q, sq.norm(), summary);
+            let b = tile_bound(&qb, sq.norm(), summary);
             assert!(b >= best, "trial {trial}: tile bound {b} below its best patch {best}");
             let xmax = (0..per).map(|p| crate::store::codec::patch_decode(&grid, dim, p).unwrap().iter().map(|x| x * x).sum::<f32>().sqrt()).fold(0f32, f32::max);
             tighter += usize::from(b < 0.8 * sq.norm() * xmax);
             let mut no_r = summary.to_vec();
             let at = no_r.len() - 4;
             no_r[at..].copy_from_slice(&0f32.to_le_bytes());
-            broke |= tile_bound(&q, sq.norm(), &no_r) < best;
+            broke |= tile_bound(&qb, sq.norm(), &no_r) < best;
         }
         // The random half: a query unlike the tile is held well under the trivial bound.
         assert!(tighter >= 90, "tighter than Cauchy-Schwarz on only {tighter} of 200");

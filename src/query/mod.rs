@@ -1146,8 +1146,9 @@ fn scan_patch_tiles(seg: &Segment, rows: &[Range<usize>], test: &mut PatchTest<'
     // With sketches: the matching tiles, each with the key they are visited by, its tile
     // bound and whether it is on the region's edge; without, each tile is scored as it is found.
     let mut order: Vec<(f32, f32, usize, bool)> = Vec::new();
-    // The summaries lie a tile's sketches apart: fetch a few tiles ahead.
-    let summary = |i: usize| sketch::split_row(seg.sketches(i), n, dim).map(|(_, sum)| sum);
+    // The summaries side by side (gathered on first use): fetch a few tiles ahead, as the
+    // region's rows skip tiles.
+    let summary = |i: usize| seg.summary(i, n, dim);
     for r in rows {
         for i in r.clone() {
             if sketch.is_some() && i + PREFETCH_TILES < r.end {
@@ -1163,7 +1164,7 @@ fn scan_patch_tiles(seg: &Segment, rows: &[Range<usize>], test: &mut PatchTest<'
             ex.matched += 1;
             match sketch {
                 Some(sq) => {
-                    let (mean, b) = summary(i).map_or((f32::INFINITY, f32::INFINITY), |sum| sketch::tile_score(q, sq.norm(), sum));
+                    let (mean, b) = summary(i).map_or((f32::INFINITY, f32::INFINITY), |sum| sketch::tile_score(bound, sq.norm(), sum));
                     order.push((if cap.is_some() { mean } else { b }, b, i, edge));
                 }
                 None => tiles.score(i, key, &meta, edge, None, test, top),
