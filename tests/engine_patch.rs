@@ -459,6 +459,10 @@ fn capped_tile_scan_visits_the_best_tiles_first() {
     eprintln!("capped at 6 tiles: recall@10 {recall:.3}, {probes} of 40 queries cut short");
     assert!(recall >= 0.9, "recall@10 {recall:.3} under a cap of 6 tiles");
     assert!(probes > 0, "a cap of 6 of 96 tiles never left out a tile that might hold a better patch");
+    // Never short: a cap of one tile (196 patches) asked for 300 visits more tiles.
+    let r = db.search(&Query::new("px", centres[3].clone(), 300).max_tiles(Some(1))).unwrap();
+    assert_eq!(r.hits.len(), 300, "short under a cap of one tile");
+    assert!(r.explain.rescored <= 2 * n_patches as u64, "codes of {} patches read for 300 hits", r.explain.rescored);
     // The lone patch of content 0 in tile 95: under a cap of 4 the four tiles of content 0
     // fill the cap and it is missed; with a cap of every tile the answer is the exact scan's.
     let q = centres[0].clone();

@@ -78,7 +78,8 @@ impl Query {
     }
     /// Patch level: answer from at most `n` tiles of the region, those whose mean patch
     /// scores best against the query (from the tile summaries kept with the patch sketches),
-    /// instead of the planner's exact tile scan or graph walk. Tiles whose bound cannot reach
+    /// instead of the planner's exact tile scan or graph walk; more tiles only while fewer
+    /// than k patches have passed (never short). Tiles whose bound cannot reach
     /// the k-th score are skipped, and when every tile the cap left out is ruled out by its
     /// bound the answer is exact on the stored codes (path `patch-exact`), else approximate
     /// (path `patch-probe`). Recall depends on how closely a tile's patches gather around
@@ -1196,12 +1197,14 @@ fn scan_patch_tiles(seg: &Segment, rows: &[Range<usize>], test: &mut PatchTest<'
             }
             continue;
         }
-        if left == 0 {
+        // The cap counts once the top k is full: a region whose first tiles hold fewer than
+        // k patches that pass is never answered short.
+        if left == 0 && top.len() >= top.capacity() {
             let t = top.threshold();
             cut = order[j..].iter().any(|o| o.1 >= t);
             break;
         }
-        left -= 1;
+        left = left.saturating_sub(1);
         let (Some(&key), Some(meta)) = (seg.keys.get(i), seg.meta(i)) else { continue };
         tiles.score(i, key, &meta, edge, sketch, test, top);
     }
