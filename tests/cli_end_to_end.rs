@@ -146,6 +146,9 @@ fn query_filters_and_formats() {
     let out = ok(&["query", d, "--space", "s", "--vector", qs, "--geohash", "u0", "-k", "5", "--format", "csv"]);
     assert!(out.starts_with("rank,id,kind,score"));
     assert_eq!(out.lines().count(), 6);
+    // A patch-level knob on an image-level query is refused, naming it.
+    let err = fails(&["query", d, "--space", "s", "--vector", qs, "--max-tiles", "4"]);
+    assert!(err.contains("--max-tiles"), "{err}");
     // Batch queries: one JSON line per query, in order.
     let qq = dir.path().join("qq.json");
     std::fs::write(&qq, "[[1,0,0,0],[0,1,0,0]]").unwrap();

@@ -168,6 +168,7 @@ fn api_answers_and_refuses_bad_input() {
     refused(&post_json(a, "/query", &json!({"text": "x", "k": "ten"})), 400, "k");
     refused(&post_json(a, "/query", &json!({"text": "x", "level": "patch", "max_tiles": 0})), 400, "max_tiles");
     refused(&post_json(a, "/query", &json!({"text": "x", "level": "patch", "max_tiles": -3})), 400, "max_tiles");
+    refused(&post_json(a, "/query", &json!({"text": "x", "max_tiles": 5})), 400, "max_tiles");
     refused(&post_json(a, "/query", &json!({"text": "x", "radius_km": 5})), 400, "radius_km");
     refused(&post_json(a, "/query", &json!({"text": "x", "from": "2021-02-01", "to": "2021-01-01"})), 400, "from");
     refused(&post_json(a, "/query", &json!({"text": "x", "to": "someday"})), 400, "to");

@@ -183,6 +183,9 @@ fn query(q: &QueryArgs, out: &mut dyn Write) -> Result<()> {
     let def = db.space(&q.space)?;
     let filter = build_filter(&q.filter, q.kind)?;
     spec::check_level(&def, q.level == args::LevelArg::Patch)?;
+    if q.max_tiles.is_some() && q.level != args::LevelArg::Patch {
+        bail!("--max-tiles applies to --level patch only");
+    }
     if q.k == 0 {
         bail!("-k must be at least 1");
     }

@@ -230,6 +230,9 @@ pub fn plan(req: &QueryRequest, cx: &Context<'_>) -> Result<Planned, ApiError> {
     if req.max_tiles == Some(0) {
         return Err(ApiError::bad("max_tiles", "must be at least 1"));
     }
+    if req.max_tiles.is_some() && !patch {
+        return Err(ApiError::bad("max_tiles", "applies to level patch only"));
+    }
     let max_tiles = req.max_tiles.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
     let query = Query::new(&def.name, vector, k as usize).filter(filter).exact(req.exact.unwrap_or(false)).max_tiles(max_tiles);
     Ok(Planned { query, leave_out, format })
