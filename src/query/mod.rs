@@ -84,7 +84,8 @@ impl Query {
     /// bound the answer is exact on the stored codes (path `patch-exact`), else approximate
     /// (path `patch-probe`). Recall depends on how closely a tile's patches gather around
     /// their mean: a patch unlike the rest of its tile ranks its tile low. Ignored at the
-    /// image level, with [`Query::exact`], and where the snapshot has no sketches.
+    /// image level (the CLI and the HTTP API refuse it there), with [`Query::exact`], and
+    /// where the snapshot has no sketches.
     pub fn max_tiles(mut self, n: Option<usize>) -> Self {
         self.max_tiles = n;
         self
