@@ -189,6 +189,13 @@ pub fn plan(req: &QueryRequest, cx: &Context<'_>) -> Result<Planned, ApiError> {
     if k == 0 || k > limits.max_k as u64 {
         return Err(ApiError::bad("k", format!("{k} is outside 1..={}", limits.max_k)));
     }
+    if req.max_tiles == Some(0) {
+        return Err(ApiError::bad("max_tiles", "must be at least 1"));
+    }
+    if req.max_tiles.is_some() && !patch {
+        return Err(ApiError::bad("max_tiles", "applies to level patch only"));
+    }
+    let max_tiles = req.max_tiles.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
     let mut f = FilterSpec { kind, radius_km: req.radius_km, geohash: req.geohash.clone(), from: req.from.clone(), to: req.to.clone(), ..Default::default() };
     f.bbox = req.bbox.as_ref().map(|b| numbers::<4>("bbox", b)).transpose()?;
     f.near = req.near.as_ref().map(|n| numbers::<2>("near", n)).transpose()?;
@@ -227,13 +234,6 @@ pub fn plan(req: &QueryRequest, cx: &Context<'_>) -> Result<Planned, ApiError> {
         let (v, key) = spec::like_vector(cx.db, &def, &id)?;
         (v, Some(key))
     };
-    if req.max_tiles == Some(0) {
-        return Err(ApiError::bad("max_tiles", "must be at least 1"));
-    }
-    if req.max_tiles.is_some() && !patch {
-        return Err(ApiError::bad("max_tiles", "applies to level patch only"));
-    }
-    let max_tiles = req.max_tiles.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
     let query = Query::new(&def.name, vector, k as usize).filter(filter).exact(req.exact.unwrap_or(false)).max_tiles(max_tiles);
     Ok(Planned { query, leave_out, format })
 }
