@@ -12,28 +12,9 @@ use anyhow::{Context, Result};
 use graftdb::{Db, Filter, Level, Metric, Photo, Query, Record, RecordId, Region, Tile};
 use serde_json::{json, Value};
 
-fn npy<T: npyz::Deserialize>(path: &std::path::Path) -> Result<(Vec<u64>, Vec<T>)> {
-    let f = std::fs::File::open(path).with_context(|| path.display().to_string())?;
-    let npy = npyz::NpyFile::new(std::io::BufReader::new(f))?;
-    let shape = npy.shape().to_vec();
-    Ok((shape, npy.into_vec()?))
-}
-
-fn proc_status(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
-        .unwrap_or(0)
-}
-
-fn dir_bytes(p: &std::path::Path) -> u64 {
-    let mut total = 0;
-    for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
-        let m = e.metadata().unwrap();
-        total += if m.is_dir() { dir_bytes(&e.path()) } else { m.len() };
-    }
-    total
-}
+#[path = "../../adapter_common.rs"]
+mod common;
+use common::{dir_bytes, npy, proc_status};
 
 /// The query's region as graftdb sees it (None = no spatial filter).
 fn region(q: &Value) -> Result<Option<Region>> {

@@ -28,34 +28,15 @@ use qdrant_edge::{
 };
 use serde_json::{json, Value};
 
+#[path = "../../adapter_common.rs"]
+mod common;
+use common::{dir_bytes, npy, proc_status};
+
 /// The crate version and the toolchain that built this binary (build.rs), for the mode line.
 const CRATE: &str = env!("QEDGE_CRATE_VERSION");
 const RUSTC: &str = env!("QEDGE_RUSTC_VERSION");
 /// Points per upsert, as adapter_qdrant.py.
 const BATCH: usize = 2_000;
-
-fn npy<T: npyz::Deserialize>(path: &Path) -> Result<(Vec<u64>, Vec<T>)> {
-    let f = std::fs::File::open(path).with_context(|| path.display().to_string())?;
-    let npy = npyz::NpyFile::new(std::io::BufReader::new(f))?;
-    let shape = npy.shape().to_vec();
-    Ok((shape, npy.into_vec()?))
-}
-
-fn proc_status(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
-        .unwrap_or(0)
-}
-
-fn dir_bytes(p: &Path) -> u64 {
-    let mut total = 0;
-    for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
-        let Ok(m) = e.metadata() else { continue };
-        total += if m.is_dir() { dir_bytes(&e.path()) } else { m.len() };
-    }
-    total
-}
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.trim().parse().ok()).unwrap_or(default)
