@@ -149,6 +149,13 @@ fn query_filters_and_formats() {
     // A patch-level knob on an image-level query is refused, naming it.
     let err = fails(&["query", d, "--space", "s", "--vector", qs, "--max-tiles", "4"]);
     assert!(err.contains("--max-tiles"), "{err}");
+    // The image level's cap is taken (a base this small keeps no partitions: the exact answer)
+    // and a cap of 0 is refused, naming it.
+    let capped = ok(&["query", d, "--space", "s", "--vector", qs, "-k", "5", "--max-partitions", "2", "--format", "json"]);
+    assert_eq!(capped, ok(&["query", d, "--space", "s", "--vector", qs, "-k", "5", "--exact", "--format", "json"]));
+    let o = run(&["query", d, "--space", "s", "--vector", qs, "--max-partitions", "0"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.lines().next().is_some_and(|l| l.contains("--max-partitions")), "{err}");
     // Batch queries: one JSON line per query, in order.
     let qq = dir.path().join("qq.json");
     std::fs::write(&qq, "[[1,0,0,0],[0,1,0,0]]").unwrap();

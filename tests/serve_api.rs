@@ -115,6 +115,12 @@ fn api_answers_and_refuses_bad_input() {
     assert_eq!(r.json()["hits"].as_array().unwrap().len(), 7);
     assert!(["patch-exact", "patch-probe"].contains(&r.json()["explain"]["path"].as_str().unwrap()), "{}", r.text());
 
+    // A cap on the partitions is taken at the image level (its semantics: tests/engine_parts.rs);
+    // this base is too small to keep partitions, so the answer is the exact one.
+    let r = post_json(a, "/query", &json!({"text": "a glacier", "k": 5, "max_partitions": 3}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(ids(&r.json()["hits"]), ids(&post_json(a, "/query", &json!({"text": "a glacier", "k": 5, "exact": true})).json()["hits"]));
+
     // like (an id typed as text) leaves the record out; vector; near/radius; geohash; time.
     let first = hits[0]["id"].as_str().unwrap().to_string();
     let r = post_json(a, "/query", &json!({"like": first, "k": 3}));
@@ -169,6 +175,8 @@ fn api_answers_and_refuses_bad_input() {
     refused(&post_json(a, "/query", &json!({"text": "x", "level": "patch", "max_tiles": 0})), 400, "max_tiles");
     refused(&post_json(a, "/query", &json!({"text": "x", "level": "patch", "max_tiles": -3})), 400, "max_tiles");
     refused(&post_json(a, "/query", &json!({"text": "x", "max_tiles": 5})), 400, "max_tiles");
+    refused(&post_json(a, "/query", &json!({"text": "x", "max_partitions": 0})), 400, "max_partitions");
+    refused(&post_json(a, "/query", &json!({"text": "x", "level": "patch", "max_partitions": 4})), 400, "max_partitions");
     refused(&post_json(a, "/query", &json!({"text": "x", "radius_km": 5})), 400, "radius_km");
     refused(&post_json(a, "/query", &json!({"text": "x", "from": "2021-02-01", "to": "2021-01-01"})), 400, "from");
     refused(&post_json(a, "/query", &json!({"text": "x", "to": "someday"})), 400, "to");

@@ -186,13 +186,16 @@ fn query(q: &QueryArgs, out: &mut dyn Write) -> Result<()> {
     if q.max_tiles.is_some() && q.level != args::LevelArg::Patch {
         bail!("--max-tiles applies to --level patch only");
     }
+    if q.max_partitions.is_some() && q.level == args::LevelArg::Patch {
+        bail!("--max-partitions applies to --level image only (patch level: --max-tiles)");
+    }
     if q.k == 0 {
         bail!("-k must be at least 1");
     }
     let (vectors, leave_out) = query_vectors(q, &db, &def)?;
     let batch = q.vectors.is_some();
     for v in vectors {
-        let query = Query::new(&q.space, v, q.k).filter(filter.clone()).exact(q.exact).max_tiles(q.max_tiles.map(|n| n as usize));
+        let query = Query::new(&q.space, v, q.k).filter(filter.clone()).exact(q.exact).max_tiles(q.max_tiles.map(|n| n as usize)).max_partitions(q.max_partitions.map(|n| usize::try_from(n).unwrap_or(usize::MAX)));
         let res = spec::search_leaving_out(&db, query, leave_out)?;
         if batch {
             writeln!(out, "{}", serde_json::to_string(&output::hits_json(&res.hits))?)?;

@@ -62,6 +62,9 @@ pub struct Parts {
     per: usize,
     /// `parts × dim` unit centroids.
     centroids: Vec<f32>,
+    /// The centroids' i8 codes, scales and residual norms, made at load (never stored): a
+    /// query bounds its angle to every centroid from them at a quarter of the bytes.
+    coded: CodedCentroids,
     /// Per partition: the least cosine between a member and the centroid.
     min_cos: Vec<f32>,
     /// Per partition: the largest norm of a member (1 for unit vectors), rounded up.
@@ -176,6 +179,26 @@ pub struct PartBound {
     /// The cosine of the query's angle to the centroid, made large (the angle small) by the
     /// slack.
     pub cos_theta: f64,
+}
+
+/// Centroids in i8 codes, as rows are held (see [`scan::quantise`]).
+#[derive(Default)]
+struct CodedCentroids {
+    codes: Vec<i8>,
+    scale: Vec<f32>,
+    rho: Vec<f32>,
+}
+
+impl CodedCentroids {
+    fn new(centroids: &[f32], dim: usize) -> Self {
+        let mut c = CodedCentroids { codes: Vec::with_capacity(centroids.len()), ..Default::default() };
+        for v in centroids.chunks_exact(dim.max(1)) {
+            let (s, r) = scan::quantise(v, &mut c.codes);
+            c.scale.push(s);
+            c.rho.push(r);
+        }
+        c
+    }
 }
 
 impl Parts {
@@ -319,22 +342,47 @@ impl Parts {
     /// An upper bound of `q·x` for every member `x` of each partition, best first, for a unit
     /// query `q`.
     pub fn bounds(&self, q: &[f32]) -> Vec<PartBound> {
-        let mut out: Vec<PartBound> = (0..self.len())
-            .map(|p| {
-                let c = &self.centroids[p * self.dim..(p + 1) * self.dim];
-                // Widen both angles' errors the safe way: a smaller angle θ to the centroid,
-                // a wider cone r.
-                let cos_theta = (f64::from(scan::dot(q, c)) + SLACK).clamp(-1.0, 1.0);
-                let cos_r = (f64::from(self.min_cos[p]) - SLACK).clamp(-1.0, 1.0);
-                // cos(max(0, θ − r)) without trigonometry (θ, r ∈ [0, π], so both sines are
-                // the non-negative roots): 1 inside the cone, else cos θ cos r + sin θ sin r.
-                let cos_gap = if cos_theta >= cos_r { 1.0 } else { cos_theta * cos_r + ((1.0 - cos_theta * cos_theta).max(0.0) * (1.0 - cos_r * cos_r).max(0.0)).sqrt() };
-                let b = (cos_gap.min(1.0) + SLACK) * f64::from(self.max_norm[p]);
-                PartBound { bound: b as f32, part: p as u32, cos_theta }
-            })
-            .collect();
+        let mut out = self.bounds_from(|p| f64::from(scan::dot(q, &self.centroids[p * self.dim..(p + 1) * self.dim])));
         out.sort_unstable_by(|a, b| b.bound.total_cmp(&a.bound));
         out
+    }
+
+    /// The same bounds from the query's codes and the centroids' (`q·c` bounded by
+    /// [`scan::Bound::upper`], a little wider than the f32 dot product, at a quarter of the
+    /// bytes), in no order.
+    pub fn bounds_coded(&self, b: &scan::Bound) -> Vec<PartBound> {
+        let c = &self.coded;
+        self.bounds_from(|p| match c.codes.get(p * self.dim..(p + 1) * self.dim) {
+            Some(codes) => f64::from(b.upper(codes, c.scale[p], c.rho[p])),
+            None => 1.0,
+        })
+    }
+
+    /// The bound of each partition from `q·c` of its centroid (an over-estimate is safe).
+    fn bounds_from(&self, dot: impl Fn(usize) -> f64) -> Vec<PartBound> {
+        (0..self.len()).map(|p| self.bound_of(p, dot(p))).collect()
+    }
+
+    /// The f32 bound of a partition whose bound came from [`Parts::bounds_coded`]: never
+    /// above it but for rounding, usually a little below.
+    pub fn refine(&self, b: &PartBound, q: &[f32]) -> PartBound {
+        let p = b.part as usize;
+        match self.centroids.get(p * self.dim..(p + 1) * self.dim) {
+            Some(c) => self.bound_of(p, f64::from(scan::dot(q, c))),
+            None => *b,
+        }
+    }
+
+    fn bound_of(&self, p: usize, dot: f64) -> PartBound {
+        // Widen both angles' errors the safe way: a smaller angle θ to the centroid, a wider
+        // cone r.
+        let cos_theta = (dot + SLACK).clamp(-1.0, 1.0);
+        let cos_r = (f64::from(self.min_cos[p]) - SLACK).clamp(-1.0, 1.0);
+        // cos(max(0, θ − r)) without trigonometry (θ, r ∈ [0, π], so both sines are the
+        // non-negative roots): 1 inside the cone, else cos θ cos r + sin θ sin r.
+        let cos_gap = if cos_theta >= cos_r { 1.0 } else { cos_theta * cos_r + ((1.0 - cos_theta * cos_theta).max(0.0) * (1.0 - cos_r * cos_r).max(0.0)).sqrt() };
+        let b = (cos_gap.min(1.0) + SLACK) * f64::from(self.max_norm[p]);
+        PartBound { bound: b as f32, part: p as u32, cos_theta }
     }
 
     /// Group the rows of `seg` (unit vectors with i8 codes) into about `count_for(len)`
@@ -439,6 +487,7 @@ impl Parts {
         }
         let tile = |it: &u32| *it as usize / per;
         Some(Parts {
+            coded: CodedCentroids::new(&centroids, dim),
             dim,
             per,
             centroids,
@@ -540,6 +589,7 @@ impl Parts {
             Col::mapped(&map, l1, path)?
         };
         let parts = Parts {
+            coded: CodedCentroids::new(&centroids, dim),
             dim,
             per,
             centroids,

@@ -72,6 +72,8 @@ pub fn document() -> Value {
                 "exact": {"type": "boolean", "default": false},
                 "max_tiles": {"type": "integer", "minimum": 1,
                               "description": "patch level: answer from at most this many tiles, best mean patch first (approximate)"},
+                "max_partitions": {"type": "integer", "minimum": 1,
+                                   "description": "image level: answer from at most this many content partitions, nearest centroid first (approximate)"},
                 "format": {"enum": ["json", "geojson"], "default": "json"}
             }}
         }}

@@ -65,6 +65,8 @@ pub struct QueryRequest {
     pub exact: Option<bool>,
     /// Patch level: answer from at most this many tiles, best mean patch first.
     pub max_tiles: Option<u64>,
+    /// Image level: answer from at most this many content partitions, nearest first.
+    pub max_partitions: Option<u64>,
     /// `json` (default: hits and the plan) or `geojson` (a FeatureCollection).
     pub format: Option<String>,
 }
@@ -196,6 +198,13 @@ pub fn plan(req: &QueryRequest, cx: &Context<'_>) -> Result<Planned, ApiError> {
         return Err(ApiError::bad("max_tiles", "applies to level patch only"));
     }
     let max_tiles = req.max_tiles.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+    if req.max_partitions == Some(0) {
+        return Err(ApiError::bad("max_partitions", "must be at least 1"));
+    }
+    if req.max_partitions.is_some() && patch {
+        return Err(ApiError::bad("max_partitions", "applies to level image only (patch level: max_tiles)"));
+    }
+    let max_partitions = req.max_partitions.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
     let mut f = FilterSpec { kind, radius_km: req.radius_km, geohash: req.geohash.clone(), from: req.from.clone(), to: req.to.clone(), ..Default::default() };
     f.bbox = req.bbox.as_ref().map(|b| numbers::<4>("bbox", b)).transpose()?;
     f.near = req.near.as_ref().map(|n| numbers::<2>("near", n)).transpose()?;
@@ -234,6 +243,6 @@ pub fn plan(req: &QueryRequest, cx: &Context<'_>) -> Result<Planned, ApiError> {
         let (v, key) = spec::like_vector(cx.db, &def, &id)?;
         (v, Some(key))
     };
-    let query = Query::new(&def.name, vector, k as usize).filter(filter).exact(req.exact.unwrap_or(false)).max_tiles(max_tiles);
+    let query = Query::new(&def.name, vector, k as usize).filter(filter).exact(req.exact.unwrap_or(false)).max_tiles(max_tiles).max_partitions(max_partitions);
     Ok(Planned { query, leave_out, format })
 }

@@ -340,9 +340,11 @@ fn out_for(out: &str, ef: Option<usize>) -> String {
 
 /// One query of `space` with `q`'s region, timed around `Db::search` alone: ms, the hits' ids
 /// as the dataset numbers them (`id`), the plan path and [estimate, tested, matched].
-fn search_once(db: &Db, space: &str, qv: &[f32], k: usize, q: &Value, max_tiles: Option<usize>, id: impl Fn(&graftdb::Hit) -> i64) -> Result<(f64, Vec<i64>, String, [u64; 3])> {
+/// `cap` is `Query::max_tiles` in the patch space, `Query::max_partitions` in the image one.
+fn search_once(db: &Db, space: &str, qv: &[f32], k: usize, q: &Value, cap: Option<usize>, id: impl Fn(&graftdb::Hit) -> i64) -> Result<(f64, Vec<i64>, String, [u64; 3])> {
     let filter = Filter { regions: region(q)?.into_iter().collect(), ..Default::default() };
-    let query = Query::new(space, qv.to_vec(), k).filter(filter).max_tiles(max_tiles);
+    let query = Query::new(space, qv.to_vec(), k).filter(filter);
+    let query = if space == "patch" { query.max_tiles(cap) } else { query.max_partitions(cap) };
     let t = Instant::now();
     let res = db.search(&query)?;
     let ms = t.elapsed().as_secs_f64() * 1e3;
@@ -372,7 +374,9 @@ fn timed_pass(qs: &[Value], run: impl Fn(usize, &Value) -> Result<(f64, Vec<i64>
     Ok(results)
 }
 
-/// Time the queries on the built database at `path`, run the join, write OUT.json.
+/// Time the queries on the built database at `path`, run the join, write OUT.json; then,
+/// under each cap of PEERS_GRAFT_PARTS=N[,N...] (`Query::max_partitions`: at most N cone
+/// partitions visited, nearest centroid first), engine `graftdb-partsN`, OUT-partsN.json.
 #[allow(clippy::too_many_arguments)]
 fn time_queries(data: &std::path::Path, path: &std::path::Path, dim: usize, qvecs: &[f32], qs: &[Value], k: usize, ingest_s: f64, build_s: f64) -> Result<()> {
     let out = &std::env::args().nth(3).context("OUT.json")?;
@@ -380,20 +384,22 @@ fn time_queries(data: &std::path::Path, path: &std::path::Path, dim: usize, qvec
     let disk = dir_bytes(&path);
     let (base, beams) = run_options();
     let mut docs = Vec::new();
-    for ef in beams {
+    let caps = std::env::var("PEERS_GRAFT_PARTS").unwrap_or_default().split(',').filter_map(|v| v.trim().parse().ok()).collect::<Vec<usize>>();
+    let runs = beams.into_iter().map(|ef| (ef, None)).chain(caps.into_iter().map(|c| (None, Some(c))));
+    for (ef, cap) in runs {
         let opts = graftdb::Options { ef_search: ef.unwrap_or(base.ef_search), ..base.clone() };
         let mode = format!(
-            "library (Db::search), exact_threshold {}, ef_search {}/√selectivity, graph M 16, ef_add {}{}",
+            "library (Db::search), exact_threshold {}, {}, graph M 16, ef_add {}{}",
             opts.exact_threshold,
-            opts.ef_search,
+            cap.map_or(format!("ef_search {}/√selectivity", opts.ef_search), |c| format!("max_partitions {c} (nearest centroid first, where it beats the exact scan)")),
             graftdb::index::hnsw::EXPANSION_ADD,
             sketch_note()
         );
         let db = Db::open_with(&path, opts)?;
-        let run = |qi: usize, q: &Value| search_once(&db, "clip", &qvecs[qi * dim..(qi + 1) * dim], k, q, None, |h| if let RecordId::Int(i) = h.id { i } else { -1 });
+        let run = |qi: usize, q: &Value| search_once(&db, "clip", &qvecs[qi * dim..(qi + 1) * dim], k, q, cap, |h| if let RecordId::Int(i) = h.id { i } else { -1 });
         let results = timed_pass(qs, run)?;
         eprintln!("graftdb: {} queries done ({mode})", qs.len());
-        docs.push((ef, mode, results));
+        docs.push((ef, cap, mode, results));
     }
     let db = Db::open(&path)?;
 
@@ -412,18 +418,26 @@ fn time_queries(data: &std::path::Path, path: &std::path::Path, dim: usize, qvec
         eprintln!("graftdb: join {} photos × {} tiles -> {} pairs in {join_s:.2} s", st.photos, st.tiles, st.pairs);
         join = json!({"tiles": st.tiles, "photos": st.photos, "pairs": st.pairs, "join_s": join_s, "tile_ingest_s": tile_ingest_s});
     }
-    for (ef, mode, results) in docs {
+    for (ef, cap, mode, results) in docs {
         let doc = json!({
-            "engine": if let Some(ef) = ef { format!("graftdb-ef{ef}") } else { "graftdb".to_string() },
+            "engine": match (ef, cap) {
+                (_, Some(c)) => format!("graftdb-parts{c}"),
+                (Some(ef), None) => format!("graftdb-ef{ef}"),
+                (None, None) => "graftdb".to_string(),
+            },
             "mode": mode,
             "ingest_s": ingest_s,
             "build_s": build_s,
             "disk_bytes": disk,
             "peak_rss_kb": proc_status("VmHWM:"),
             "results": results,
-            "join": if ef.is_none() { join.clone() } else { Value::Null },
+            "join": if ef.is_none() && cap.is_none() { join.clone() } else { Value::Null },
         });
-        std::fs::write(out_for(out, ef), serde_json::to_string(&doc)?)?;
+        let file = match cap {
+            Some(c) => out.replace(".json", &format!("-parts{c}.json")),
+            None => out_for(out, ef),
+        };
+        std::fs::write(file, serde_json::to_string(&doc)?)?;
     }
     Ok(())
 }
