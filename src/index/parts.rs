@@ -250,6 +250,14 @@ impl Parts {
         Some((self.codes.get(j * self.dim..(j + 1) * self.dim)?, *self.qscale.get(j)?, *self.qres.get(j)?))
     }
 
+    /// Ask the CPU to start loading the item number at a position (a hint).
+    #[inline]
+    pub fn prefetch_row(&self, j: usize) {
+        if let Some(r) = self.rows.get(j..j + 1) {
+            crate::index::scan::prefetch(r);
+        }
+    }
+
     /// Ask the CPU to start loading the i8 codes at a position (a hint; no effect elsewhere).
     #[inline]
     pub fn prefetch_codes(&self, j: usize) {

@@ -514,6 +514,7 @@ fn scan_parts(parts: &Parts, st: &SpaceIndex, rows: &Rows, cover: &[(u64, u64)],
     let mut visited = 0u64;
     let mut scanned = 0u64;
     let mut passing: Vec<(usize, u32, u64)> = Vec::new();
+    let mut inside: Vec<(usize, u64)> = Vec::new();
     let mut path = PlanPath::Parts;
     for j in 0..bounds.len() {
         if j == sorted {
@@ -558,20 +559,23 @@ fn scan_parts(parts: &Parts, st: &SpaceIndex, rows: &Rows, cover: &[(u64, u64)],
         // prefetched a few rows ahead (a partition's codes are one front-to-back stream, but
         // the hardware prefetcher stops at every 4 KB page, i.e. every 8 rows at 512-d).
         passing.clear();
-        for j in pos {
-            let Some(key) = parts.key(j) else { continue };
-            // The cover's key ranges first: one comparison or two, from one column.
-            if filtered && !in_cover(cover, key) {
-                continue;
-            }
-            let Some(row) = parts.row(j) else { continue };
-            if filtered {
-                let Some(meta) = metas.get(j) else { continue };
-                if !m.matches(key, &meta) {
-                    continue;
+        if filtered {
+            // The cover's key ranges first, from the key column alone; then the filter fields
+            // of the rows inside it, each prefetched a few rows ahead (they are scattered).
+            inside.clear();
+            inside.extend(pos.filter_map(|j| parts.key(j).filter(|&key| in_cover(cover, key)).map(|key| (j, key))));
+            for (n, &(j, key)) in inside.iter().enumerate() {
+                if let Some(&(ahead, _)) = inside.get(n + PREFETCH_META) {
+                    metas.prefetch(ahead);
+                    parts.prefetch_row(ahead);
+                }
+                let (Some(row), Some(meta)) = (parts.row(j), metas.get(j)) else { continue };
+                if m.matches(key, &meta) {
+                    passing.push((j, row, key));
                 }
             }
-            passing.push((j, row, key));
+        } else {
+            passing.extend(pos.filter_map(|j| Some((j, parts.row(j)?, parts.key(j)?))));
         }
         matched += passing.len() as u64;
         // Rows whose bound is below the k-th score of the partitions before are not kept.
@@ -639,6 +643,9 @@ fn over_budget(parts: &Parts, rest: &[PartBound], q: &[f32], t: f32, left: u64) 
 
 /// How many passing rows ahead [`scan_parts`] prefetches a row's codes.
 const PREFETCH_ROWS: usize = 4;
+
+/// How many rows inside the cover ahead [`scan_parts`] prefetches a row's filter fields.
+const PREFETCH_META: usize = 8;
 
 /// What an exact scan did, for [`Explain`].
 #[derive(Default)]
