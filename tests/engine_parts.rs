@@ -285,6 +285,14 @@ fn capped_partition_scan_visits_the_nearest_partitions_first() {
     // A cap of every partition is the exact scan.
     let (p, _) = same_as_exact(&db, Query::new("s", q.clone(), K).max_partitions(Some(np)), "cap = all partitions");
     assert_eq!(p, PlanPath::Parts);
+    // A filter the cover cannot see (no row is a tile): the capped scan would visit every
+    // partition to find k; it gives up within the exact scan's cost and the exact scan
+    // answers (here: nothing).
+    let tiles = Filter { regions: vec![Region::bbox(-20.0, -20.0, 0.0, 0.0).unwrap()], kind: Some(graftdb::Kind::Tile), ..Default::default() };
+    let r = db.search(&Query::new("s", q.clone(), K).filter(tiles).max_partitions(Some(4))).unwrap();
+    assert!(r.hits.is_empty());
+    assert_eq!(r.explain.path, PlanPath::Exact);
+    assert!(r.explain.tested <= 3 * r.explain.estimate, "{} rows tested for a cover of {}", r.explain.tested, r.explain.estimate);
     // A small region is answered by the exact range scan, cap or not: visiting 4 partitions
     // to find 10 rows of 1 % would cost more.
     let small = Filter { regions: vec![Region::bbox(-2.0, -2.0, 2.0, 2.0).unwrap()], ..Default::default() };

@@ -870,7 +870,10 @@ pub(crate) fn run(def: &SpaceDef, st: &SpaceIndex, q: &Query, recs: &Records<'_>
         if graph.is_some() {
             alt = alt.min(GRAPH_PREMIUM * walk(opts, want, est, st.base.len()).1);
         }
-        let budget = if cap.is_some() { u64::MAX } else { (alt / (visit_cost * SCAN_COST_I8)) as u64 };
+        // Under a cap, the rows visited may cost what the exact range scan would: more are
+        // visited only when few rows pass (a time or kind filter the cover cannot see), and
+        // then the exact scan answers instead.
+        let budget = if cap.is_some() { (est as f64 / CAPPED_VISIT_COST) as u64 } else { (alt / (visit_cost * SCAN_COST_I8)) as u64 };
         if let Some(path) = scan_parts(p, st, &rows, &ranges, &m, &mut sc, budget, cap, &mut ex) {
             ex.path = path;
         }
