@@ -98,7 +98,8 @@ impl Query {
     /// testing their rows against the filter, instead of the planner's exact answer; more
     /// partitions only while fewer than k rows have passed (never short). It is taken only
     /// where it should cost less than the exact range scan of the region (from about 1 % of
-    /// the rows up; below that the exact scan answers), and ignored with [`Query::exact`],
+    /// the rows up; below that the exact scan answers, as it does when too few visited rows
+    /// pass a time or kind filter to fill k within that scan's cost), and ignored with [`Query::exact`],
     /// at the patch level (the CLI and the HTTP API refuse it there) and where the space has
     /// no partitions (an L2 space, or a base too small to keep them). The answer is exact
     /// (path `parts`) when every partition left out is ruled out by its bound, else
