@@ -27,7 +27,7 @@
 
 use std::ops::Range;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use memmap2::Mmap;
 
@@ -83,6 +83,16 @@ pub struct Parts {
     time: Col<i64>,
     bbox: Col<f64>,
     kind: Col<u8>,
+    /// Each partition's positions in key order, made on first use (never stored).
+    by_key: OnceLock<KeyOrder>,
+}
+
+/// The positions of every partition sorted by record key, with the keys beside them: a
+/// region's key ranges find the rows of a partition inside them by binary search instead of
+/// a pass over the partition's keys.
+struct KeyOrder {
+    keys: Vec<u64>,
+    pos: Vec<u32>,
 }
 
 /// How many partitions for `n` rows: about √n, so a query scores as many centroids as a
@@ -248,6 +258,28 @@ impl Parts {
     #[inline]
     pub fn coded(&self, j: usize) -> Option<(&[i8], f32, f32)> {
         Some((self.codes.get(j * self.dim..(j + 1) * self.dim)?, *self.qscale.get(j)?, *self.qres.get(j)?))
+    }
+
+    /// The positions of partition `p` within `range` whose key lies in `lo..=hi`, with their
+    /// keys, appended to `out` in key order. The first call orders every partition's
+    /// positions by key (12 bytes a position, kept; ~0.1 s at 1M rows).
+    pub fn keyed_in(&self, p: usize, range: &Range<usize>, lo: u64, hi: u64, out: &mut Vec<(usize, u64)>) {
+        let ko = self.by_key.get_or_init(|| {
+            let n = self.keys.len();
+            let mut pos: Vec<u32> = (0..n as u32).collect();
+            for q in 0..self.len() {
+                if let Some(seg) = pos.get_mut(self.positions(q)) {
+                    seg.sort_unstable_by_key(|&j| self.keys.get(j as usize).copied().unwrap_or(u64::MAX));
+                }
+            }
+            let keys = pos.iter().map(|&j| self.keys.get(j as usize).copied().unwrap_or(u64::MAX)).collect();
+            KeyOrder { keys, pos }
+        });
+        let all = self.positions(p);
+        let (Some(keys), Some(pos)) = (ko.keys.get(all.clone()), ko.pos.get(all)) else { return };
+        let a = keys.partition_point(|&k| k < lo);
+        let b = keys.partition_point(|&k| k <= hi).max(a);
+        out.extend(keys[a..b].iter().zip(&pos[a..b]).filter(|(_, &j)| range.contains(&(j as usize))).map(|(&k, &j)| (j as usize, k)));
     }
 
     /// Ask the CPU to start loading the item number at a position (a hint).
@@ -507,6 +539,7 @@ impl Parts {
             keys: Col::Owned(rows.iter().map(|it| seg.keys[tile(it)]).collect()),
             time: Col::Owned(rows.iter().map(|it| seg.time[tile(it)]).collect()),
             kind: Col::Owned(rows.iter().map(|it| seg.kind[tile(it)]).collect()),
+            by_key: OnceLock::new(),
             bbox: Col::Owned(bbox),
             codes: Col::Owned(codes),
             rows: Col::Owned(rows),
@@ -613,6 +646,7 @@ impl Parts {
             time: Col::mapped(&map, t, path)?,
             bbox: Col::mapped(&map, b, path)?,
             kind: Col::mapped(&map, kd, path)?,
+            by_key: OnceLock::new(),
         };
         Ok((parts, old))
     }
@@ -665,6 +699,37 @@ mod tests {
 
     fn members(parts: &Parts, p: usize) -> Vec<u32> {
         parts.positions(p).filter_map(|j| parts.row(j)).collect()
+    }
+
+    #[test]
+    fn keyed_in_finds_exactly_the_positions_in_a_key_range() {
+        let (n, dim) = (3000, 16);
+        let seg = segment(n, dim, 9);
+        let parts = Parts::build(&seg, dim, 2).unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(10);
+        let mut got = Vec::new();
+        for _ in 0..200 {
+            let p = rng.random_range(0..parts.len());
+            let all = parts.positions(p);
+            // A prefix of the partition, as the angle cut leaves, and a key range that may
+            // start or end on a stored key or hold none.
+            let range = all.start..rng.random_range(all.start..=all.end);
+            let key_at = |j: usize| parts.key(j).unwrap();
+            let (a, b) = match rng.random_range(0..3) {
+                // Both ends on keys of this partition (the boundary cases)…
+                0 => (key_at(rng.random_range(all.clone())), key_at(rng.random_range(all.clone()))),
+                // …one end just beside one…
+                1 => (key_at(rng.random_range(all.clone())) + 1, rng.random_range(0..n as u64 + 5)),
+                // …or anywhere.
+                _ => (rng.random_range(0..n as u64 + 5), rng.random_range(0..n as u64 + 5)),
+            };
+            let (lo, hi) = (a.min(b), a.max(b));
+            got.clear();
+            parts.keyed_in(p, &range, lo, hi, &mut got);
+            got.sort_unstable();
+            let want: Vec<(usize, u64)> = range.clone().filter_map(|j| parts.key(j).filter(|k| (lo..=hi).contains(k)).map(|k| (j, k))).collect();
+            assert_eq!(got, want, "partition {p}, positions {range:?}, keys {lo}..={hi}");
+        }
     }
 
     #[test]

@@ -564,7 +564,13 @@ fn scan_parts(parts: &Parts, st: &SpaceIndex, rows: &Rows, cover: &[(u64, u64)],
             // The cover's key ranges first, from the key column alone; then the filter fields
             // of the rows inside it, each prefetched a few rows ahead (they are scattered).
             inside.clear();
-            inside.extend(pos.filter_map(|j| parts.key(j).filter(|&key| in_cover(cover, key)).map(|key| (j, key))));
+            if cover.len() <= KEYED_MAX_RANGES {
+                for &(lo, hi) in cover {
+                    parts.keyed_in(pb.part as usize, &pos, lo, hi, &mut inside);
+                }
+            } else {
+                inside.extend(pos.filter_map(|j| parts.key(j).filter(|&key| in_cover(cover, key)).map(|key| (j, key))));
+            }
             for (n, &(j, key)) in inside.iter().enumerate() {
                 if let Some(&(ahead, _)) = inside.get(n + PREFETCH_META) {
                     metas.prefetch(ahead);
@@ -644,6 +650,11 @@ fn over_budget(parts: &Parts, rest: &[PartBound], q: &[f32], t: f32, left: u64) 
 
 /// How many passing rows ahead [`scan_parts`] prefetches a row's codes.
 const PREFETCH_ROWS: usize = 4;
+
+/// Up to this many key ranges in a cover, [`scan_parts`] finds a partition's rows inside them
+/// by binary search over the partition's keys in key order ([`Parts::keyed_in`]), instead of
+/// testing every row's key against the ranges.
+const KEYED_MAX_RANGES: usize = 64;
 
 /// How many rows inside the cover ahead [`scan_parts`] prefetches a row's filter fields.
 const PREFETCH_META: usize = 8;
