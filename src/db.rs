@@ -395,6 +395,9 @@ impl Db {
                         idx.parts_declined = m.parts_declined;
                         if self.opts.prefault {
                             arena::prefault(seg.maps().into_iter().chain(idx.parts.iter().flat_map(Parts::maps)).collect());
+                            if !patch {
+                                idx.parts.iter().for_each(Parts::key_order_in_background);
+                            }
                         }
                         idx.max_half_extent = half_extent(&seg);
                         idx.base = seg;
