@@ -319,8 +319,8 @@ pub struct QueryArgs {
     /// (approximate; faster over many tiles).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_tiles: Option<u64>,
-    /// Image level: answer from at most N content partitions, those whose centroid lies
-    /// nearest the query (approximate; faster from about 1 % of the rows up).
+    /// Image level: answer from at most N content partitions, those that can hold the best
+    /// rows (approximate; faster from about 1 % of the rows up).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_partitions: Option<u64>,
     /// Print the plan to stderr.

@@ -94,8 +94,9 @@ impl Query {
         self
     }
     /// Image level: answer from at most `n` of the space's cone partitions (the content
-    /// clusters of [`crate::index::parts`]), those whose centroid lies nearest the query,
-    /// testing their rows against the filter, instead of the planner's exact answer; more
+    /// clusters of [`crate::index::parts`]), best bound first (the query's angle to the
+    /// centroid less the cluster's spread: the clusters that can hold the best rows), testing
+    /// their rows against the filter, instead of the planner's exact answer; more
     /// partitions only while fewer than k rows have passed (never short). It is taken only
     /// where it should cost less than the exact range scan of the region (from about 1 % of
     /// the rows up; below that the exact scan answers, as it does when too few visited rows

@@ -73,7 +73,7 @@ pub fn document() -> Value {
                 "max_tiles": {"type": "integer", "minimum": 1,
                               "description": "patch level: answer from at most this many tiles, best mean patch first (approximate)"},
                 "max_partitions": {"type": "integer", "minimum": 1,
-                                   "description": "image level: answer from at most this many content partitions, nearest centroid first (approximate)"},
+                                   "description": "image level: answer from at most this many content partitions, those whose bound (centroid angle less the cluster's spread) is best (approximate)"},
                 "format": {"enum": ["json", "geojson"], "default": "json"}
             }}
         }}

@@ -65,7 +65,7 @@ pub struct QueryRequest {
     pub exact: Option<bool>,
     /// Patch level: answer from at most this many tiles, best mean patch first.
     pub max_tiles: Option<u64>,
-    /// Image level: answer from at most this many content partitions, nearest first.
+    /// Image level: answer from at most this many content partitions, best bound first.
     pub max_partitions: Option<u64>,
     /// `json` (default: hits and the plan) or `geojson` (a FeatureCollection).
     pub format: Option<String>,

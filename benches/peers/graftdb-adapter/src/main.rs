@@ -376,7 +376,7 @@ fn timed_pass(qs: &[Value], run: impl Fn(usize, &Value) -> Result<(f64, Vec<i64>
 
 /// Time the queries on the built database at `path`, run the join, write OUT.json; then,
 /// under each cap of PEERS_GRAFT_PARTS=N[,N...] (`Query::max_partitions`: at most N cone
-/// partitions visited, nearest centroid first), engine `graftdb-partsN`, OUT-partsN.json.
+/// partitions visited, best bound first), engine `graftdb-partsN`, OUT-partsN.json.
 #[allow(clippy::too_many_arguments)]
 fn time_queries(data: &std::path::Path, path: &std::path::Path, dim: usize, qvecs: &[f32], qs: &[Value], k: usize, ingest_s: f64, build_s: f64) -> Result<()> {
     let out = &std::env::args().nth(3).context("OUT.json")?;
@@ -391,7 +391,7 @@ fn time_queries(data: &std::path::Path, path: &std::path::Path, dim: usize, qvec
         let mode = format!(
             "library (Db::search), exact_threshold {}, {}, graph M 16, ef_add {}{}",
             opts.exact_threshold,
-            cap.map_or(format!("ef_search {}/√selectivity", opts.ef_search), |c| format!("max_partitions {c} (nearest centroid first, where it beats the exact scan)")),
+            cap.map_or(format!("ef_search {}/√selectivity", opts.ef_search), |c| format!("max_partitions {c} (best bound first, where it beats the exact scan)")),
             graftdb::index::hnsw::EXPANSION_ADD,
             sketch_note()
         );
