@@ -776,7 +776,12 @@ impl Db {
                 p => (p, false),
             }
         } else {
-            (Parts::build(seg, dim, self.opts.threads), false)
+            let parts = Parts::build(seg, dim, self.opts.threads);
+            // As after open: the first filtered partition scan should not pay for the key order.
+            if self.opts.prefault {
+                parts.iter().for_each(Parts::key_order_in_background);
+            }
+            (parts, false)
         }
     }
 

@@ -288,8 +288,8 @@ impl Parts {
     }
 
     /// Make the key order of [`Parts::keyed_in`] on a background thread (from a copy of the
-    /// keys), so that the first filtered scan after open finds it ready; a scan that comes
-    /// first makes it itself.
+    /// keys), so that the first filtered scan after open or checkpoint finds it ready; a scan
+    /// that comes first makes it itself.
     pub fn key_order_in_background(&self) {
         let (cell, offsets, keys) = (Arc::clone(&self.by_key), self.offsets.clone(), self.keys.to_vec());
         let _ = std::thread::Builder::new().name("graftdb-keyorder".into()).spawn(move || {

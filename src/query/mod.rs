@@ -520,8 +520,7 @@ fn scan_parts(parts: &Parts, st: &SpaceIndex, rows: &Rows, cover: &[(u64, u64)],
     let mut path = PlanPath::Parts;
     for j in 0..bounds.len() {
         if j == sorted {
-            bounds[j..].sort_unstable_by(|a, b| b.bound.total_cmp(&a.bound));
-            sorted = bounds.len();
+            sorted = j + sort_best(&mut bounds[j..], None);
         }
         let full = sc.top.len() >= sc.top.capacity();
         if full && bounds[j].bound < sc.top.threshold() {
