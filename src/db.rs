@@ -54,6 +54,13 @@ pub struct Options {
     /// process do not pay a page fault per 4 KB page they touch. Open itself does not wait.
     /// The populated file pages count in the process's RSS (they are the page cache's).
     pub prefault: bool,
+    /// Let a capped tile scan (`Query::max_tiles`) over a region of most of a patch space's
+    /// tiles (2,048 or more) find its best tiles through the tile summaries grouped by
+    /// content (cone partitions of the tiles' mean patches, made in memory after open or
+    /// checkpoint) instead of scoring every tile's summary: the same tiles and answer (where
+    /// the groups would visit more than a quarter of the region, or their best tiles do not
+    /// fill the cap, the summaries are all scored as before). Tests turn it off to compare.
+    pub tile_groups: bool,
 }
 
 impl Default for Options {
@@ -69,6 +76,7 @@ impl Default for Options {
             persist_index: true,
             partitions: true,
             prefault: true,
+            tile_groups: true,
         }
     }
 }
@@ -395,7 +403,9 @@ impl Db {
                         idx.parts_declined = m.parts_declined;
                         if self.opts.prefault {
                             arena::prefault(seg.maps().into_iter().chain(idx.parts.iter().flat_map(Parts::maps)).collect());
-                            if !patch {
+                            if patch {
+                                seg.summaries_in_background(per(&def), def.dim as usize);
+                            } else {
                                 idx.parts.iter().for_each(Parts::key_order_in_background);
                             }
                         }
@@ -735,6 +745,10 @@ impl Db {
             let _ = self.persist(h.def.number, &seg, graph.as_ref(), parts.as_ref(), declined, seq, h.is_patch(), h.def.metric);
         }
         s.max_half_extent = half_extent(&seg);
+        // As after open: the first capped tile scan should not pay for the summaries' groups.
+        if h.is_patch() && self.opts.prefault {
+            seg.summaries_in_background(h.per(), h.def.dim as usize);
+        }
         s.base = seg;
         s.delta = Segment::empty(h.stride());
         s.hnsw = graph;

@@ -477,3 +477,63 @@ fn capped_tile_scan_visits_the_best_tiles_first() {
     let got: Vec<(String, u16, u16)> = patch_hits(&exact).into_iter().map(|(id, row, col, _)| (id, row, col)).collect();
     assert_eq!(got, exact_top(&q, None));
 }
+
+#[test]
+fn capped_tile_scan_through_the_tile_groups_visits_the_same_tiles() {
+    // 2,400 tiles of 2×2 patches (the tile summaries are grouped from 2,048 tiles up), each
+    // tile's patches around one of 40 content centres. A capped scan over most of the tiles
+    // finds its best tiles through the groups, testing a few groups' tiles instead of every
+    // tile's summary; the answer must be the one of scoring every summary.
+    const D: usize = 32;
+    const N: usize = 2_400;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let opts = graftdb::Options { hnsw_min_rows: usize::MAX, partitions: false, ..graftdb::Options::default() };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(43);
+    let centres: Vec<Vec<f32>> = (0..40).map(|_| unit((0..D).map(|_| rng.random_range(-1.0f32..1.0)).collect())).collect();
+    {
+        let db = Db::create_with(&path, opts.clone()).unwrap();
+        db.create_space("px", D as u32, Metric::Cos, Level::Patch { rows: 2, cols: 2 }).unwrap();
+        let mut w = db.begin_write().unwrap();
+        for i in 0..N {
+            let key = w.insert(Record::Tile(tile(i, 10.0 + (i % 60) as f64 * 0.03, 45.0 + (i / 60) as f64 * 0.03))).unwrap();
+            let c = &centres[rng.random_range(0..centres.len())];
+            let grid: Vec<f32> = (0..4).flat_map(|_| unit(c.iter().map(|x| x + rng.random_range(-0.3f32..0.3)).collect())).collect();
+            w.put_patches("px", key, &grid).unwrap();
+        }
+        w.commit().unwrap();
+        db.checkpoint().unwrap();
+    }
+    // Every tile, and a box holding 56 of the 60 columns and all 40 rows of tiles.
+    let most = Region::bbox(10.05, 44.98, 11.80, 46.2).unwrap();
+    let queries: Vec<Vec<f32>> = (0..16).map(|qi| unit(centres[qi * 2].iter().map(|x| x + rng.random_range(-0.1f32..0.1)).collect())).collect();
+    type Answers = Vec<Vec<(String, u16, u16, f32)>>;
+    let run = |groups: bool| -> (Answers, u64) {
+        let db = Db::open_with(&path, graftdb::Options { tile_groups: groups, ..opts.clone() }).unwrap();
+        let (mut answers, mut tested) = (Vec::new(), 0);
+        for q in &queries {
+            for region in [None, Some(&most)] {
+                for (k, cap) in [(10, 3), (10, 8), (300, 1)] {
+                    let filter = Filter { regions: region.into_iter().cloned().collect(), ..Default::default() };
+                    let r = db.search(&Query::new("px", q.clone(), k).filter(filter).max_tiles(Some(cap))).unwrap();
+                    assert_eq!(r.hits.len(), k, "short under a cap of {cap} tiles");
+                    if k == 10 {
+                        tested += r.explain.tested;
+                    }
+                    answers.push(patch_hits(&r));
+                }
+            }
+        }
+        (answers, tested)
+    };
+    let (grouped, tested_grouped) = run(true);
+    let (plain, tested_plain) = run(false);
+    assert_eq!(grouped.len(), plain.len());
+    for (n, (a, b)) in grouped.iter().zip(&plain).enumerate() {
+        assert_eq!(a, b, "query {n}: the groups found other tiles than scoring every summary");
+    }
+    // The plain pass tests every tile of the region (~2,300 a query); the groups a few of
+    // their 49 groups.
+    eprintln!("tiles tested: {tested_grouped} through the groups, {tested_plain} one by one");
+    assert!(tested_grouped * 4 < tested_plain, "the groups tested {tested_grouped} tiles, the plain pass {tested_plain}");
+}

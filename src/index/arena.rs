@@ -155,8 +155,51 @@ pub struct Segment {
     /// Every [`FENCE`]-th key, built on first use by [`Segment::rows_in`] (never stored).
     pub(crate) fences: std::sync::OnceLock<Vec<u64>>,
     /// Patch-level segments: every tile's summary (the end of its sketch row) side by side,
-    /// gathered on first use by [`Segment::summary`] (never stored).
-    pub(crate) summaries: std::sync::OnceLock<Vec<u8>>,
+    /// and the summaries grouped by content, made on first use by [`Segment::summary`] or in
+    /// the background ([`Segment::summaries_in_background`]); never stored.
+    pub(crate) summaries: Arc<std::sync::OnceLock<Summaries>>,
+}
+
+/// The tile summaries of a patch-level segment side by side ([`Segment::summary`]).
+#[derive(Default)]
+pub(crate) struct Summaries {
+    /// Every tile's summary, `sketch::summary_bytes(dim)` each.
+    all: Vec<u8>,
+    /// The summaries' mean patches in cone partitions ([`Parts::build_means`]), where the
+    /// segment has at least [`GROUPS_MIN_TILES`] tiles.
+    groups: Option<crate::index::parts::Parts>,
+}
+
+/// Below this many tiles a capped tile scan scores every summary (a fraction of a
+/// millisecond) and the summaries are not grouped.
+pub const GROUPS_MIN_TILES: usize = 2_048;
+
+impl Summaries {
+    /// The summaries `all` of the tiles whose keys and filter fields are given, grouped.
+    fn new(all: Vec<u8>, keys: &[u64], meta: (&[i64], &[f64], &[u8]), dim: usize, threads: usize) -> Self {
+        let width = crate::index::sketch::summary_bytes(dim);
+        let n = all.len() / width.max(1);
+        if n < GROUPS_MIN_TILES || keys.len() != n {
+            return Summaries { all, groups: None };
+        }
+        // The mean patches as a segment of coded rows, with their tiles' keys and fields.
+        let mut means = Segment::empty(dim);
+        let (mut codes, mut scales) = (Vec::with_capacity(n * dim), Vec::with_capacity(n));
+        for sum in all.chunks_exact(width) {
+            let Some((c, sc)) = crate::store::codec::patch_codes(sum, dim, 0) else { return Summaries { all, groups: None } };
+            codes.extend_from_slice(c);
+            scales.push(sc);
+        }
+        means.keys = Col::Owned(keys.to_vec());
+        means.time = Col::Owned(meta.0.to_vec());
+        means.bbox = Col::Owned(meta.1.to_vec());
+        means.kind = Col::Owned(meta.2.to_vec());
+        means.codes = Col::Owned(codes);
+        means.qres = Col::Owned(vec![0.0; n]);
+        means.qscale = Col::Owned(scales);
+        let groups = crate::index::parts::Parts::build_means(&means, dim, threads);
+        Summaries { all, groups }
+    }
 }
 
 /// Keys per fence. A key lookup searches the fences (1M rows: 125 KB, which stay cached)
@@ -289,17 +332,42 @@ impl Segment {
     /// own page). `None` where the segment has no sketches.
     pub fn summary(&self, i: usize, per: usize, dim: usize) -> Option<&[u8]> {
         let width = crate::index::sketch::summary_bytes(dim);
-        let all = self.summaries.get_or_init(|| {
-            let mut all = Vec::with_capacity(self.len() * width);
-            for r in 0..self.len() {
-                match crate::index::sketch::split_row(self.sketches(r), per, dim) {
-                    Some((_, sum)) if sum.len() == width => all.extend_from_slice(sum),
-                    _ => return Vec::new(),
-                }
+        self.summaries(per, dim).all.get(i * width..(i + 1) * width)
+    }
+    /// The tile summaries' mean patches grouped by content (cone partitions whose items are
+    /// the segment's rows), made with the summaries; `None` below [`GROUPS_MIN_TILES`] tiles
+    /// or without sketches.
+    pub fn tile_groups(&self, per: usize, dim: usize) -> Option<&crate::index::parts::Parts> {
+        self.summaries(per, dim).groups.as_ref()
+    }
+    fn summaries(&self, per: usize, dim: usize) -> &Summaries {
+        self.summaries.get_or_init(|| Summaries::new(self.gather_summaries(per, dim), &self.keys, (&self.time, &self.bbox, &self.kind), dim, 1))
+    }
+    /// Every tile's summary side by side; empty when a row has none.
+    fn gather_summaries(&self, per: usize, dim: usize) -> Vec<u8> {
+        let width = crate::index::sketch::summary_bytes(dim);
+        let mut all = Vec::with_capacity(self.len() * width);
+        for r in 0..self.len() {
+            match crate::index::sketch::split_row(self.sketches(r), per, dim) {
+                Some((_, sum)) if sum.len() == width => all.extend_from_slice(sum),
+                _ => return Vec::new(),
             }
-            all
+        }
+        all
+    }
+    /// Make [`Segment::summary`]'s copy and [`Segment::tile_groups`] on a background thread
+    /// (from copies of the summaries, keys and filter fields), so that the first capped tile
+    /// scan after open or checkpoint finds them ready; a scan that comes first makes them
+    /// itself. A segment without sketches does nothing.
+    pub fn summaries_in_background(&self, per: usize, dim: usize) {
+        if self.sketch.is_empty() || self.summaries.get().is_some() {
+            return;
+        }
+        let all = self.gather_summaries(per, dim);
+        let (cell, keys, time, bbox, kind) = (Arc::clone(&self.summaries), self.keys.to_vec(), self.time.to_vec(), self.bbox.to_vec(), self.kind.to_vec());
+        let _ = std::thread::Builder::new().name("graftdb-summaries".into()).spawn(move || {
+            let _ = cell.set(Summaries::new(all, &keys, (&time, &bbox, &kind), dim, 1));
         });
-        all.get(i * width..(i + 1) * width)
     }
     /// The sketch bytes of one row (0: the segment has none).
     #[inline]

@@ -135,21 +135,29 @@ fn layout_v2(np: usize, n: usize, dim: usize) -> [Range<usize>; 13] {
 /// or every patch of a patch-level segment's grids (`per` a row, i8 with a scale each).
 #[derive(Clone, Copy)]
 enum Source<'a> {
+    /// Unit f32 rows with their i8 codes.
     Rows(&'a Segment),
+    /// Every patch of a patch-level segment's grids, `per` a row.
     Patches(&'a Segment, usize),
+    /// Rows held only as i8 codes, of any norm (the tile summaries, [`Parts::build_means`]).
+    Means(&'a Segment),
 }
 
 impl Source<'_> {
     fn seg(&self) -> &Segment {
         match *self {
-            Source::Rows(s) | Source::Patches(s, _) => s,
+            Source::Rows(s) | Source::Patches(s, _) | Source::Means(s) => s,
         }
     }
     fn per(&self) -> usize {
         match *self {
-            Source::Rows(_) => 1,
+            Source::Rows(_) | Source::Means(_) => 1,
             Source::Patches(_, per) => per,
         }
+    }
+    /// Whether every item is a unit vector (else each partition keeps its largest norm).
+    fn unit(&self) -> bool {
+        matches!(self, Source::Rows(_))
     }
     fn len(&self) -> usize {
         self.seg().len() * self.per()
@@ -162,8 +170,12 @@ impl Source<'_> {
                 buf.extend_from_slice(s.vector(i));
                 1.0
             }
-            Source::Patches(s, per) => {
-                let Some((codes, scale)) = s.patch_coded(i / per, i % per, dim) else {
+            Source::Patches(..) | Source::Means(_) => {
+                let coded = match *self {
+                    Source::Patches(s, per) => s.patch_coded(i / per, i % per, dim),
+                    _ => self.seg().coded(i).map(|(c, sc, _)| (c, sc)),
+                };
+                let Some((codes, scale)) = coded else {
                     buf.resize(dim, 0.0);
                     return 0.0;
                 };
@@ -459,6 +471,17 @@ impl Parts {
         Self::build_from(Source::Patches(seg, per), dim, threads)
     }
 
+    /// Group the rows of `seg`, held as i8 codes of any norm (no f32 rows), into about
+    /// `count_for(len)` partitions, each bounded by its largest norm: the tile summaries of
+    /// a patch-level segment, so a capped tile scan finds the tiles with the best mean patch
+    /// without scoring every summary ([`crate::index::arena::Segment::tile_groups`]).
+    pub fn build_means(seg: &Segment, dim: usize, threads: usize) -> Option<Parts> {
+        if seg.codes.len() != seg.len() * dim || seg.qscale.len() != seg.len() {
+            return None;
+        }
+        Self::build_from(Source::Means(seg), dim, threads)
+    }
+
     fn build_from(src: Source<'_>, dim: usize, threads: usize) -> Option<Parts> {
         let n = src.len();
         if n == 0 || u32::try_from(n).is_err() {
@@ -519,7 +542,7 @@ impl Parts {
         }
         // Unit vectors keep 1; a decoded patch's norm is rounded up past its f32 rounding.
         for m in &mut max_norm {
-            *m = if per == 1 { 1.0 } else { (*m * (1.0 + 1e-5)).max(f32::MIN_POSITIVE) };
+            *m = if src.unit() { 1.0 } else { (*m * (1.0 + 1e-5)).max(f32::MIN_POSITIVE) };
         }
         let mut min_cos = vec![1f32; np];
         for p in 0..np {

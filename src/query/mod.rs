@@ -1093,7 +1093,7 @@ fn run_patch(def: &SpaceDef, st: &SpaceIndex, cand: &Rows, m: &Matcher<'_>, qv: 
     let mut test = PatchTest::new(m, rows, cols);
     // Tiles not yet indexed first: their scores raise the k-th score the partitions must beat.
     let bound = Bound::new(qv);
-    scan_patch_tiles(&st.delta, &cand.delta, &mut test, dim, n, qv, &bound, None, None, &mut top, ex);
+    scan_patch_tiles(&st.delta, &cand.delta, &mut test, dim, n, qv, &bound, None, None, false, &mut top, ex);
     // What a path that gives up starts over from: its partial answer may hold base patches
     // the next path finds again.
     let delta_top = top.clone();
@@ -1141,7 +1141,7 @@ fn run_patch(def: &SpaceDef, st: &SpaceIndex, cand: &Rows, m: &Matcher<'_>, qv: 
     let cap = q.max_tiles.filter(|_| indexed && sketch.is_some());
     let mut done = false;
     if let Some(cap) = cap {
-        if scan_patch_tiles(&st.base, &cand.base, &mut test, dim, n, qv, &bound, sketch.as_ref(), Some(cap), &mut top, ex) {
+        if scan_patch_tiles(&st.base, &cand.base, &mut test, dim, n, qv, &bound, sketch.as_ref(), Some(cap), opts.tile_groups, &mut top, ex) {
             ex.path = PlanPath::PatchProbe;
         }
         done = true;
@@ -1170,7 +1170,7 @@ fn run_patch(def: &SpaceDef, st: &SpaceIndex, cand: &Rows, m: &Matcher<'_>, qv: 
         }
     }
     if !done {
-        scan_patch_tiles(&st.base, &cand.base, &mut test, dim, n, qv, &bound, sketch.as_ref(), None, &mut top, ex);
+        scan_patch_tiles(&st.base, &cand.base, &mut test, dim, n, qv, &bound, sketch.as_ref(), None, false, &mut top, ex);
     }
     let mut out = Vec::new();
     for s in top.into_sorted() {
@@ -1274,7 +1274,7 @@ fn search_patch_graph(g: &usearch::Index, st: &SpaceIndex, test: &mut PatchTest<
 /// the cap left out a tile whose bound reached the final k-th score (the answer is then
 /// approximate).
 #[allow(clippy::too_many_arguments)]
-fn scan_patch_tiles(seg: &Segment, rows: &[Range<usize>], test: &mut PatchTest<'_, '_>, dim: usize, n: usize, q: &[f32], bound: &Bound, sketch: Option<&SketchQuery>, cap: Option<usize>, top: &mut TopK<u32>, ex: &mut Explain) -> bool {
+fn scan_patch_tiles(seg: &Segment, rows: &[Range<usize>], test: &mut PatchTest<'_, '_>, dim: usize, n: usize, q: &[f32], bound: &Bound, sketch: Option<&SketchQuery>, cap: Option<usize>, groups: bool, top: &mut TopK<u32>, ex: &mut Explain) -> bool {
     let mut tiles = TileScan { seg, dim, n, q, bound, stride: codec::patch_stride(dim), reach: Vec::with_capacity(n), plain: 0, read: 0 };
     let sketch = sketch.filter(|_| !seg.sketch.is_empty());
     // With sketches: the matching tiles, each with the key they are visited by, its tile
@@ -1283,7 +1283,26 @@ fn scan_patch_tiles(seg: &Segment, rows: &[Range<usize>], test: &mut PatchTest<'
     // The summaries side by side (gathered on first use): fetch a few tiles ahead, as the
     // region's rows skip tiles.
     let summary = |i: usize| seg.summary(i, n, dim);
-    for r in rows {
+    // Under a cap, a region that holds most tiles finds the tiles with the best mean patch
+    // through the summaries' groups instead of scoring every summary.
+    let groups = match (cap, sketch) {
+        (Some(c), Some(_)) if groups && by_groups(rows, c.saturating_mul(GROUP_BEST), seg.len()) => seg.tile_groups(n, dim),
+        _ => None,
+    };
+    let mut dropped = false;
+    let mut grouped = false;
+    if let (Some(g), Some(sq), Some(c)) = (groups, sketch, cap) {
+        let budget = rows.iter().map(ExactSizeIterator::len).sum::<usize>() / GROUP_GIVE_UP;
+        let mut best = Vec::new();
+        if let Some(left_out) = best_tiles_by_groups(g, seg, rows, test, q, bound, c.saturating_mul(GROUP_BEST), budget, ex, &mut best) {
+            for (i, edge) in best {
+                let (mean, b) = summary(i).map_or((f32::INFINITY, f32::INFINITY), |sum| sketch::tile_score(bound, sq.norm(), sum));
+                order.push((mean, b, i, edge));
+            }
+            (dropped, grouped) = (left_out, true);
+        }
+    }
+    for r in rows.iter().filter(|_| !grouped) {
         for i in r.clone() {
             if sketch.is_some() && i + PREFETCH_TILES < r.end {
                 scan::prefetch(summary(i + PREFETCH_TILES).unwrap_or(&[]));
@@ -1317,7 +1336,7 @@ fn scan_patch_tiles(seg: &Segment, rows: &[Range<usize>], test: &mut PatchTest<'
     };
     order[..sorted].sort_unstable_by(best);
     let mut left = cap.unwrap_or(usize::MAX);
-    let mut cut = false;
+    let (mut cut, mut capped) = (false, false);
     for j in 0..order.len() {
         if j == sorted {
             order[sorted..].sort_unstable_by(best);
@@ -1335,6 +1354,7 @@ fn scan_patch_tiles(seg: &Segment, rows: &[Range<usize>], test: &mut PatchTest<'
         if left == 0 && top.len() >= top.capacity() {
             let t = top.threshold();
             cut = order[j..].iter().any(|o| o.1 >= t);
+            capped = true;
             break;
         }
         left = left.saturating_sub(1);
@@ -1342,7 +1362,95 @@ fn scan_patch_tiles(seg: &Segment, rows: &[Range<usize>], test: &mut PatchTest<'
         tiles.score(i, key, &meta, edge, sketch, test, top);
     }
     ex.rescored += tiles.read;
-    cut
+    if dropped && !capped {
+        // The cap was not reached within the best tiles the groups found: more than half of
+        // them were ruled out by their bound, or they held fewer than k patches that pass (a
+        // region whose tiles mostly lie across its edge). Scan the region's tiles one by one
+        // instead: the same answer as without the groups, never short.
+        *top = TopK::new(top.capacity());
+        return scan_patch_tiles(seg, rows, test, dim, n, q, bound, sketch, cap, false, top, ex);
+    }
+    cut || dropped
+}
+
+/// Whether a capped tile scan that wants the `m` best tiles by mean of a region whose rows
+/// are `rows` (of a segment of `len` tiles) should find them through the summaries' groups:
+/// the groups visit about `m / share` tiles for the region's share of all tiles (times a
+/// margin, as their bounds are loose), the pass over the region visits every tile in it.
+fn by_groups(rows: &[Range<usize>], m: usize, len: usize) -> bool {
+    let inside: usize = rows.iter().map(ExactSizeIterator::len).sum();
+    let share = inside as f64 / len.max(1) as f64;
+    inside >= crate::index::arena::GROUPS_MIN_TILES && (m as f64 * GROUP_VISIT_MARGIN) < share * inside as f64
+}
+
+/// Under a cap of `c` tiles, the group search finds the `GROUP_BEST × c` best tiles by mean.
+const GROUP_BEST: usize = 2;
+
+/// How many more tiles than `m / share` the group search is expected to visit.
+const GROUP_VISIT_MARGIN: f64 = 4.0;
+
+/// The group search gives up (and the region's tiles are scored one by one) once it has
+/// tested more than this share of the region's tiles: the m-th best mean is then too low for
+/// the groups' bounds to rule much out.
+const GROUP_GIVE_UP: usize = 4;
+
+/// The `m` tiles of `rows` that pass the filter with the best mean patch (the score of
+/// their summary from the query's i16 codes, as [`sketch::tile_score`] gives it), found by
+/// visiting the summaries' groups `g` best bound first until the next bound is below the
+/// `m`-th mean; each is pushed to `found` with whether it is on the region's edge. Returns
+/// whether tiles were left unvisited (the capped answer is then approximate), or `None`
+/// when it would test more than `budget` tiles.
+#[allow(clippy::too_many_arguments)]
+fn best_tiles_by_groups(g: &Parts, seg: &Segment, rows: &[Range<usize>], test: &mut PatchTest<'_, '_>, q: &[f32], bound: &Bound, m: usize, budget: usize, ex: &mut Explain, found: &mut Vec<(usize, bool)>) -> Option<bool> {
+    let mut best: TopK<u32> = TopK::new(m.max(1));
+    let mut bounds = g.bounds_coded(bound);
+    bounds.sort_unstable_by(|a, b| b.bound.total_cmp(&a.bound));
+    let inside = |i: usize| rows.get(rows.partition_point(|r| r.end <= i)).is_some_and(|r| r.contains(&i));
+    let (mut left_out, mut visited) = (false, 0usize);
+    for (v, pb) in bounds.iter().enumerate() {
+        let full = best.len() >= best.capacity();
+        // The coded bound is never below the f32 one: once it falls below the m-th mean, so
+        // does every later group's.
+        if full && pb.bound < best.threshold() {
+            left_out = bounds[v..].iter().any(|b| !g.positions(b.part as usize).is_empty());
+            break;
+        }
+        // Once the m-th mean is known, give up as soon as the groups that can still reach it
+        // hold more tiles than the budget has left.
+        if full {
+            let t = best.threshold();
+            let reachable: usize = bounds[v..].iter().take_while(|b| b.bound >= t).map(|b| g.positions(b.part as usize).len()).sum();
+            if visited + reachable > budget {
+                return None;
+            }
+        }
+        let pb = g.refine(pb, q);
+        let reach = g.reaching(&pb, best.threshold());
+        visited += reach.len();
+        if visited > budget {
+            return None;
+        }
+        for j in reach {
+            let (Some(i), Some(key)) = (g.row(j).map(|r| r as usize), g.key(j)) else { continue };
+            if !inside(i) {
+                continue;
+            }
+            let Some(meta) = seg.meta(i) else { continue };
+            ex.tested += 1;
+            let edge = match test.tile(key, &meta) {
+                None => continue,
+                Some(e) => e.is_some(),
+            };
+            ex.matched += 1;
+            let Some((codes, scale, _)) = g.coded(j) else { continue };
+            let mean = bound.upper(codes, scale, 0.0);
+            if mean >= best.threshold() {
+                best.push(Scored { score: mean, key: i as u64, extra: u32::from(edge) });
+            }
+        }
+    }
+    found.extend(best.into_sorted().into_iter().map(|s| (s.key as usize, s.extra != 0)));
+    Some(left_out)
 }
 
 /// Under a cap of `c` tiles, the tile scan sorts the `CAP_SORTED × c` best tiles first.
