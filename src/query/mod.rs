@@ -1595,9 +1595,18 @@ fn scan_patch_parts(parts: &Parts, test: &mut PatchTest<'_, '_>, q: &[f32], boun
 fn finish(hits: Vec<(Scored<()>, Option<PatchHit>)>, recs: &Records<'_>, filter: &Filter) -> Result<Vec<Hit>> {
     let circle = filter.regions.iter().find(|r| matches!(r, Region::Circle { .. }));
     let mut out = Vec::with_capacity(hits.len());
+    // Patch hits often share a tile: each record is read and decoded once.
+    let mut read: Vec<(u64, Record)> = Vec::with_capacity(hits.len());
     for (s, patch) in hits {
-        let v = recs.get(s.key)?.ok_or_else(|| Error::Storage(format!("index names key {} with no record", s.key)))?;
-        let rec = codec::decode_record(v.value())?;
+        let at = match read.iter().position(|(k, _)| *k == s.key) {
+            Some(at) => at,
+            None => {
+                let v = recs.get(s.key)?.ok_or_else(|| Error::Storage(format!("index names key {} with no record", s.key)))?;
+                read.push((s.key, codec::decode_record(v.value())?));
+                read.len() - 1
+            }
+        };
+        let rec = &read[at].1;
         let (lon, lat) = match &patch {
             Some(p) => {
                 let n = (p.footprint.len().max(2) - 1) as f64;
