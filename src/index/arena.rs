@@ -202,6 +202,21 @@ impl Summaries {
     }
 }
 
+/// The summary of each of `rows` tiles side by side, from their sketch rows (`sketch`, the
+/// same number of bytes a row); empty when a row has none.
+fn gather_summaries(sketch: &[u8], rows: usize, per: usize, dim: usize) -> Vec<u8> {
+    let width = crate::index::sketch::summary_bytes(dim);
+    let Some(row) = sketch.len().checked_div(rows) else { return Vec::new() };
+    let mut all = Vec::with_capacity(rows * width);
+    for r in 0..rows {
+        match sketch.get(r * row..(r + 1) * row).and_then(|s| crate::index::sketch::split_row(s, per, dim)) {
+            Some((_, sum)) if sum.len() == width => all.extend_from_slice(sum),
+            _ => return Vec::new(),
+        }
+    }
+    all
+}
+
 /// Keys per fence. A key lookup searches the fences (1M rows: 125 KB, which stay cached)
 /// and then one block of `FENCE` keys (512 bytes), instead of binary-searching the whole key
 /// column: a cold search over 1M keys misses the cache at each of its last ~10 steps.
@@ -345,27 +360,27 @@ impl Segment {
     }
     /// Every tile's summary side by side; empty when a row has none.
     fn gather_summaries(&self, per: usize, dim: usize) -> Vec<u8> {
-        let width = crate::index::sketch::summary_bytes(dim);
-        let mut all = Vec::with_capacity(self.len() * width);
-        for r in 0..self.len() {
-            match crate::index::sketch::split_row(self.sketches(r), per, dim) {
-                Some((_, sum)) if sum.len() == width => all.extend_from_slice(sum),
-                _ => return Vec::new(),
-            }
-        }
-        all
+        gather_summaries(&self.sketch, self.len(), per, dim)
     }
     /// Make [`Segment::summary`]'s copy and [`Segment::tile_groups`] on a background thread
-    /// (from copies of the summaries, keys and filter fields), so that the first capped tile
-    /// scan after open or checkpoint finds them ready; a scan that comes first makes them
-    /// itself. A segment without sketches does nothing.
+    /// (from copies of the keys and filter fields; the summaries are gathered there from the
+    /// mapped snapshot, whose pages may still be on disk), so that the first capped tile scan
+    /// after open or checkpoint finds them ready; a scan that comes first makes them itself.
+    /// A segment without sketches does nothing.
     pub fn summaries_in_background(&self, per: usize, dim: usize) {
         if self.sketch.is_empty() || self.summaries.get().is_some() {
             return;
         }
-        let all = self.gather_summaries(per, dim);
+        // Sketches held in memory (a checkpoint's new base) are gathered here, a copy of a few
+        // MB; a mapped file's in the background.
+        let source = match &self.sketch {
+            Col::Mapped(map, range) => Err((Arc::clone(map), range.clone())),
+            Col::Owned(_) => Ok(self.gather_summaries(per, dim)),
+        };
+        let rows = self.len();
         let (cell, keys, time, bbox, kind) = (Arc::clone(&self.summaries), self.keys.to_vec(), self.time.to_vec(), self.bbox.to_vec(), self.kind.to_vec());
         let _ = std::thread::Builder::new().name("graftdb-summaries".into()).spawn(move || {
+            let all = source.unwrap_or_else(|(map, range)| gather_summaries(map.get(range).unwrap_or(&[]), rows, per, dim));
             let _ = cell.set(Summaries::new(all, &keys, (&time, &bbox, &kind), dim, 1));
         });
     }
