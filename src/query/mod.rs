@@ -1294,7 +1294,7 @@ fn scan_patch_tiles(seg: &Segment, rows: &[Range<usize>], test: &mut PatchTest<'
     if let (Some(g), Some(sq), Some(c)) = (groups, sketch, cap) {
         let budget = rows.iter().map(ExactSizeIterator::len).sum::<usize>() / GROUP_GIVE_UP;
         let mut best = Vec::new();
-        if let Some(left_out) = best_tiles_by_groups(g, seg, rows, test, q, bound, c.saturating_mul(GROUP_BEST), budget, ex, &mut best) {
+        if let Some(left_out) = best_tiles_by_groups(g, rows, test, q, bound, c.saturating_mul(GROUP_BEST), budget, ex, &mut best) {
             for (i, edge) in best {
                 let (mean, b) = summary(i).map_or((f32::INFINITY, f32::INFINITY), |sum| sketch::tile_score(bound, sq.norm(), sum));
                 order.push((mean, b, i, edge));
@@ -1401,12 +1401,13 @@ const GROUP_GIVE_UP: usize = 4;
 /// whether tiles were left unvisited (the capped answer is then approximate), or `None`
 /// when it would test more than `budget` tiles.
 #[allow(clippy::too_many_arguments)]
-fn best_tiles_by_groups(g: &Parts, seg: &Segment, rows: &[Range<usize>], test: &mut PatchTest<'_, '_>, q: &[f32], bound: &Bound, m: usize, budget: usize, ex: &mut Explain, found: &mut Vec<(usize, bool)>) -> Option<bool> {
+fn best_tiles_by_groups(g: &Parts, rows: &[Range<usize>], test: &mut PatchTest<'_, '_>, q: &[f32], bound: &Bound, m: usize, budget: usize, ex: &mut Explain, found: &mut Vec<(usize, bool)>) -> Option<bool> {
     let mut best: TopK<u32> = TopK::new(m.max(1));
     let mut bounds = g.bounds_coded(bound);
     bounds.sort_unstable_by(|a, b| b.bound.total_cmp(&a.bound));
     let inside = |i: usize| rows.get(rows.partition_point(|r| r.end <= i)).is_some_and(|r| r.contains(&i));
     let (mut left_out, mut visited) = (false, 0usize);
+    let metas = g.metas();
     for (v, pb) in bounds.iter().enumerate() {
         let full = best.len() >= best.capacity();
         // The coded bound is never below the f32 one: once it falls below the m-th mean, so
@@ -1435,7 +1436,8 @@ fn best_tiles_by_groups(g: &Parts, seg: &Segment, rows: &[Range<usize>], test: &
             if !inside(i) {
                 continue;
             }
-            let Some(meta) = seg.meta(i) else { continue };
+            // The groups keep their tiles' filter fields in group order: read side by side.
+            let Some(meta) = metas.get(j) else { continue };
             ex.tested += 1;
             let edge = match test.tile(key, &meta) {
                 None => continue,
