@@ -357,10 +357,20 @@ fn search_once(db: &Db, space: &str, qv: &[f32], k: usize, q: &Value, cap: Optio
 /// seconds after open, e.g. for the background prefault of the mapped index files, as in a
 /// long-running process; the first 20 queries run untimed (every engine does the same); and
 /// PEERS_GRAFT_WARM=1 (diagnosis) answers every query once untimed, so the timed pass runs
-/// with the mapped index files already faulted in.
+/// with the mapped index files already faulted in. PEERS_GRAFT_FLUSH_MB=N writes N MB of
+/// scratch memory first, evicting the CPU caches, so that a pass after the first (a cap, a
+/// beam) does not find the same queries' data cached by the passes before it: every pass
+/// then starts as the first does, and as each peer's one pass does.
 fn timed_pass(qs: &[Value], run: impl Fn(usize, &Value) -> Result<(f64, Vec<i64>, String, [u64; 3])>) -> Result<Vec<Value>> {
     if let Some(s) = std::env::var("PEERS_GRAFT_SETTLE").ok().and_then(|v| v.parse::<f64>().ok()) {
         std::thread::sleep(std::time::Duration::from_secs_f64(s));
+    }
+    if let Some(mb) = std::env::var("PEERS_GRAFT_FLUSH_MB").ok().and_then(|v| v.parse::<usize>().ok()) {
+        let mut junk = vec![0u64; mb << 17];
+        for (i, x) in junk.iter_mut().enumerate() {
+            *x = i as u64;
+        }
+        std::hint::black_box(&junk);
     }
     let warm = if std::env::var("PEERS_GRAFT_WARM").is_ok_and(|v| v != "0") { qs.len() } else { 20 };
     for (qi, q) in qs.iter().enumerate().take(warm) {
