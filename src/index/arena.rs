@@ -175,8 +175,9 @@ pub(crate) struct Summaries {
 pub const GROUPS_MIN_TILES: usize = 2_048;
 
 impl Summaries {
-    /// The summaries `all` of the tiles whose keys and filter fields are given, grouped.
-    fn new(all: Vec<u8>, keys: &[u64], meta: (&[i64], &[f64], &[u8]), dim: usize, threads: usize) -> Self {
+    /// The summaries `all` of the tiles whose keys and filter fields (time, bbox, kind) are
+    /// given, grouped.
+    fn new(all: Vec<u8>, keys: Vec<u64>, meta: (Vec<i64>, Vec<f64>, Vec<u8>), dim: usize, threads: usize) -> Self {
         let width = crate::index::sketch::summary_bytes(dim);
         let n = all.len() / width.max(1);
         if n < GROUPS_MIN_TILES || keys.len() != n {
@@ -190,10 +191,10 @@ impl Summaries {
             codes.extend_from_slice(c);
             scales.push(sc);
         }
-        means.keys = Col::Owned(keys.to_vec());
-        means.time = Col::Owned(meta.0.to_vec());
-        means.bbox = Col::Owned(meta.1.to_vec());
-        means.kind = Col::Owned(meta.2.to_vec());
+        means.keys = Col::Owned(keys);
+        means.time = Col::Owned(meta.0);
+        means.bbox = Col::Owned(meta.1);
+        means.kind = Col::Owned(meta.2);
         means.codes = Col::Owned(codes);
         means.qres = Col::Owned(vec![0.0; n]);
         means.qscale = Col::Owned(scales);
@@ -356,7 +357,7 @@ impl Segment {
         self.summaries(per, dim).groups.as_ref()
     }
     fn summaries(&self, per: usize, dim: usize) -> &Summaries {
-        self.summaries.get_or_init(|| Summaries::new(self.gather_summaries(per, dim), &self.keys, (&self.time, &self.bbox, &self.kind), dim, 1))
+        self.summaries.get_or_init(|| Summaries::new(self.gather_summaries(per, dim), self.keys.to_vec(), (self.time.to_vec(), self.bbox.to_vec(), self.kind.to_vec()), dim, 1))
     }
     /// Every tile's summary side by side; empty when a row has none.
     fn gather_summaries(&self, per: usize, dim: usize) -> Vec<u8> {
@@ -381,7 +382,7 @@ impl Segment {
         let (cell, keys, time, bbox, kind) = (Arc::clone(&self.summaries), self.keys.to_vec(), self.time.to_vec(), self.bbox.to_vec(), self.kind.to_vec());
         let _ = std::thread::Builder::new().name("graftdb-summaries".into()).spawn(move || {
             let all = source.unwrap_or_else(|(map, range)| gather_summaries(map.get(range).unwrap_or(&[]), rows, per, dim));
-            let _ = cell.set(Summaries::new(all, &keys, (&time, &bbox, &kind), dim, 1));
+            let _ = cell.set(Summaries::new(all, keys, (time, bbox, kind), dim, 1));
         });
     }
     /// The sketch bytes of one row (0: the segment has none).

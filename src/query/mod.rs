@@ -1274,7 +1274,7 @@ fn search_patch_graph(g: &usearch::Index, st: &SpaceIndex, test: &mut PatchTest<
 /// the cap left out a tile whose bound reached the final k-th score (the answer is then
 /// approximate).
 #[allow(clippy::too_many_arguments)]
-fn scan_patch_tiles(seg: &Segment, rows: &[Range<usize>], test: &mut PatchTest<'_, '_>, dim: usize, n: usize, q: &[f32], bound: &Bound, sketch: Option<&SketchQuery>, cap: Option<usize>, groups: bool, top: &mut TopK<u32>, ex: &mut Explain) -> bool {
+fn scan_patch_tiles(seg: &Segment, rows: &[Range<usize>], test: &mut PatchTest<'_, '_>, dim: usize, n: usize, q: &[f32], bound: &Bound, sketch: Option<&SketchQuery>, cap: Option<usize>, use_groups: bool, top: &mut TopK<u32>, ex: &mut Explain) -> bool {
     let mut tiles = TileScan { seg, dim, n, q, bound, stride: codec::patch_stride(dim), reach: Vec::with_capacity(n), plain: 0, read: 0 };
     let sketch = sketch.filter(|_| !seg.sketch.is_empty());
     // With sketches: the matching tiles, each with the key they are visited by, its tile
@@ -1285,14 +1285,15 @@ fn scan_patch_tiles(seg: &Segment, rows: &[Range<usize>], test: &mut PatchTest<'
     let summary = |i: usize| seg.summary(i, n, dim);
     // Under a cap, a region that holds most tiles finds the tiles with the best mean patch
     // through the summaries' groups instead of scoring every summary.
+    let in_region: usize = rows.iter().map(ExactSizeIterator::len).sum();
     let groups = match (cap, sketch) {
-        (Some(c), Some(_)) if groups && by_groups(rows, c.saturating_mul(GROUP_BEST), seg.len()) => seg.tile_groups(n, dim),
+        (Some(c), Some(_)) if use_groups && by_groups(in_region, c.saturating_mul(GROUP_BEST), seg.len()) => seg.tile_groups(n, dim),
         _ => None,
     };
     let mut dropped = false;
     let mut grouped = false;
     if let (Some(g), Some(sq), Some(c)) = (groups, sketch, cap) {
-        let budget = rows.iter().map(ExactSizeIterator::len).sum::<usize>() / GROUP_GIVE_UP;
+        let budget = in_region / GROUP_GIVE_UP;
         let mut best = Vec::new();
         if let Some(left_out) = best_tiles_by_groups(g, rows, test, q, bound, c.saturating_mul(GROUP_BEST), budget, ex, &mut best) {
             for (i, edge) in best {
@@ -1373,12 +1374,11 @@ fn scan_patch_tiles(seg: &Segment, rows: &[Range<usize>], test: &mut PatchTest<'
     cut || dropped
 }
 
-/// Whether a capped tile scan that wants the `m` best tiles by mean of a region whose rows
-/// are `rows` (of a segment of `len` tiles) should find them through the summaries' groups:
-/// the groups visit about `m / share` tiles for the region's share of all tiles (times a
-/// margin, as their bounds are loose), the pass over the region visits every tile in it.
-fn by_groups(rows: &[Range<usize>], m: usize, len: usize) -> bool {
-    let inside: usize = rows.iter().map(ExactSizeIterator::len).sum();
+/// Whether a capped tile scan that wants the `m` best tiles by mean of a region of `inside`
+/// tiles (of a segment of `len` tiles) should find them through the summaries' groups: the
+/// groups visit about `m / share` tiles for the region's share of all tiles (times a margin,
+/// as their bounds are loose), the pass over the region visits every tile in it.
+fn by_groups(inside: usize, m: usize, len: usize) -> bool {
     let share = inside as f64 / len.max(1) as f64;
     inside >= crate::index::arena::GROUPS_MIN_TILES && (m as f64 * GROUP_VISIT_MARGIN) < share * inside as f64
 }
@@ -1404,7 +1404,7 @@ const GROUP_GIVE_UP: usize = 4;
 fn best_tiles_by_groups(g: &Parts, rows: &[Range<usize>], test: &mut PatchTest<'_, '_>, q: &[f32], bound: &Bound, m: usize, budget: usize, ex: &mut Explain, found: &mut Vec<(usize, bool)>) -> Option<bool> {
     let mut best: TopK<u32> = TopK::new(m.max(1));
     let mut bounds = g.bounds_coded(bound);
-    bounds.sort_unstable_by(|a, b| b.bound.total_cmp(&a.bound));
+    sort_best(&mut bounds, None);
     let inside = |i: usize| rows.get(rows.partition_point(|r| r.end <= i)).is_some_and(|r| r.contains(&i));
     let (mut left_out, mut visited) = (false, 0usize);
     let metas = g.metas();
