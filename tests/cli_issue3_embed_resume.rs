@@ -58,7 +58,7 @@ fn killed_embed_keeps_committed_batches_and_resumes() {
     assert!(!status.success(), "embed finished before it could be killed ({seen} vectors seen); the test needs more work per run");
 
     let done = vectors(db, "tiny");
-    assert!(done >= 3 && done < 70, "{done} vectors after the kill");
+    assert!((3..70).contains(&done), "{done} vectors after the kill");
     // A batch is one transaction: image vectors and patch grids land together.
     let patches = vectors(db, "tiny-patch");
     assert_eq!(patches, done, "vectors and patch grids of a batch commit together");

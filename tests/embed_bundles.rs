@@ -106,7 +106,7 @@ fn check_bundle(name: &str) -> String {
     let rust_pixels = images.preprocessor().tensor(&img).unwrap();
     let d_pix = max_abs(&rust_pixels, &pixels);
     assert!(d_pix <= 1e-6, "{name}: PIL-exact preprocessing differs from PIL by {d_pix}");
-    let via_rust = images.embed(&[img.clone()]).unwrap();
+    let via_rust = images.embed(std::slice::from_ref(&img)).unwrap();
     let d_via_rust = max_abs(&via_rust.embeddings[0], &want_emb);
     assert!(d_via_rust <= TOL, "{name}: image file -> embedding differs from PyTorch by {d_via_rust}");
     let fast = images.preprocessor().clone().with_resample(Resample::Fast);

@@ -312,7 +312,7 @@ fn searches_during_commits_see_each_commit_and_only_whole_records() {
         // k larger than everything: the answer is every record committed so far.
         let res = db.search(&graftdb::Query::new("s", vector(7, 8), 10_000)).unwrap();
         assert!(res.hits.len() >= before, "a search began after {before} records were committed and found {}", res.hits.len());
-        assert!(res.hits.len() % per == 0, "a partial batch is visible: {} records", res.hits.len());
+        assert!(res.hits.len().is_multiple_of(per), "a partial batch is visible: {} records", res.hits.len());
         searches += 1;
         if before == batches * per {
             break;

@@ -36,7 +36,7 @@ pub fn print(out: &mut dyn Write, f: Format, hits: &[Hit]) -> Result<()> {
             }
         }
         Format::Table => {
-            writeln!(out, "{:>4}  {:<20} {:<5} {:>9} {:>11} {:>10}  {:<12} {}", "rank", "id", "kind", "score", "lon", "lat", "geohash", "extra")?;
+            writeln!(out, "{:>4}  {:<20} {:<5} {:>9} {:>11} {:>10}  {:<12} extra", "rank", "id", "kind", "score", "lon", "lat", "geohash")?;
             for (i, h) in hits.iter().enumerate() {
                 let mut extra = String::new();
                 if let Some(d) = h.distance_km {

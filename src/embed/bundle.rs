@@ -183,7 +183,7 @@ impl Bundle {
         if m.dim == 0 {
             return bad("dim must be positive".into());
         }
-        if m.image_size == 0 || m.patch_size == 0 || m.image_size % m.patch_size != 0 {
+        if m.image_size == 0 || m.patch_size == 0 || !m.image_size.is_multiple_of(m.patch_size) {
             return bad(format!("image_size {} is not a multiple of patch_size {}", m.image_size, m.patch_size));
         }
         let g = (m.image_size / m.patch_size) as usize;

@@ -16,6 +16,7 @@
 //!   22 levels where bicubic overshoot is clipped; a pure vertical resize is identical.
 //!   One 8-bit level is 1/255/std ≈ 0.015 after normalisation. PIL's algorithm costs more
 //!   only on large inputs (it is plain scalar code), so it is the default.
+//!
 //! `tests/embed_bundles.rs` checks the PIL port byte for byte and measures the fast one.
 
 use fast_image_resize::images::Image as FirImage;

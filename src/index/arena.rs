@@ -433,9 +433,12 @@ pub struct NewRow {
     pub bytes: Vec<u8>,
 }
 
+/// A [`SegmentBuilder`]'s row columns: keys, times, bboxes (four a row), kinds, vectors, patch grids.
+type BuilderColumns = (Vec<u64>, Vec<i64>, Vec<f64>, Vec<u8>, Vec<f32>, Vec<u8>);
+
 /// Builds an owned segment from rows given in ascending key order.
 pub struct SegmentBuilder {
-    seg: (Vec<u64>, Vec<i64>, Vec<f64>, Vec<u8>, Vec<f32>, Vec<u8>),
+    seg: BuilderColumns,
     codes: (Vec<i8>, Vec<f32>, Vec<f32>),
     stride: usize,
 }

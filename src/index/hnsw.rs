@@ -142,6 +142,10 @@ where
     add_all(n, dim, metric, m, threads, item, true)
 }
 
+/// A graph build's work on one thread: given the index and the thread's number, it records
+/// its findings or fails with a message.
+type ThreadWork<'f> = dyn Fn(&Index, usize, &mut Vec<u64>) -> std::result::Result<(), String> + Sync + 'f;
+
 /// [`build_with`], with the repair pass optional (tests measure what it repairs).
 fn add_all<'a, F>(n: usize, dim: usize, metric: Metric, m: usize, threads: usize, item: F, repair: bool) -> Result<Index>
 where
@@ -157,7 +161,7 @@ where
         }
     }
     // Each thread takes every `threads`-th item and answers with its error or its findings.
-    let on_threads = |f: &(dyn Fn(&Index, usize, &mut Vec<u64>) -> std::result::Result<(), String> + Sync)| -> Result<Vec<u64>> {
+    let on_threads = |f: &ThreadWork<'_>| -> Result<Vec<u64>> {
         let out: Vec<std::result::Result<Vec<u64>, String>> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..threads)
                 .map(|t| {

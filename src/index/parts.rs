@@ -358,7 +358,7 @@ impl Parts {
         if tt > 1.0 {
             return all.start..all.start;
         }
-        if !(tt > -1.0) {
+        if tt.is_nan() || tt <= -1.0 {
             return all;
         }
         let min_angle = b.cos_theta.acos() - tt.acos();

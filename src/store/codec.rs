@@ -112,58 +112,6 @@ pub fn patch_decode(grid: &[u8], dim: usize, p: usize) -> Option<Vec<f32>> {
     Some(codes.iter().map(|&c| f32::from(c) * scale).collect())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::record::Photo;
-
-    #[test]
-    fn record_round_trip() {
-        let r = Record::Photo(Photo {
-            id: RecordId::Int(-5),
-            lon: 1.5,
-            lat: -2.25,
-            accuracy: Some(16),
-            time: Some(1_600_000_000_000_000),
-            source: "yfcc100m".into(),
-            license: None,
-            url: Some("x.jpg".into()),
-            user: None,
-        });
-        assert_eq!(decode_record(&encode_record(&r).unwrap()).unwrap(), r);
-        assert!(decode_record(&[9, 1, 2]).is_err());
-        assert!(decode_record(&[1, 255, 255]).is_err());
-    }
-
-    #[test]
-    fn int_ids_sort_numerically() {
-        let a = id_key(Kind::Photo, &RecordId::Int(-3));
-        let b = id_key(Kind::Photo, &RecordId::Int(2));
-        assert!(a < b);
-    }
-
-    #[test]
-    fn patch_i8_error_is_small() {
-        // Measured bound: symmetric i8 with a per-patch scale loses at most scale/2 per value.
-        let dim = 512;
-        let grid: Vec<f32> = (0..dim * 3).map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 0.1).collect();
-        let enc = encode_patch_grid(&grid, dim);
-        assert_eq!(enc.len(), 3 * patch_stride(dim));
-        for p in 0..3 {
-            let dec = patch_decode(&enc, dim, p).unwrap();
-            let orig = &grid[p * dim..(p + 1) * dim];
-            let max = orig.iter().fold(0f32, |m, x| m.max(x.abs()));
-            for (a, b) in dec.iter().zip(orig) {
-                assert!((a - b).abs() <= max / 127.0 / 2.0 + 1e-7);
-            }
-            let q: Vec<f32> = orig.to_vec();
-            let exact: f32 = orig.iter().map(|x| x * x).sum();
-            let approx = patch_dot(&enc, dim, p, &q).unwrap();
-            assert!((exact - approx).abs() / exact < 0.01, "{exact} {approx}");
-        }
-    }
-}
-
 /// Bytes of the header in front of every vector payload.
 pub const VECTOR_HEADER: usize = 48;
 
@@ -239,4 +187,56 @@ pub fn decode_vector_value(bytes: &[u8]) -> Result<(crate::index::arena::RowMeta
         *b = f64::from_le_bytes(f(16 + 8 * i)?);
     }
     Ok((crate::index::arena::RowMeta { kind, time, bbox }, payload))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::record::Photo;
+
+    #[test]
+    fn record_round_trip() {
+        let r = Record::Photo(Photo {
+            id: RecordId::Int(-5),
+            lon: 1.5,
+            lat: -2.25,
+            accuracy: Some(16),
+            time: Some(1_600_000_000_000_000),
+            source: "yfcc100m".into(),
+            license: None,
+            url: Some("x.jpg".into()),
+            user: None,
+        });
+        assert_eq!(decode_record(&encode_record(&r).unwrap()).unwrap(), r);
+        assert!(decode_record(&[9, 1, 2]).is_err());
+        assert!(decode_record(&[1, 255, 255]).is_err());
+    }
+
+    #[test]
+    fn int_ids_sort_numerically() {
+        let a = id_key(Kind::Photo, &RecordId::Int(-3));
+        let b = id_key(Kind::Photo, &RecordId::Int(2));
+        assert!(a < b);
+    }
+
+    #[test]
+    fn patch_i8_error_is_small() {
+        // Measured bound: symmetric i8 with a per-patch scale loses at most scale/2 per value.
+        let dim = 512;
+        let grid: Vec<f32> = (0..dim * 3).map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 0.1).collect();
+        let enc = encode_patch_grid(&grid, dim);
+        assert_eq!(enc.len(), 3 * patch_stride(dim));
+        for p in 0..3 {
+            let dec = patch_decode(&enc, dim, p).unwrap();
+            let orig = &grid[p * dim..(p + 1) * dim];
+            let max = orig.iter().fold(0f32, |m, x| m.max(x.abs()));
+            for (a, b) in dec.iter().zip(orig) {
+                assert!((a - b).abs() <= max / 127.0 / 2.0 + 1e-7);
+            }
+            let q: Vec<f32> = orig.to_vec();
+            let exact: f32 = orig.iter().map(|x| x * x).sum();
+            let approx = patch_dot(&enc, dim, p, &q).unwrap();
+            assert!((exact - approx).abs() / exact < 0.01, "{exact} {approx}");
+        }
+    }
 }
