@@ -61,6 +61,13 @@ pub struct Options {
     /// the groups would visit more than a quarter of the region, or their best tiles do not
     /// fill the cap, the summaries are all scored as before). Tests turn it off to compare.
     pub tile_groups: bool,
+    /// Let a capped tile scan that leaves tiles out rank its tiles' patches by four-bit
+    /// copies of their codes (made in memory after open, or by the first such scan:
+    /// `dim / 2 + 4` bytes a patch, 512-d: 260) and read the i8 codes of a short list of
+    /// the best only (128, or 12 a hit): about half the bytes a visited tile. Only for a
+    /// `dim` that is a multiple of 128, on a CPU with AVX-512BW. Tests turn it off to
+    /// compare.
+    pub tile_shortlist: bool,
 }
 
 impl Default for Options {
@@ -77,6 +84,7 @@ impl Default for Options {
             partitions: true,
             prefault: true,
             tile_groups: true,
+            tile_shortlist: true,
         }
     }
 }

@@ -158,6 +158,11 @@ pub struct Segment {
     /// and the summaries grouped by content, made on first use by [`Segment::summary`] or in
     /// the background ([`Segment::summaries_in_background`]); never stored.
     pub(crate) summaries: Arc<std::sync::OnceLock<Summaries>>,
+    /// Patch-level segments: four-bit copies of every patch's codes
+    /// ([`crate::index::nibble`]), made on first use by [`Segment::nibbles`] or in the
+    /// background with the summaries; never stored. `None` inside where the layout does not
+    /// hold the dimension.
+    pub(crate) nibbles: Arc<std::sync::OnceLock<Option<crate::index::nibble::Nibbles>>>,
 }
 
 /// The tile summaries of a patch-level segment side by side ([`Segment::summary`]).
@@ -252,6 +257,7 @@ impl Segment {
             stride,
             fences: Default::default(),
             summaries: Default::default(),
+            nibbles: Default::default(),
         }
     }
     /// Rows held.
@@ -363,6 +369,11 @@ impl Segment {
     fn gather_summaries(&self, per: usize, dim: usize) -> Vec<u8> {
         gather_summaries(&self.sketch, self.len(), per, dim)
     }
+    /// The four-bit copies of the patches' codes (`per` patches of `dim` a tile), made on
+    /// first use; `None` where the layout does not hold `dim`.
+    pub fn nibbles(&self, per: usize, dim: usize) -> Option<&crate::index::nibble::Nibbles> {
+        self.nibbles.get_or_init(|| crate::index::nibble::Nibbles::build(&self.bytes, self.len(), per, dim)).as_ref()
+    }
     /// Make [`Segment::summary`]'s copy and [`Segment::tile_groups`] on a background thread
     /// (from copies of the keys and filter fields; the summaries are gathered there from the
     /// mapped snapshot, whose pages may still be on disk), so that the first capped tile scan
@@ -372,6 +383,7 @@ impl Segment {
         if self.sketch.is_empty() || self.summaries.get().is_some() {
             return;
         }
+        self.nibbles_in_background(per, dim);
         // Sketches held in memory (a checkpoint's new base) are gathered here, a copy of a few
         // MB; a mapped file's in the background.
         let source = match &self.sketch {
@@ -383,6 +395,19 @@ impl Segment {
         let _ = std::thread::Builder::new().name("graftdb-summaries".into()).spawn(move || {
             let all = source.unwrap_or_else(|(map, range)| gather_summaries(map.get(range).unwrap_or(&[]), rows, per, dim));
             let _ = cell.set(Summaries::new(all, keys, (time, bbox, kind), dim, 1));
+        });
+    }
+    /// Make [`Segment::nibbles`] on a background thread from a mapped snapshot's grids (a
+    /// checkpoint's grids, held in memory, are not copied for it: the first capped scan
+    /// makes them).
+    fn nibbles_in_background(&self, per: usize, dim: usize) {
+        let Col::Mapped(map, range) = &self.bytes else { return };
+        if self.nibbles.get().is_some() {
+            return;
+        }
+        let (map, range, rows, cell) = (Arc::clone(map), range.clone(), self.len(), Arc::clone(&self.nibbles));
+        let _ = std::thread::Builder::new().name("graftdb-nibbles".into()).spawn(move || {
+            let _ = cell.set(crate::index::nibble::Nibbles::build(map.get(range).unwrap_or(&[]), rows, per, dim));
         });
     }
     /// The sketch bytes of one row (0: the segment has none).
@@ -535,6 +560,7 @@ impl SegmentBuilder {
             stride: self.stride,
             fences: Default::default(),
             summaries: Default::default(),
+            nibbles: Default::default(),
         }
     }
 }
@@ -758,6 +784,7 @@ pub fn read_snapshot(path: &Path, expect_stride: usize, patch: bool) -> Result<(
         stride,
         fences: Default::default(),
         summaries: Default::default(),
+        nibbles: Default::default(),
     };
     if !seg.keys.windows(2).all(|w| w[0] < w[1]) {
         return Err(corrupt("keys are not sorted"));
