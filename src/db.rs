@@ -61,12 +61,14 @@ pub struct Options {
     /// the groups would visit more than a quarter of the region, or their best tiles do not
     /// fill the cap, the summaries are all scored as before). Tests turn it off to compare.
     pub tile_groups: bool,
-    /// Let a capped tile scan that leaves tiles out rank its tiles' patches by four-bit
-    /// copies of their codes (made in memory after open, or by the first such scan:
-    /// `dim / 2 + 4` bytes a patch, 512-d: 260) and read the i8 codes of a short list of
-    /// the best only (128, or 12 a hit): about half the bytes a visited tile. Only for a
-    /// `dim` that is a multiple of 128, on a CPU with AVX-512BW. Tests turn it off to
-    /// compare.
+    /// Let a capped tile scan (12 tiles or more) that leaves tiles out rank its tiles'
+    /// patches by four-bit copies of their codes (`dim / 2 + 4` bytes a patch, 512-d: 260,
+    /// held in memory: made on a background thread after open, the scans before it finishes
+    /// reading the i8 codes as without it; a segment of up to 50k patches, or a checkpoint's
+    /// held in memory, has them made by the first such scan) and read the i8 codes of a
+    /// short list of the best only (128, or 12 a hit): about half the bytes a visited tile.
+    /// Only for a `dim` that is a multiple of 128, on a CPU with AVX-512BW. Tests turn it
+    /// off to compare.
     pub tile_shortlist: bool,
 }
 

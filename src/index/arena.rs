@@ -159,10 +159,9 @@ pub struct Segment {
     /// the background ([`Segment::summaries_in_background`]); never stored.
     pub(crate) summaries: Arc<std::sync::OnceLock<Summaries>>,
     /// Patch-level segments: four-bit copies of every patch's codes
-    /// ([`crate::index::nibble`]), made on first use by [`Segment::nibbles`] or in the
-    /// background with the summaries; never stored. `None` inside where the layout does not
-    /// hold the dimension.
-    pub(crate) nibbles: Arc<std::sync::OnceLock<Option<crate::index::nibble::Nibbles>>>,
+    /// ([`crate::index::nibble`]), made by [`Segment::nibbles`] or in the background; never
+    /// stored.
+    pub(crate) nibbles: Arc<NibbleCell>,
 }
 
 /// The tile summaries of a patch-level segment side by side ([`Segment::summary`]).
@@ -174,6 +173,20 @@ pub(crate) struct Summaries {
     /// segment has at least [`GROUPS_MIN_TILES`] tiles.
     groups: Option<crate::index::parts::Parts>,
 }
+
+/// A segment's four-bit patch codes ([`Segment::nibbles`]): `None` inside where the layout
+/// does not hold the dimension; `started` once a background thread makes them.
+#[derive(Default)]
+pub(crate) struct NibbleCell {
+    cell: std::sync::OnceLock<Option<crate::index::nibble::Nibbles>>,
+    started: std::sync::atomic::AtomicBool,
+}
+
+/// Up to this many patches (~40 ms of work) [`Segment::nibbles`] makes the four-bit codes
+/// in the query that asks for them; above it a mapped segment's are made on a background
+/// thread and the queries before it finishes read the i8 codes (a one-shot CLI query must
+/// not wait ~1.6 s for 1.96M patches).
+const NIBBLES_INLINE_MAX: usize = 50_000;
 
 /// Below this many tiles a capped tile scan scores every summary (a fraction of a
 /// millisecond) and the summaries are not grouped.
@@ -369,10 +382,19 @@ impl Segment {
     fn gather_summaries(&self, per: usize, dim: usize) -> Vec<u8> {
         gather_summaries(&self.sketch, self.len(), per, dim)
     }
-    /// The four-bit copies of the patches' codes (`per` patches of `dim` a tile), made on
-    /// first use; `None` where the layout does not hold `dim`.
+    /// The four-bit copies of the patches' codes (`per` patches of `dim` a tile); `None`
+    /// where the layout does not hold `dim`, or while a background thread still makes them
+    /// (started here if it was not: a mapped segment of more than [`NIBBLES_INLINE_MAX`]
+    /// patches). A small segment, or one held in memory (a checkpoint's), has them made here.
     pub fn nibbles(&self, per: usize, dim: usize) -> Option<&crate::index::nibble::Nibbles> {
-        self.nibbles.get_or_init(|| crate::index::nibble::Nibbles::build(&self.bytes, self.len(), per, dim)).as_ref()
+        if let Some(n) = self.nibbles.cell.get() {
+            return n.as_ref();
+        }
+        if self.len() * per > NIBBLES_INLINE_MAX && matches!(self.bytes, Col::Mapped(..)) {
+            self.nibbles_in_background(per, dim);
+            return None;
+        }
+        self.nibbles.cell.get_or_init(|| crate::index::nibble::Nibbles::build(&self.bytes, self.len(), per, dim)).as_ref()
     }
     /// Make [`Segment::summary`]'s copy and [`Segment::tile_groups`] on a background thread
     /// (from copies of the keys and filter fields; the summaries are gathered there from the
@@ -402,12 +424,12 @@ impl Segment {
     /// makes them).
     fn nibbles_in_background(&self, per: usize, dim: usize) {
         let Col::Mapped(map, range) = &self.bytes else { return };
-        if self.nibbles.get().is_some() {
+        if self.nibbles.cell.get().is_some() || self.nibbles.started.swap(true, std::sync::atomic::Ordering::AcqRel) {
             return;
         }
         let (map, range, rows, cell) = (Arc::clone(map), range.clone(), self.len(), Arc::clone(&self.nibbles));
         let _ = std::thread::Builder::new().name("graftdb-nibbles".into()).spawn(move || {
-            let _ = cell.set(crate::index::nibble::Nibbles::build(map.get(range).unwrap_or(&[]), rows, per, dim));
+            let _ = cell.cell.set(crate::index::nibble::Nibbles::build(map.get(range).unwrap_or(&[]), rows, per, dim));
         });
     }
     /// The sketch bytes of one row (0: the segment has none).
