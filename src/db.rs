@@ -67,8 +67,8 @@ pub struct Options {
     /// reading the i8 codes as without it; a segment of up to 50k patches, or a checkpoint's
     /// held in memory, has them made by the first such scan) and read the i8 codes of a
     /// short list of the best only (128, or 12 a hit): about half the bytes a visited tile.
-    /// Only for a `dim` that is a multiple of 128, on a CPU with AVX-512BW. Tests turn it
-    /// off to compare.
+    /// Only for a `dim` that is a multiple of 128, on a CPU with AVX-512BW. Off: no copy
+    /// is made (tests turn it off to compare).
     pub tile_shortlist: bool,
 }
 
@@ -415,6 +415,9 @@ impl Db {
                             arena::prefault(seg.maps().into_iter().chain(idx.parts.iter().flat_map(Parts::maps)).collect());
                             if patch {
                                 seg.summaries_in_background(per(&def), def.dim as usize);
+                                if self.opts.tile_shortlist {
+                                    seg.nibbles_in_background(per(&def), def.dim as usize);
+                                }
                             } else {
                                 idx.parts.iter().for_each(Parts::key_order_in_background);
                             }

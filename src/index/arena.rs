@@ -405,7 +405,6 @@ impl Segment {
         if self.sketch.is_empty() || self.summaries.get().is_some() {
             return;
         }
-        self.nibbles_in_background(per, dim);
         // Sketches held in memory (a checkpoint's new base) are gathered here, a copy of a few
         // MB; a mapped file's in the background.
         let source = match &self.sketch {
@@ -419,10 +418,11 @@ impl Segment {
             let _ = cell.set(Summaries::new(all, keys, (time, bbox, kind), dim, 1));
         });
     }
-    /// Make [`Segment::nibbles`] on a background thread from a mapped snapshot's grids (a
-    /// checkpoint's grids, held in memory, are not copied for it: the first capped scan
-    /// makes them).
-    fn nibbles_in_background(&self, per: usize, dim: usize) {
+    /// Make [`Segment::nibbles`] on a background thread from a mapped snapshot's grids, once
+    /// (after open with `Options::prefault` and `tile_shortlist`, or at the first capped scan
+    /// that wants them); a checkpoint's grids, held in memory, are not copied for it: the
+    /// first capped scan makes them.
+    pub fn nibbles_in_background(&self, per: usize, dim: usize) {
         let Col::Mapped(map, range) = &self.bytes else { return };
         if self.nibbles.cell.get().is_some() || self.nibbles.started.swap(true, std::sync::atomic::Ordering::AcqRel) {
             return;
