@@ -1,8 +1,8 @@
 //! Four-bit copies of a patch-level segment's i8 patch codes, for ranking the patches of the
 //! tiles a capped tile scan visits (`Query::max_tiles`) at half the bytes: the scan keeps a
 //! short list of the best patches by their four-bit estimate and reads the i8 codes of those
-//! alone ([`crate::query`]). Made in memory from the grid (after open or checkpoint, in the
-//! background, or on first use); never stored.
+//! alone ([`crate::query`]). Made in memory from the grid (on a background thread after
+//! open, or by the first capped scan that wants them: `Segment::nibbles`); never stored.
 //!
 //! A patch's i8 codes `c` (value `scale·c`) become `n = round(7·c / max|c|)` in `[-7, 7]` with
 //! the scale `s₄ = scale·max|c| / 7`. Its estimate for a query with i8 codes `q₈` (scale `s₈`)
@@ -107,7 +107,7 @@ impl NibbleQuery {
     pub fn fast(&self) -> bool {
         #[cfg(target_arch = "x86_64")]
         {
-            is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw")
+            crate::index::sketch::has_avx512()
         }
         #[cfg(not(target_arch = "x86_64"))]
         {

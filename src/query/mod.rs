@@ -1277,7 +1277,11 @@ fn search_patch_graph(g: &usearch::Index, st: &SpaceIndex, test: &mut PatchTest<
 #[allow(clippy::too_many_arguments)]
 fn scan_patch_tiles(seg: &Segment, rows: &[Range<usize>], test: &mut PatchTest<'_, '_>, dim: usize, n: usize, q: &[f32], bound: &Bound, sketch: Option<&SketchQuery>, cap: Option<usize>, use_groups: bool, use_shortlist: bool, top: &mut TopK<u32>, ex: &mut Explain) -> bool {
     let sketch = sketch.filter(|_| !seg.sketch.is_empty());
-    let mut tiles = TileScan { seg, dim, n, q, bound, stride: codec::patch_stride(dim), reach: Vec::with_capacity(n), short: None, plain: 0, read: 0 };
+    // A cap that leaves tiles out (an approximate answer already) may rank the patches of its
+    // tiles most like the query by their four-bit codes (see `TileScan::score`): where it
+    // holds at least `SHORTLIST_MIN_CAP` tiles. A cap of every tile the region holds reads
+    // every patch's codes, as the exact scan does (`order` is known below).
+    let mut tiles = TileScan { seg, dim, n, q, bound, stride: codec::patch_stride(dim), reach: Vec::with_capacity(n), shortlist: None, short: None, plain: 0, read: 0 };
     // With sketches: the matching tiles, each with the key they are visited by, its tile
     // bound and whether it is on the region's edge; without, each tile is scored as it is found.
     let mut order: Vec<(f32, f32, usize, bool)> = Vec::new();
@@ -1326,14 +1330,8 @@ fn scan_patch_tiles(seg: &Segment, rows: &[Range<usize>], test: &mut PatchTest<'
             }
         }
     }
-    // A cap that leaves tiles out (an approximate answer already), where the CPU scores
-    // four-bit codes fast: the visited tiles' patches are ranked by their four-bit estimates,
-    // and only a short list of the best has its i8 codes read. A cap of every tile the
-    // region holds reads them all, as the exact scan does.
     if cap.is_some_and(|c| c >= SHORTLIST_MIN_CAP && c < order.len()) && use_shortlist {
-        tiles.short = NibbleQuery::new(&bound.codes, bound.code_scale)
-            .filter(NibbleQuery::fast)
-            .and_then(|query| Some(Shortlist { top: TopK::new(shortlist_len(top.capacity())), query, codes: seg.nibbles(n, dim)?, est: Vec::with_capacity(n), on: false }));
+        tiles.shortlist = Some(shortlist_len(top.capacity()));
     }
     // Under a cap only the first few tiles are visited: order those, and the rest only if
     // the scan gets there (tiles ruled out by their bound do not count against the cap).
@@ -1372,7 +1370,7 @@ fn scan_patch_tiles(seg: &Segment, rows: &[Range<usize>], test: &mut PatchTest<'
         let (Some(&key), Some(meta)) = (seg.keys.get(i), seg.meta(i)) else { continue };
         tiles.score(i, key, &meta, edge, sketch, test, top);
     }
-    if let Some(short) = tiles.short.take().filter(|s| s.on) {
+    if let Some(short) = tiles.short.take() {
         tiles.rescore(short.top, top);
         cut = true;
     }
@@ -1488,7 +1486,12 @@ struct TileScan<'s> {
     reach: Vec<usize>,
     /// Tiles left to scan without the sketches after one where they ruled out too little.
     plain: usize,
-    /// Under a cap: the patches ranked by their four-bit estimates instead ([`Shortlist`]).
+    /// Under a cap that may rank by the four-bit codes: the short list's length.
+    shortlist: Option<usize>,
+    /// The patches ranked by their four-bit estimates ([`Shortlist`]): from the first tile
+    /// whose sketches let most of its patches through (the tiles most like the query, where
+    /// each patch's codes would be read). Until then the sketches rule patches out exactly,
+    /// reading less than the four-bit codes would (144 bytes a patch at 512-d, against 256).
     short: Option<Shortlist<'s>>,
     /// Patches whose codes were read.
     read: u64,
@@ -1502,11 +1505,16 @@ struct Shortlist<'s> {
     codes: &'s Nibbles,
     /// The estimates of the tile at hand.
     est: Vec<f32>,
-    /// Whether the scan ranks by the four-bit codes: from the first tile whose sketches let
-    /// most of its patches through (the tiles most like the query, where each patch's codes
-    /// would be read). Until then the sketches rule patches out exactly, reading less than
-    /// the four-bit codes would (144 bytes a patch at 512-d, against 256).
-    on: bool,
+}
+
+impl<'s> Shortlist<'s> {
+    /// An empty short list of `len` of the patches (`n` a tile, of `dim`) of `seg`, where the
+    /// query (`bound`'s codes) and the segment's four-bit codes allow one (the codes made,
+    /// `dim` a multiple of 128, AVX-512BW).
+    fn new(seg: &'s Segment, bound: &Bound, n: usize, dim: usize, len: usize) -> Option<Self> {
+        let query = NibbleQuery::new(&bound.codes, bound.code_scale).filter(NibbleQuery::fast)?;
+        Some(Shortlist { top: TopK::new(len), query, codes: seg.nibbles(n, dim)?, est: Vec::with_capacity(n) })
+    }
 }
 
 /// How many patches a capped tile scan short-lists by their four-bit estimates for `k`:
@@ -1530,7 +1538,7 @@ impl TileScan<'_> {
     fn score(&mut self, i: usize, key: u64, meta: &RowMeta, edge: bool, sketch: Option<&SketchQuery>, test: &mut PatchTest<'_, '_>, top: &mut TopK<u32>) {
         let (n, stride) = (self.n, self.stride);
         let grid = self.seg.grid(i);
-        if let Some(short) = self.short.as_mut().filter(|s| s.on) {
+        if let Some(short) = self.short.as_mut() {
             let Some((codes, scales)) = short.codes.tile(i) else { return };
             short.est.clear();
             short.query.estimates(codes, scales, &mut short.est);
@@ -1548,12 +1556,12 @@ impl TileScan<'_> {
             (Some(sq), Some(recs)) if sq.fast() && self.plain == 0 && t > f32::NEG_INFINITY => {
                 sq.reaching(recs, t, &mut self.reach);
                 if self.reach.len() * SKETCH_GIVE_UP_DEN > n * SKETCH_GIVE_UP_NUM {
-                    // Under a cap with a short list at hand, the rest of the tiles are ranked
-                    // by their four-bit codes from here on; else a few tiles go without the
-                    // sketches.
-                    match self.short.as_mut() {
-                        Some(short) => short.on = true,
-                        None => self.plain = SKETCH_REST_TILES,
+                    // Under a cap that may short-list, the rest of the tiles are ranked by
+                    // their four-bit codes from here on (where they are made); else a few
+                    // tiles go without the sketches.
+                    self.short = self.shortlist.and_then(|len| Shortlist::new(self.seg, self.bound, n, self.dim, len));
+                    if self.short.is_none() {
+                        self.plain = SKETCH_REST_TILES;
                     }
                 }
             }
@@ -1578,9 +1586,7 @@ impl TileScan<'_> {
             top.push(Scored { score: s, key, extra: p as u32 });
         }
     }
-}
 
-impl TileScan<'_> {
     /// Offer the short-listed patches (key: a tile's position, extra: the patch) to `top`,
     /// scored on their i8 codes, in memory order and fetched a few ahead.
     fn rescore(&mut self, short: TopK<u32>, top: &mut TopK<u32>) {
