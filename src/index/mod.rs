@@ -3,5 +3,6 @@ pub mod arena;
 pub mod hnsw;
 pub mod nibble;
 pub mod parts;
+pub mod resid;
 pub mod scan;
 pub mod sketch;

@@ -32,6 +32,7 @@ use std::sync::{Arc, OnceLock};
 use memmap2::Mmap;
 
 use crate::index::arena::{sections, write_sections, Col, MetaView, Segment, HEADER};
+use crate::index::resid::Resid;
 use crate::index::scan;
 use crate::{Error, Result};
 
@@ -86,7 +87,26 @@ pub struct Parts {
     /// Each partition's positions in key order, made on first use or in the background after
     /// open (never stored).
     by_key: Arc<OnceLock<KeyOrder>>,
+    /// Two-bit codes of each image row's residual from its centroid
+    /// ([`crate::index::resid`]), made by [`Parts::residuals`] or in the background; never
+    /// stored.
+    resid: Arc<ResidCell>,
 }
+
+/// The partitions' residual codes ([`Parts::residuals`]): `None` inside where the layout
+/// does not hold the dimension (or at the patch level); `started` once a background thread
+/// makes them.
+#[derive(Default)]
+struct ResidCell {
+    cell: OnceLock<Option<Resid>>,
+    started: std::sync::atomic::AtomicBool,
+}
+
+/// Up to this many positions (~15 ms of work) [`Parts::residuals`] makes the residual codes
+/// in the query that asks for them; above it mapped partitions have them made on a background
+/// thread and the queries before it finishes read the i8 codes (a one-shot CLI query must
+/// not wait ~0.5 s for 1M rows).
+const RESID_INLINE_MAX: usize = 50_000;
 
 /// The positions of every partition sorted by record key, with the keys beside them: a
 /// region's key ranges find the rows of a partition inside them by binary search instead of
@@ -326,6 +346,65 @@ impl Parts {
         let _ = std::thread::Builder::new().name("graftdb-keyorder".into()).spawn(move || {
             let _ = cell.set(KeyOrder::new(&offsets, &keys));
         });
+    }
+
+    /// The two-bit residual codes of every position ([`crate::index::resid`]); `None` at the
+    /// patch level, where the layout does not hold the dimension, or while a background
+    /// thread still makes them (started here if it was not: mapped partitions of more than
+    /// [`RESID_INLINE_MAX`] positions). Small or in-memory partitions have them made here.
+    pub fn residuals(&self) -> Option<&Resid> {
+        if let Some(r) = self.resid.cell.get() {
+            return r.as_ref();
+        }
+        if self.per != 1 || !crate::index::resid::fits(self.dim) {
+            return None;
+        }
+        if self.rows_total() > RESID_INLINE_MAX && self.codes.map().is_some() {
+            self.residuals_in_background();
+            return None;
+        }
+        self.resid.cell.get_or_init(|| Resid::build(&self.codes, &self.qscale, &self.cos_c, &self.centroids, &self.offsets, self.dim)).as_ref()
+    }
+
+    /// Make [`Parts::residuals`] on a background thread from mapped partitions, once (after
+    /// open with `Options::prefault` and `row_shortlist`, or at the first capped scan that
+    /// wants them); in-memory partitions (a checkpoint's) are not copied for it: the first
+    /// capped scan makes them.
+    pub fn residuals_in_background(&self) {
+        if self.per != 1 || !crate::index::resid::fits(self.dim) {
+            return;
+        }
+        let (Col::Mapped(map, codes), Col::Mapped(_, scales), Col::Mapped(_, cos_c)) = (&self.codes, &self.qscale, &self.cos_c) else { return };
+        if self.resid.cell.get().is_some() || self.resid.started.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            return;
+        }
+        let (map, cell, centroids, offsets, dim) = (Arc::clone(map), Arc::clone(&self.resid), self.centroids.clone(), self.offsets.clone(), self.dim);
+        let (codes, scales, cos_c) = (codes.clone(), scales.clone(), cos_c.clone());
+        let _ = std::thread::Builder::new().name("graftdb-resid".into()).spawn(move || {
+            let col = |r: Range<usize>| map.get(r).unwrap_or(&[]);
+            let built = match (bytemuck::try_cast_slice::<u8, i8>(col(codes)), bytemuck::try_cast_slice::<u8, f32>(col(scales)), bytemuck::try_cast_slice::<u8, f32>(col(cos_c))) {
+                (Ok(c), Ok(s), Ok(h)) => Resid::build(c, s, h, &centroids, &offsets, dim),
+                _ => None,
+            };
+            let _ = cell.cell.set(built);
+        });
+    }
+
+    /// `x·c` of the row at a position with its partition's centroid.
+    #[inline]
+    pub fn cos_c(&self, j: usize) -> Option<f32> {
+        self.cos_c.get(j).copied()
+    }
+
+    /// `x·c` of the rows at positions `range` (empty out of range).
+    #[inline]
+    pub fn cos_cs(&self, range: Range<usize>) -> &[f32] {
+        self.cos_c.get(range).unwrap_or(&[])
+    }
+
+    /// `q·c` of partition `p`'s centroid.
+    pub fn centroid_dot(&self, p: usize, q: &[f32]) -> f32 {
+        self.centroids.get(p * self.dim..(p + 1) * self.dim).map_or(0.0, |c| scan::dot(q, c))
     }
 
     /// Ask the CPU to start loading the item number at a position (a hint).
@@ -607,6 +686,7 @@ impl Parts {
             time: Col::Owned(rows.iter().map(|it| seg.time[tile(it)]).collect()),
             kind: Col::Owned(rows.iter().map(|it| seg.kind[tile(it)]).collect()),
             by_key: Arc::default(),
+            resid: Arc::default(),
             bbox: Col::Owned(bbox),
             codes: Col::Owned(codes),
             rows: Col::Owned(rows),
@@ -714,6 +794,7 @@ impl Parts {
             bbox: Col::mapped(&map, b, path)?,
             kind: Col::mapped(&map, kd, path)?,
             by_key: Arc::default(),
+            resid: Arc::default(),
         };
         Ok((parts, old))
     }

@@ -302,7 +302,8 @@ fn main() -> Result<()> {
 
 /// The `Options` of a timed run and the beams to run it at (`None`: the default run, then each
 /// extra beam). PEERS_GRAFT_EF sets the beam, PEERS_GRAFT_EXACT the exact threshold,
-/// PEERS_GRAFT_NOPARTS=1 turns the partitions off; PEERS_GRAFT_EFS (comma list) adds runs at
+/// PEERS_GRAFT_NOPARTS=1 turns the partitions off, PEERS_GRAFT_NOSHORT=1 the capped scans'
+/// short lists (`Options::row_shortlist`, `tile_shortlist`); PEERS_GRAFT_EFS (comma list) adds runs at
 /// other beams, each written beside OUT ([`out_for`]). PEERS_GRAFT_PORTABLE=1 (diagnosis) scans
 /// without the two-bit sketches, as on a CPU without AVX-512BW.
 fn run_options() -> (graftdb::Options, Vec<Option<usize>>) {
@@ -317,6 +318,10 @@ fn run_options() -> (graftdb::Options, Vec<Option<usize>>) {
     if std::env::var("PEERS_GRAFT_NOPARTS").is_ok_and(|v| v != "0") {
         opts.partitions = false;
     }
+    if std::env::var("PEERS_GRAFT_NOSHORT").is_ok_and(|v| v != "0") {
+        opts.row_shortlist = false;
+        opts.tile_shortlist = false;
+    }
     let extra = std::env::var("PEERS_GRAFT_EFS").unwrap_or_default().split(',').filter_map(|v| v.trim().parse().ok()).map(Some).collect::<Vec<_>>();
     (opts, std::iter::once(None).chain(extra).collect())
 }
@@ -325,6 +330,8 @@ fn run_options() -> (graftdb::Options, Vec<Option<usize>>) {
 fn sketch_note() -> &'static str {
     if std::env::var("PEERS_GRAFT_PORTABLE").is_ok_and(|v| v != "0") {
         ", sketches off (PEERS_GRAFT_PORTABLE)"
+    } else if std::env::var("PEERS_GRAFT_NOSHORT").is_ok_and(|v| v != "0") {
+        ", short lists off (PEERS_GRAFT_NOSHORT)"
     } else {
         ""
     }
