@@ -105,14 +105,7 @@ impl NibbleQuery {
     /// Whether the estimates run in AVX-512 on this CPU (the tile scan uses them only then:
     /// the portable loop costs more than reading the i8 codes).
     pub fn fast(&self) -> bool {
-        #[cfg(target_arch = "x86_64")]
-        {
-            crate::index::sketch::has_avx512()
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
-        }
+        crate::index::sketch::avx512_bw()
     }
 
     /// Push the estimate of each patch of `codes` (patches one after another, `dim / 2`

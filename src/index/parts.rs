@@ -374,15 +374,17 @@ impl Parts {
         if self.per != 1 || !crate::index::resid::fits(self.dim) {
             return;
         }
-        let (Col::Mapped(map, codes), Col::Mapped(_, scales), Col::Mapped(_, cos_c)) = (&self.codes, &self.qscale, &self.cos_c) else { return };
+        let (Col::Mapped(m1, codes), Col::Mapped(m2, scales), Col::Mapped(m3, cos_c)) = (&self.codes, &self.qscale, &self.cos_c) else { return };
         if self.resid.cell.get().is_some() || self.resid.started.swap(true, std::sync::atomic::Ordering::AcqRel) {
             return;
         }
-        let (map, cell, centroids, offsets, dim) = (Arc::clone(map), Arc::clone(&self.resid), self.centroids.clone(), self.offsets.clone(), self.dim);
-        let (codes, scales, cos_c) = (codes.clone(), scales.clone(), cos_c.clone());
+        let (cell, centroids, offsets, dim) = (Arc::clone(&self.resid), self.centroids.clone(), self.offsets.clone(), self.dim);
+        let (codes, scales, cos_c) = ((Arc::clone(m1), codes.clone()), (Arc::clone(m2), scales.clone()), (Arc::clone(m3), cos_c.clone()));
         let _ = std::thread::Builder::new().name("graftdb-resid".into()).spawn(move || {
-            let col = |r: Range<usize>| map.get(r).unwrap_or(&[]);
-            let built = match (bytemuck::try_cast_slice::<u8, i8>(col(codes)), bytemuck::try_cast_slice::<u8, f32>(col(scales)), bytemuck::try_cast_slice::<u8, f32>(col(cos_c))) {
+            fn col((m, r): &(Arc<Mmap>, Range<usize>)) -> &[u8] {
+                m.get(r.clone()).unwrap_or(&[])
+            }
+            let built = match (bytemuck::try_cast_slice::<u8, i8>(col(&codes)), bytemuck::try_cast_slice::<u8, f32>(col(&scales)), bytemuck::try_cast_slice::<u8, f32>(col(&cos_c))) {
                 (Ok(c), Ok(s), Ok(h)) => Resid::build(c, s, h, &centroids, &offsets, dim),
                 _ => None,
             };

@@ -143,14 +143,7 @@ impl ResidQuery {
     /// Whether the estimates run in AVX-512 on this CPU (the partition scan short-lists only
     /// then: the portable loop costs more than reading the i8 codes).
     pub fn fast(&self) -> bool {
-        #[cfg(target_arch = "x86_64")]
-        {
-            crate::index::sketch::has_avx512()
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
-        }
+        crate::index::sketch::avx512_bw()
     }
 
     /// Push the estimate of `q·r` for each row of `codes` (rows one after another, `dim / 4`

@@ -487,6 +487,19 @@ unsafe fn sums_avx512(q: &[i16], rec: &[u8], words: usize) -> (i32, i32) {
     (_mm512_reduce_add_epi32(_mm512_madd_epi16(acc_all, ones)), _mm512_reduce_add_epi32(_mm512_madd_epi16(acc_high, ones)))
 }
 
+/// Whether this CPU runs AVX-512F/BW (false off x86-64): the four-bit and residual
+/// estimates of the capped scans need it.
+pub(crate) fn avx512_bw() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        has_avx512()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn has_avx512() -> bool {
     static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
