@@ -102,10 +102,10 @@ struct ResidCell {
     started: std::sync::atomic::AtomicBool,
 }
 
-/// Up to this many positions (~15 ms of work) [`Parts::residuals`] makes the residual codes
-/// in the query that asks for them; above it mapped partitions have them made on a background
-/// thread and the queries before it finishes read the i8 codes (a one-shot CLI query must
-/// not wait ~0.5 s for 1M rows).
+/// Up to this many positions (tens of ms of work) [`Parts::residuals`] makes the residual
+/// codes in the query that asks for them; above it mapped partitions have them made on a
+/// background thread and the queries before it finishes read the i8 codes (a one-shot CLI
+/// query must not wait for them: at 1M rows they are ready ~1.4 s after open).
 const RESID_INLINE_MAX: usize = 50_000;
 
 /// The positions of every partition sorted by record key, with the keys beside them: a
