@@ -161,7 +161,7 @@ pub struct Segment {
     /// Patch-level segments: four-bit copies of every patch's codes
     /// ([`crate::index::nibble`]), made by [`Segment::nibbles`] or in the background; never
     /// stored.
-    pub(crate) nibbles: Arc<NibbleCell>,
+    pub(crate) nibbles: Arc<BuiltOnce<crate::index::nibble::Nibbles>>,
 }
 
 /// The tile summaries of a patch-level segment side by side ([`Segment::summary`]).
@@ -174,19 +174,47 @@ pub(crate) struct Summaries {
     groups: Option<crate::index::parts::Parts>,
 }
 
-/// A segment's four-bit patch codes ([`Segment::nibbles`]): `None` inside where the layout
-/// does not hold the dimension; `started` once a background thread makes them.
-#[derive(Default)]
-pub(crate) struct NibbleCell {
-    cell: std::sync::OnceLock<Option<crate::index::nibble::Nibbles>>,
+/// A copy derived from a segment or partitions and held in memory (the four-bit patch codes,
+/// the residual codes of the partitions), made once: in the query that first asks for it
+/// (`get_or_make`) or on a background thread started by the one caller that `claim`s it.
+/// `None` inside where the copy cannot be made (a dimension its layout does not hold).
+pub(crate) struct BuiltOnce<T> {
+    cell: std::sync::OnceLock<Option<T>>,
     started: std::sync::atomic::AtomicBool,
 }
 
-/// Up to this many patches (~40 ms of work) [`Segment::nibbles`] makes the four-bit codes
-/// in the query that asks for them; above it a mapped segment's are made on a background
-/// thread and the queries before it finishes read the i8 codes (a one-shot CLI query must
-/// not wait ~1.6 s for 1.96M patches).
-const NIBBLES_INLINE_MAX: usize = 50_000;
+impl<T> Default for BuiltOnce<T> {
+    fn default() -> Self {
+        BuiltOnce { cell: std::sync::OnceLock::new(), started: std::sync::atomic::AtomicBool::new(false) }
+    }
+}
+
+impl<T> BuiltOnce<T> {
+    /// The copy, once made (`Some(None)` where it cannot be).
+    pub(crate) fn get(&self) -> Option<Option<&T>> {
+        self.cell.get().map(Option::as_ref)
+    }
+    /// True for the one caller that should start making it on a background thread: it is
+    /// neither made nor started.
+    pub(crate) fn claim(&self) -> bool {
+        self.cell.get().is_none() && !self.started.swap(true, std::sync::atomic::Ordering::AcqRel)
+    }
+    /// Hold what a background thread made.
+    pub(crate) fn set(&self, v: Option<T>) {
+        let _ = self.cell.set(v);
+    }
+    /// The copy, made here if it is not yet.
+    pub(crate) fn get_or_make(&self, make: impl FnOnce() -> Option<T>) -> Option<&T> {
+        self.cell.get_or_init(make).as_ref()
+    }
+}
+
+/// Up to this many items (patches, or partitioned rows; tens of ms of work) a [`BuiltOnce`]
+/// copy is made in the query that asks for it; above it a mapped segment's or partitions'
+/// copy is made on a background thread and the queries before it finishes read the i8 codes
+/// (a one-shot CLI query must not wait ~1.6 s for the four-bit codes of 1.96M patches, or
+/// ~1.4 s for the residual codes of 1M rows).
+pub(crate) const BUILT_INLINE_MAX: usize = 50_000;
 
 /// Below this many tiles a capped tile scan scores every summary (a fraction of a
 /// millisecond) and the summaries are not grouped.
@@ -384,17 +412,17 @@ impl Segment {
     }
     /// The four-bit copies of the patches' codes (`per` patches of `dim` a tile); `None`
     /// where the layout does not hold `dim`, or while a background thread still makes them
-    /// (started here if it was not: a mapped segment of more than [`NIBBLES_INLINE_MAX`]
+    /// (started here if it was not: a mapped segment of more than [`BUILT_INLINE_MAX`]
     /// patches). A small segment, or one held in memory (a checkpoint's), has them made here.
     pub fn nibbles(&self, per: usize, dim: usize) -> Option<&crate::index::nibble::Nibbles> {
-        if let Some(n) = self.nibbles.cell.get() {
-            return n.as_ref();
+        if let Some(n) = self.nibbles.get() {
+            return n;
         }
-        if self.len() * per > NIBBLES_INLINE_MAX && matches!(self.bytes, Col::Mapped(..)) {
+        if self.len() * per > BUILT_INLINE_MAX && matches!(self.bytes, Col::Mapped(..)) {
             self.nibbles_in_background(per, dim);
             return None;
         }
-        self.nibbles.cell.get_or_init(|| crate::index::nibble::Nibbles::build(&self.bytes, self.len(), per, dim)).as_ref()
+        self.nibbles.get_or_make(|| crate::index::nibble::Nibbles::build(&self.bytes, self.len(), per, dim))
     }
     /// Make [`Segment::summary`]'s copy and [`Segment::tile_groups`] on a background thread
     /// (from copies of the keys and filter fields; the summaries are gathered there from the
@@ -424,12 +452,12 @@ impl Segment {
     /// first capped scan makes them.
     pub fn nibbles_in_background(&self, per: usize, dim: usize) {
         let Col::Mapped(map, range) = &self.bytes else { return };
-        if self.nibbles.cell.get().is_some() || self.nibbles.started.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        if !self.nibbles.claim() {
             return;
         }
         let (map, range, rows, cell) = (Arc::clone(map), range.clone(), self.len(), Arc::clone(&self.nibbles));
         let _ = std::thread::Builder::new().name("graftdb-nibbles".into()).spawn(move || {
-            let _ = cell.cell.set(crate::index::nibble::Nibbles::build(map.get(range).unwrap_or(&[]), rows, per, dim));
+            cell.set(crate::index::nibble::Nibbles::build(map.get(range).unwrap_or(&[]), rows, per, dim));
         });
     }
     /// The sketch bytes of one row (0: the segment has none).

@@ -31,7 +31,7 @@ use std::sync::{Arc, OnceLock};
 
 use memmap2::Mmap;
 
-use crate::index::arena::{sections, write_sections, Col, MetaView, Segment, HEADER};
+use crate::index::arena::{sections, write_sections, BuiltOnce, Col, MetaView, Segment, BUILT_INLINE_MAX, HEADER};
 use crate::index::resid::Resid;
 use crate::index::scan;
 use crate::{Error, Result};
@@ -90,23 +90,8 @@ pub struct Parts {
     /// Two-bit codes of each image row's residual from its centroid
     /// ([`crate::index::resid`]), made by [`Parts::residuals`] or in the background; never
     /// stored.
-    resid: Arc<ResidCell>,
+    resid: Arc<BuiltOnce<Resid>>,
 }
-
-/// The partitions' residual codes ([`Parts::residuals`]): `None` inside where the layout
-/// does not hold the dimension (or at the patch level); `started` once a background thread
-/// makes them.
-#[derive(Default)]
-struct ResidCell {
-    cell: OnceLock<Option<Resid>>,
-    started: std::sync::atomic::AtomicBool,
-}
-
-/// Up to this many positions (tens of ms of work) [`Parts::residuals`] makes the residual
-/// codes in the query that asks for them; above it mapped partitions have them made on a
-/// background thread and the queries before it finishes read the i8 codes (a one-shot CLI
-/// query must not wait for them: at 1M rows they are ready ~1.4 s after open).
-const RESID_INLINE_MAX: usize = 50_000;
 
 /// The positions of every partition sorted by record key, with the keys beside them: a
 /// region's key ranges find the rows of a partition inside them by binary search instead of
@@ -351,19 +336,19 @@ impl Parts {
     /// The two-bit residual codes of every position ([`crate::index::resid`]); `None` at the
     /// patch level, where the layout does not hold the dimension, or while a background
     /// thread still makes them (started here if it was not: mapped partitions of more than
-    /// [`RESID_INLINE_MAX`] positions). Small or in-memory partitions have them made here.
+    /// [`BUILT_INLINE_MAX`] positions). Small or in-memory partitions have them made here.
     pub fn residuals(&self) -> Option<&Resid> {
-        if let Some(r) = self.resid.cell.get() {
-            return r.as_ref();
+        if let Some(r) = self.resid.get() {
+            return r;
         }
         if self.per != 1 || !crate::index::resid::fits(self.dim) {
             return None;
         }
-        if self.rows_total() > RESID_INLINE_MAX && self.codes.map().is_some() {
+        if self.rows_total() > BUILT_INLINE_MAX && self.codes.map().is_some() {
             self.residuals_in_background();
             return None;
         }
-        self.resid.cell.get_or_init(|| Resid::build(&self.codes, &self.qscale, &self.cos_c, &self.centroids, &self.offsets, self.dim)).as_ref()
+        self.resid.get_or_make(|| Resid::build(&self.codes, &self.qscale, &self.cos_c, &self.centroids, &self.offsets, self.dim))
     }
 
     /// Make [`Parts::residuals`] on a background thread from mapped partitions, once (after
@@ -375,7 +360,7 @@ impl Parts {
             return;
         }
         let (Col::Mapped(m1, codes), Col::Mapped(m2, scales), Col::Mapped(m3, cos_c)) = (&self.codes, &self.qscale, &self.cos_c) else { return };
-        if self.resid.cell.get().is_some() || self.resid.started.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        if !self.resid.claim() {
             return;
         }
         let (cell, centroids, offsets, dim) = (Arc::clone(&self.resid), self.centroids.clone(), self.offsets.clone(), self.dim);
@@ -388,7 +373,7 @@ impl Parts {
                 (Ok(c), Ok(s), Ok(h)) => Resid::build(c, s, h, &centroids, &offsets, dim),
                 _ => None,
             };
-            let _ = cell.cell.set(built);
+            cell.set(built);
         });
     }
 

@@ -501,7 +501,7 @@ pub(crate) fn avx512_bw() -> bool {
 }
 
 #[cfg(target_arch = "x86_64")]
-pub(crate) fn has_avx512() -> bool {
+fn has_avx512() -> bool {
     static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *HAS.get_or_init(|| is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw"))
 }
