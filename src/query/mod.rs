@@ -622,15 +622,7 @@ fn scan_parts(parts: &Parts, st: &SpaceIndex, rows: &Rows, cover: &[(u64, u64)],
             scanned += 1;
             continue;
         }
-        // Rows whose bound is below the k-th score of the partitions before are not kept.
-        let floor = if sc.top.len() >= sc.top.capacity() { sc.top.threshold() } else { f32::NEG_INFINITY };
-        for (n, &(j, row, key)) in passing.iter().enumerate() {
-            if let Some(&(ahead, _, _)) = passing.get(n + PREFETCH_ROWS) {
-                parts.prefetch_codes(ahead);
-            }
-            sc.offer_coded_above(parts.coded(j), floor, &st.base, 0, row as usize, key);
-        }
-        sc.settle(segs);
+        offer_positions(parts, st, sc, &passing);
         scanned += 1;
     }
     if let Some(s) = short.as_mut() {
@@ -646,6 +638,23 @@ fn scan_parts(parts: &Parts, st: &SpaceIndex, rows: &Rows, cover: &[(u64, u64)],
     ex.matched += matched;
     ex.partitions = scanned;
     Some(path)
+}
+
+/// Offer the rows at partition positions `rows` (position, segment row, key; in the order
+/// their codes are read) to the scorer on their i8 codes, each fetched a few rows ahead, and
+/// settle it. Rows whose bound is below the k-th score already held are not kept.
+fn offer_positions(parts: &Parts, st: &SpaceIndex, sc: &mut Scorer<'_>, rows: &[(usize, u32, u64)]) {
+    let floor = if sc.top.len() >= sc.top.capacity() { sc.top.threshold() } else { f32::NEG_INFINITY };
+    for &(j, _, _) in rows.iter().take(PREFETCH_ROWS) {
+        parts.prefetch_codes(j);
+    }
+    for (n, &(j, row, key)) in rows.iter().enumerate() {
+        if let Some(&(ahead, _, _)) = rows.get(n + PREFETCH_ROWS) {
+            parts.prefetch_codes(ahead);
+        }
+        sc.offer_coded_above(parts.coded(j), floor, &st.base, 0, row as usize, key);
+    }
+    sc.settle([&st.base, &st.delta]);
 }
 
 /// The best rows of a capped partition scan's dense partitions by their residual estimates
@@ -741,18 +750,8 @@ impl<'p> RowShortlist<'p> {
         self.floor = f32::NEG_INFINITY;
         picked.sort_unstable();
         self.read += picked.len() as u64;
-        let floor = if sc.top.len() >= sc.top.capacity() { sc.top.threshold() } else { f32::NEG_INFINITY };
-        for &j in picked.iter().take(PREFETCH_ROWS) {
-            parts.prefetch_codes(j);
-        }
-        for (n, &j) in picked.iter().enumerate() {
-            if let Some(&ahead) = picked.get(n + PREFETCH_ROWS) {
-                parts.prefetch_codes(ahead);
-            }
-            let (Some(row), Some(key)) = (parts.row(j), parts.key(j)) else { continue };
-            sc.offer_coded_above(parts.coded(j), floor, &st.base, 0, row as usize, key);
-        }
-        sc.settle([&st.base, &st.delta]);
+        let rows: Vec<(usize, u32, u64)> = picked.into_iter().filter_map(|j| Some((j, parts.row(j)?, parts.key(j)?))).collect();
+        offer_positions(parts, st, sc, &rows);
     }
 }
 
