@@ -760,6 +760,7 @@ impl Db {
 
     fn install(&self, h: &SpaceHandle, s: &mut SpaceIndex, mut seg: Segment, seq: u64) -> Result<()> {
         self.build_sketches(h, &mut seg);
+        self.fill_ids(h, &mut seg)?;
         let graph = match (self.wants_graph(h, seg.len()), h.is_patch()) {
             (false, _) => None,
             (true, false) => Some(hnsw::build(&seg, h.def.dim as usize, h.def.metric, self.opts.threads)?),
@@ -781,6 +782,28 @@ impl Db {
         s.parts = parts;
         s.parts_declined = declined;
         s.applied = seq;
+        Ok(())
+    }
+
+    /// Fill the record-id column of an image-level segment that lacks it, reading each row's
+    /// record in key order (about 1 s at 1M rows): a query's hits on those rows are then
+    /// answered from the columns (`query::finish`). A record that is missing or does not
+    /// decode gets `NO_ID`, so its hit reads it and reports what is wrong, as before.
+    fn fill_ids(&self, h: &SpaceHandle, seg: &mut Segment) -> Result<()> {
+        if h.is_patch() || seg.is_empty() || seg.ids.len() == seg.len() {
+            return Ok(());
+        }
+        let r = self.redb.begin_read()?;
+        let t = r.open_table(RECORDS)?;
+        let mut ids = Vec::with_capacity(seg.len());
+        for &key in seg.keys.iter() {
+            let rec = t.get(key)?;
+            ids.push(match rec.map(|v| codec::decode_record(v.value())) {
+                Some(Ok(rec)) => column_id(&rec),
+                _ => arena::NO_ID,
+            });
+        }
+        seg.ids = arena::Col::Owned(ids);
         Ok(())
     }
 
@@ -856,8 +879,9 @@ impl Db {
     /// rename: a reader that mapped the old file keeps it until it lets go).
     fn rewrite_format(&self, h: &SpaceHandle, s: &mut SpaceIndex) -> Result<()> {
         // Version 3 snapshots hold no patch sketches, version 4 image-level ones no row
-        // sketches.
+        // sketches, version 5 no record ids.
         self.build_sketches(h, &mut s.base);
+        self.fill_ids(h, &mut s.base)?;
         if self.opts.persist_index {
             let m = self.read_manifest(h.def.number)?;
             let dir = self.dir.join(INDEX_DIR);
@@ -941,6 +965,10 @@ impl Db {
                 // The delta's sketches only: the merge copies the base's with their rows.
                 self.build_sketches(&h, &mut s.delta);
             }
+            if s.base.ids.len() == s.base.len() {
+                // Likewise the delta's record ids only.
+                self.fill_ids(&h, &mut s.delta)?;
+            }
             let merged = arena::merge(&s.base, &s.delta, h.is_patch());
             let seq = s.applied;
             self.install(&h, &mut s, merged, seq)?;
@@ -975,6 +1003,18 @@ struct Manifest {
     /// own patches (`Parts::prune_their_own_items`). Written only when true.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     parts_declined: bool,
+}
+
+/// A record's value in an image-level segment's id column: a photo's integer id, or
+/// `NO_ID` (read the record) for a tile, a string id, or a time the time column cannot hold.
+pub(crate) fn column_id(rec: &Record) -> i64 {
+    match rec {
+        Record::Photo(p) if p.time != Some(arena::NO_TIME) => match p.id {
+            RecordId::Int(i) => i,
+            RecordId::Str(_) => arena::NO_ID,
+        },
+        _ => arena::NO_ID,
+    }
 }
 
 /// Patch spaces with at least this many patches check partitions built over every

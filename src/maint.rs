@@ -83,6 +83,10 @@ pub struct SpaceStats {
     pub value_bytes: u64,
 }
 
+/// What `check` compares a space's rows with, from each record: kind, time, bounds, and the
+/// value of the snapshots' id column (`db::column_id`).
+type RecordFacts = (Kind, Option<i64>, [f64; 4], i64);
+
 fn dir_size(p: &std::path::Path) -> u64 {
     std::fs::read_dir(p).map_or(0, |rd| rd.filter_map(|e| e.ok()).filter_map(|e| e.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum())
 }
@@ -255,7 +259,7 @@ impl Db {
                         _ => problems.push(format!("record {} (key {k}) has no matching id entry", rec.id())),
                     }
                     entries.push(GeomWithData::new(Rectangle::from_corners([b[0], b[1]], [b[2], b[3]]), k));
-                    metas.insert(k, (rec.kind(), rec.time(), b));
+                    metas.insert(k, (rec.kind(), rec.time(), b, crate::db::column_id(&rec)));
                 }
                 Err(e) => problems.push(format!("record key {k}: {e}")),
             }
@@ -264,7 +268,7 @@ impl Db {
             problems.push(format!("{} ids but {} records", ids.len()?, recs.len()?));
         }
         let tree = RTree::bulk_load(entries);
-        for (k, (_, _, b)) in &metas {
+        for (k, (_, _, b, _)) in &metas {
             let found = tree.locate_all_at_point(&[b[0], b[1]]).any(|g| g.data == *k);
             if !found {
                 problems.push(format!("R-tree does not find key {k} at its position"));
@@ -283,7 +287,7 @@ impl Db {
         &self,
         def: &SpaceDef,
         vt: &redb::ReadOnlyTable<(u16, u64), &'static [u8]>,
-        metas: &std::collections::HashMap<u64, (Kind, Option<i64>, [f64; 4])>,
+        metas: &std::collections::HashMap<u64, RecordFacts>,
     ) -> Result<Vec<String>> {
         let mut p = Vec::new();
         let num = def.number;
@@ -314,7 +318,7 @@ impl Db {
                     Ok((m, payload)) => {
                         match metas.get(&key) {
                             None => p.push(format!("space {}: vector for missing record key {key}", def.name)),
-                            Some((kind, time, b)) => {
+                            Some((kind, time, b, _)) => {
                                 if *kind != m.kind || *time != m.time || *b != m.bbox {
                                     p.push(format!("space {}: vector header of key {key} disagrees with its record", def.name));
                                 }
@@ -372,6 +376,13 @@ impl Db {
             });
             if let Some(i) = bad {
                 p.push(format!("space {}: the sketch of row {i} (key {}) does not match its codes", def.name, s.base.keys.get(i).copied().unwrap_or(0)));
+            }
+        }
+        if !patch && !s.base.ids.is_empty() {
+            // Hits on the snapshot's rows take their ids from this column, not their records.
+            let bad = (0..s.base.len()).find(|&i| s.base.keys.get(i).and_then(|k| metas.get(k)).map(|m| m.3) != s.base.ids.get(i).copied());
+            if let Some(i) = bad {
+                p.push(format!("space {}: the record id of row {i} (key {}) does not match its record", def.name, s.base.keys.get(i).copied().unwrap_or(0)));
             }
         }
         if let Some(g) = &s.hnsw {

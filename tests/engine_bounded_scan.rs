@@ -141,13 +141,14 @@ fn row_sketches_rule_out_other_clusters_and_keep_the_answer() {
     } else {
         assert_eq!(sketched, 0.0, "no AVX-512BW: the scan must not use sketches");
     }
-    // The snapshot keeps the sketches (they are its last section) and `check` rebuilds them
-    // from the codes: a changed byte in the last row's is reported.
+    // The snapshot keeps the sketches (the section before the last, the record ids) and
+    // `check` rebuilds them from the codes: a changed byte in the last row's is reported.
     let path = dir.path().join("db");
     let db = Db::open_with(&path, Options { hnsw_min_rows: usize::MAX, ..Options::default() }).unwrap();
     assert_eq!(db.check().unwrap(), Vec::<String>::new());
     drop(db);
-    index_files::flip_arena_byte(&path, 12, 0x40);
+    let sketches = 6_000 * graftdb::index::sketch::record_bytes(DIM);
+    index_files::flip_arena_byte(&path, 6_000 * 8 + sketches.next_multiple_of(64) - sketches + 12, 0x40);
     let db = Db::open_with(&path, Options { hnsw_min_rows: usize::MAX, ..Options::default() }).unwrap();
     let problems = db.check().unwrap();
     assert!(problems.iter().any(|p| p.contains("sketch of row 5999")), "{problems:?}");

@@ -167,12 +167,15 @@ fn v2_layout(b: &[u8], np: usize, dim: usize) -> Vec<u8> {
     [&b[..norms], &b[offsets..]].concat()
 }
 
-/// The byte ranges of the residual norms ρ and of the row sketches (the last two sections,
-/// each 64-byte aligned) in a version 5 image snapshot of `rows` rows, `len` bytes long.
+/// The byte ranges of the residual norms ρ and of the row sketches (the two sections before
+/// the record ids, the last; each 64-byte aligned) in a version 6 image snapshot of `rows`
+/// rows, `len` bytes long.
 fn rho_and_sketches(len: usize, rows: usize) -> (std::ops::Range<usize>, std::ops::Range<usize>) {
-    let sketches = len - rows * graftdb::index::sketch::record_bytes(DIM);
-    let rho = sketches - (rows * 4).div_ceil(64) * 64;
-    (rho..rho + rows * 4, sketches..len)
+    let a = |x: usize| x.div_ceil(64) * 64;
+    let ids = len - rows * 8;
+    let sketches = ids - a(rows * graftdb::index::sketch::record_bytes(DIM));
+    let rho = sketches - a(rows * 4);
+    (rho..rho + rows * 4, sketches..sketches + rows * graftdb::index::sketch::record_bytes(DIM))
 }
 
 fn version_of(file: &std::path::Path) -> u32 {
@@ -194,13 +197,14 @@ fn older_index_formats_are_read_upgraded_and_rewritten_and_check_catches_wrong_r
     };
     let (arena, parts) = (index_files(&path, "arena"), index_files(&path, "parts"));
     assert_eq!((arena.len(), parts.len()), (1, 1));
-    assert_eq!((version_of(&arena[0]), version_of(&parts[0])), (5, 3));
+    assert_eq!((version_of(&arena[0]), version_of(&parts[0])), (6, 3));
     // Make them the previous formats: the snapshot's residual column (ρ now, ‖x̂‖₁ then, the
     // last column before version 4 added sketches) holds numbers that would be wrong as
-    // residual norms, there are no sketches, and the versions say 2 and 1.
+    // residual norms, there are no sketches and no record ids, and the versions say 2 and 1.
     let mut a = std::fs::read(&arena[0]).unwrap();
     let (rho, sketches) = rho_and_sketches(a.len(), 3_000);
     a[8..12].copy_from_slice(&2u32.to_le_bytes());
+    a[13] = 0;
     a[40..48].fill(0);
     a[rho].fill(0);
     a.truncate(sketches.start);
@@ -217,9 +221,10 @@ fn older_index_formats_are_read_upgraded_and_rewritten_and_check_catches_wrong_r
         assert_eq!(db.check().unwrap(), Vec::<String>::new());
         db.checkpoint().unwrap();
     }
-    assert_eq!((version_of(&arena[0]), version_of(&parts[0])), (5, 3), "the checkpoint rewrote both in the current format");
+    assert_eq!((version_of(&arena[0]), version_of(&parts[0])), (6, 3), "the checkpoint rewrote both in the current format");
     let head = std::fs::read(&arena[0]).unwrap();
     assert_eq!(u64::from_le_bytes(head[40..48].try_into().unwrap()) as usize, graftdb::index::sketch::record_bytes(DIM), "the rewrite built the row sketches");
+    assert_eq!(head[13], 1, "the rewrite filled the record ids");
     let db = Db::open_with(&path, options()).unwrap();
     assert_eq!(answers(&db), want);
     drop(db);

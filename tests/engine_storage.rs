@@ -3,7 +3,10 @@
 //! format-version-1 database (built here by hand, table by table) is upgraded on open.
 
 use graftdb::store::codec;
-use graftdb::{Db, Error, Kind, Level, Metric, Photo, PixelRef, Record, RecordId, SpaceDef, Tile};
+#[path = "support/index_files.rs"]
+mod index_files;
+
+use graftdb::{Db, Error, Filter, Hit, Kind, Level, Metric, Photo, PixelRef, Query, Record, RecordId, Region, SpaceDef, Tile};
 use redb::{ReadableDatabase, ReadableTableMetadata, TableDefinition, TableHandle};
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -324,4 +327,83 @@ fn searches_during_commits_see_each_commit_and_only_whole_records() {
     for _ in 0..3 {
         assert_eq!(db.search(&graftdb::Query::new("s", vector(3, 8), 10_000)).unwrap().hits.len(), batches * per);
     }
+}
+
+/// Hits on a checkpointed snapshot's photo rows are answered from its columns, the record id
+/// from the id column (snapshot version 6), instead of from their records (a redb read each).
+/// Every field of every hit must be what the records give: photos with integer (also
+/// negative) and string ids, with and without a time, and tiles (which read their records);
+/// all rows in the delta (records), after a checkpoint (columns), after reopening the mapped
+/// snapshot, with a second batch in the delta, and after it is merged in. A wrong id written
+/// into the snapshot's column then shows in the hits and in `check`: the hits came from it.
+#[test]
+fn hits_from_the_id_column_are_the_hits_from_the_records() {
+    const DIM: usize = 32;
+    let record = |i: usize| -> Record {
+        if i.is_multiple_of(11) {
+            return Record::Tile(tile(i % 100));
+        }
+        let Record::Photo(mut p) = photo(i) else { unreachable!() };
+        p.id = if i.is_multiple_of(5) { RecordId::Str(format!("p{i}")) } else { RecordId::Int(i as i64 * 3 - 700) };
+        if i.is_multiple_of(7) {
+            p.time = None;
+        }
+        Record::Photo(p)
+    };
+    let rows = |r: std::ops::Range<usize>| -> Vec<(Record, Vec<f32>)> { r.filter(|&i| !i.is_multiple_of(11) || i < 100).map(|i| (record(i), vector(i, DIM))).collect() };
+    let filters = [
+        Filter::default(),
+        Filter { regions: vec![Region::bbox(10.5, 40.5, 13.0, 42.5).unwrap()], ..Default::default() },
+        Filter { regions: vec![Region::circle(12.0, 41.5, 80.0).unwrap()], ..Default::default() },
+    ];
+    let answers = |db: &Db| -> Vec<Vec<Hit>> {
+        let mut out = Vec::new();
+        for j in 0..6 {
+            for f in &filters {
+                let r = db.search(&Query::new("s", vector(9_000 + j, DIM), 25).filter(f.clone())).unwrap();
+                assert_eq!(r.hits.len(), 25);
+                out.push(r.hits);
+            }
+        }
+        out
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let db = Db::create(&path).unwrap();
+    db.create_space("s", DIM as u32, Metric::Cos, Level::Image).unwrap();
+    let mut w = db.begin_write().unwrap();
+    w.insert_batch("first", 1, "s", &rows(0..1_200)).unwrap();
+    w.commit().unwrap();
+    let from_records = answers(&db);
+    assert!(from_records.iter().flatten().any(|h| h.kind == Kind::Tile) && from_records.iter().flatten().any(|h| h.time.is_none()) && from_records.iter().flatten().any(|h| matches!(h.id, RecordId::Str(_))));
+    assert!(from_records.iter().flatten().any(|h| h.distance_km.is_some()));
+    db.checkpoint().unwrap();
+    assert_eq!(answers(&db), from_records, "after the checkpoint");
+    drop(db);
+    let db = Db::open(&path).unwrap();
+    assert_eq!(answers(&db), from_records, "from the mapped snapshot");
+    let mut w = db.begin_write().unwrap();
+    w.insert_batch("second", 1, "s", &rows(1_200..1_500)).unwrap();
+    w.commit().unwrap();
+    let both = answers(&db);
+    db.checkpoint().unwrap();
+    assert_eq!(answers(&db), both, "after the merge");
+    assert_eq!(db.check().unwrap(), Vec::<String>::new());
+    drop(db);
+    // The last section of the snapshot is the id column, one i64 a row.
+    let arena = index_files::index_files(&path, "arena");
+    let mut bytes = std::fs::read(&arena[0]).unwrap();
+    assert_eq!((u32::from_le_bytes(bytes[8..12].try_into().unwrap()), bytes[13]), (6, 1), "version 6 with record ids");
+    let n = 1_500 - (0..1_500usize).filter(|i| i.is_multiple_of(11) && *i >= 100).count();
+    let ids = bytes.len() - n * 8;
+    let (row, id) = (0..n).map(|r| (r, i64::from_le_bytes(bytes[ids + 8 * r..ids + 8 * r + 8].try_into().unwrap()))).find(|&(_, id)| id != i64::MIN).unwrap();
+    let i = ((id + 700) / 3) as usize;
+    assert_eq!(record(i).id(), &RecordId::Int(id), "row {row} holds the id of record {i}");
+    bytes[ids + 8 * row..ids + 8 * row + 8].copy_from_slice(&424_242i64.to_le_bytes());
+    std::fs::write(&arena[0], &bytes).unwrap();
+    let db = Db::open(&path).unwrap();
+    let hit = db.search(&Query::new("s", vector(i, DIM), 1)).unwrap().hits.remove(0);
+    assert_eq!(hit.id, RecordId::Int(424_242), "the hit on row {row} did not come from the id column");
+    let problems = db.check().unwrap();
+    assert!(problems.iter().any(|p| p.contains(&format!("record id of row {row}"))), "{problems:?}");
 }

@@ -113,6 +113,13 @@ impl<'a> MetaView<'a> {
         }
     }
 
+    /// Ask the CPU to start loading the filter fields of rows `r` (a hint).
+    pub fn prefetch_rows(&self, r: Range<usize>) {
+        crate::index::scan::prefetch(self.time.get(r.clone()).unwrap_or(&[]));
+        crate::index::scan::prefetch(self.bbox.get(r.start * 4..r.end * 4).unwrap_or(&[]));
+        crate::index::scan::prefetch(self.kind.get(r).unwrap_or(&[]));
+    }
+
     /// The filter fields of row `i`.
     #[inline]
     pub fn get(&self, i: usize) -> Option<RowMeta> {
@@ -124,6 +131,10 @@ impl<'a> MetaView<'a> {
 
 /// Time column value meaning "no time".
 pub const NO_TIME: i64 = i64::MIN;
+
+/// Id column value meaning "read the record" (a tile, a string id, or a photo whose time is
+/// [`NO_TIME`] itself).
+pub const NO_ID: i64 = i64::MIN;
 
 /// Sorted rows of one space.
 pub struct Segment {
@@ -150,6 +161,11 @@ pub struct Segment {
     /// with the tile's summary) or of every row's codes (image-level `cos`/`ip` spaces), the
     /// same number of bytes per row; empty where not built (the delta, an older snapshot).
     pub sketch: Col<u8>,
+    /// Image-level spaces: each row's record id where the record is a photo with an integer
+    /// id ([`NO_ID`] otherwise: a tile, a string id), so a query's hits are answered from the
+    /// columns without reading their records; empty where not filled (the delta, an older
+    /// snapshot), where hits read their records.
+    pub ids: Col<i64>,
     /// Payload elements per row (`dim` for f32, grid bytes for patches).
     pub stride: usize,
     /// Every [`FENCE`]-th key, built on first use by [`Segment::rows_in`] (never stored).
@@ -272,7 +288,7 @@ const FENCE: usize = 64;
 impl Segment {
     /// The mapped files its columns are windows of (one for a snapshot; none when owned).
     pub(crate) fn maps(&self) -> Vec<Arc<Mmap>> {
-        let cols = [self.keys.map(), self.time.map(), self.bbox.map(), self.kind.map(), self.f32s.map(), self.bytes.map(), self.codes.map(), self.qscale.map(), self.qres.map(), self.sketch.map()];
+        let cols = [self.keys.map(), self.time.map(), self.bbox.map(), self.kind.map(), self.f32s.map(), self.bytes.map(), self.codes.map(), self.qscale.map(), self.qres.map(), self.sketch.map(), self.ids.map()];
         let mut out: Vec<Arc<Mmap>> = Vec::new();
         for m in cols.into_iter().flatten() {
             if !out.iter().any(|o| Arc::ptr_eq(o, m)) {
@@ -295,6 +311,7 @@ impl Segment {
             qscale: Col::Owned(vec![]),
             qres: Col::Owned(vec![]),
             sketch: Col::Owned(vec![]),
+            ids: Col::Owned(vec![]),
             stride,
             fences: Default::default(),
             summaries: Default::default(),
@@ -315,17 +332,87 @@ impl Segment {
         let b = self.first_where_not(|x| x <= hi);
         a..b.max(a)
     }
+    /// The row ranges of key ranges `[lo, hi]` given in ascending order without overlaps (a
+    /// region's cover), each as [`Segment::rows_in`] finds it. The fences are searched first,
+    /// each bound after the first forward from the one before it, doubling the step
+    /// (galloping: a small region's ranges lie close together); then the key blocks the bounds
+    /// fall in are all asked for at once, and searched. From cold caches the one-by-one
+    /// searches were ~20 dependent cache misses a range.
+    pub fn rows_in_sorted(&self, ranges: &[(u64, u64)]) -> Vec<Range<usize>> {
+        let k: &[u64] = &self.keys;
+        let mut fs = Vec::with_capacity(ranges.len());
+        let (mut f, mut last) = (0usize, None::<u64>);
+        for &(lo, hi) in ranges {
+            if last.is_some_and(|l| lo <= l) || hi < lo {
+                // Not ascending (or empty): searched from the start.
+                f = 0;
+            }
+            let fa = self.fence_from(f, |x| x < lo);
+            // An empty range's second bound is searched from the start too.
+            let fb = self.fence_from(if hi < lo { 0 } else { fa }, |x| x <= hi);
+            f = if hi < lo { 0 } else { fb };
+            last = (hi >= lo).then_some(hi).or(last);
+            for g in [fa, fb] {
+                crate::index::scan::prefetch(k.get(Self::block(g, k.len())).unwrap_or(&[]));
+            }
+            fs.push((fa, fb));
+        }
+        ranges
+            .iter()
+            .zip(fs)
+            .map(|(&(lo, hi), (fa, fb))| {
+                let a = self.in_block(fa, |x| x < lo);
+                a..self.in_block(fb, |x| x <= hi).max(a)
+            })
+            .collect()
+    }
     /// The first row whose key fails `below` (a predicate true for a prefix of the sorted
     /// keys), through the fences.
     #[inline]
-    fn first_where_not(&self, below: impl Fn(u64) -> bool) -> usize {
+    fn first_where_not(&self, below: impl Fn(u64) -> bool + Copy) -> usize {
+        self.in_block(self.fence_from(0, below), below)
+    }
+    /// The first fence that fails `below` (a predicate true for a prefix of the sorted keys),
+    /// given that every fence before `from` passes: by binary search from 0, else galloping
+    /// forward from `from`.
+    #[inline]
+    fn fence_from(&self, from: usize, below: impl Fn(u64) -> bool) -> usize {
         let k: &[u64] = &self.keys;
         let fences = self.fences.get_or_init(|| k.iter().step_by(FENCE).copied().collect());
-        // fences[f - 1] passes and fences[f] fails: the answer is in (FENCE·(f-1), FENCE·f].
-        let f = fences.partition_point(|&x| below(x));
+        if from == 0 {
+            return fences.partition_point(|&x| below(x));
+        }
+        // fences[from - 1] passes; step to a fence that fails, then search between.
+        let (mut lo, mut step) = (from.min(fences.len()), 1);
+        loop {
+            match fences.get(lo) {
+                Some(&x) if below(x) => {}
+                _ => return lo,
+            }
+            let probe = lo + step;
+            match fences.get(probe) {
+                Some(&x) if below(x) => {
+                    lo = probe;
+                    step *= 2;
+                }
+                Some(_) => return lo + 1 + fences[lo + 1..probe].partition_point(|&x| below(x)),
+                None => return lo + 1 + fences[lo + 1..].partition_point(|&x| below(x)),
+            }
+        }
+    }
+    /// The rows between fence `f - 1` (which passes) and fence `f` (which fails): the first
+    /// row that fails lies in (FENCE·(f-1), FENCE·f].
+    #[inline]
+    fn block(f: usize, rows: usize) -> Range<usize> {
         let start = if f == 0 { 0 } else { (f - 1) * FENCE + 1 };
-        let end = (f * FENCE).min(k.len()).max(start);
-        start + k.get(start..end).map_or(0, |b| b.partition_point(|&x| below(x)))
+        start..(f * FENCE).min(rows).max(start)
+    }
+    /// The first row that fails `below`, given [`Segment::fence_from`]'s `f` for it.
+    #[inline]
+    fn in_block(&self, f: usize, below: impl Fn(u64) -> bool) -> usize {
+        let k: &[u64] = &self.keys;
+        let b = Self::block(f, k.len());
+        b.start + k.get(b).map_or(0, |b| b.partition_point(|&x| below(x)))
     }
     /// Row of a key.
     pub fn find(&self, key: u64) -> Option<usize> {
@@ -459,6 +546,12 @@ impl Segment {
         let _ = std::thread::Builder::new().name("graftdb-nibbles".into()).spawn(move || {
             cell.set(crate::index::nibble::Nibbles::build(map.get(range).unwrap_or(&[]), rows, per, dim));
         });
+    }
+    /// The integer id of row `i`'s record when the id column holds it (a photo with an integer
+    /// id in a filled column): a hit on the row then needs no record read.
+    #[inline]
+    pub fn photo_id(&self, i: usize) -> Option<i64> {
+        self.ids.get(i).copied().filter(|&id| id != NO_ID)
     }
     /// The sketch bytes of one row (0: the segment has none).
     #[inline]
@@ -607,6 +700,7 @@ impl SegmentBuilder {
             qscale: Col::Owned(c.1),
             qres: Col::Owned(c.2),
             sketch: Col::Owned(Vec::new()),
+            ids: Col::Owned(Vec::new()),
             stride: self.stride,
             fences: Default::default(),
             summaries: Default::default(),
@@ -645,12 +739,14 @@ fn permute_rows<T: Copy>(data: &mut [T], stride: usize, perm: &[usize]) {
 /// Merge two sorted segments (keys are disjoint) into a new owned one. Sketches are copied
 /// with their rows when every non-empty side carries them, at one size a row; otherwise the
 /// result has none (and [`Segment::build_sketches`] or [`Segment::build_row_sketches`] builds
-/// them all).
+/// them all). Record ids likewise, when both sides have them.
 pub fn merge(a: &Segment, b: &Segment, patch: bool) -> Segment {
     let mut out = SegmentBuilder::new(a.stride, a.len() + b.len(), patch);
     let sk = a.sketch_row().max(b.sketch_row());
     let whole = |s: &Segment| s.is_empty() || (s.sketch_row() == sk && s.sketch.len() == s.len() * sk);
     let mut sketch = if sk > 0 && whole(a) && whole(b) { Some(Vec::with_capacity((a.len() + b.len()) * sk)) } else { None };
+    let with_ids = |s: &Segment| s.ids.len() == s.len();
+    let mut ids = if with_ids(a) && with_ids(b) && !(a.is_empty() && b.is_empty()) { Some(Vec::with_capacity(a.len() + b.len())) } else { None };
     let (mut i, mut j) = (0, 0);
     while i < a.len() || j < b.len() {
         let take_a = match (a.keys.get(i), b.keys.get(j)) {
@@ -663,11 +759,17 @@ pub fn merge(a: &Segment, b: &Segment, patch: bool) -> Segment {
         if let Some(v) = sketch.as_mut() {
             v.extend_from_slice(from.sketches(*row));
         }
+        if let Some(v) = ids.as_mut() {
+            v.push(from.ids.get(*row).copied().unwrap_or(NO_ID));
+        }
         *row += 1;
     }
     let mut seg = out.finish();
     if let Some(v) = sketch {
         seg.sketch = Col::Owned(v);
+    }
+    if let Some(v) = ids {
+        seg.ids = Col::Owned(v);
     }
     seg
 }
@@ -683,6 +785,9 @@ pub fn merge_rows(seg: &Segment, mut rows: Vec<NewRow>, patch: bool) -> Segment 
 }
 
 const MAGIC: &[u8; 8] = b"GRAFTARN";
+/// 6: image-level snapshots add the record id of each row (an i64 section after the
+/// sketches, flagged by header byte 13). A version 5 file is read without it (hits read their
+/// records) and written as version 6 with it at the next checkpoint.
 /// 5: image-level snapshots of `cos` and `ip` spaces fill the sketch section too, with the
 /// two-bit sketch of every row's codes. A version 4 file is read as it is (an image-level one
 /// scanned without sketches) and written as version 5 at the next checkpoint.
@@ -693,7 +798,7 @@ const MAGIC: &[u8; 8] = b"GRAFTARN";
 /// the codes in the last column: such a file is read, its residual norms computed from its
 /// f32 and code columns in memory, and the next checkpoint rewrites it. Version 1 files (no
 /// codes) are rebuilt.
-const SNAPSHOT_VERSION: u32 = 5;
+const SNAPSHOT_VERSION: u32 = 6;
 /// The oldest snapshot version [`read_snapshot`] upgrades in memory.
 const SNAPSHOT_UPGRADABLE: u32 = 2;
 /// Header bytes of a sectioned file (arena snapshots, partitions files).
@@ -737,7 +842,7 @@ pub(crate) fn write_sections(path: &Path, head: &[u8; HEADER], sections: &[(usiz
     Ok(())
 }
 
-fn layout(rows: usize, stride: usize, patch: bool, sketch_row: usize) -> [Range<usize>; 10] {
+fn layout(rows: usize, stride: usize, patch: bool, sketch_row: usize, ids: bool) -> [Range<usize>; 11] {
     let image = if patch { 0 } else { rows };
     sections([
         rows * 8,                                      // keys
@@ -750,6 +855,7 @@ fn layout(rows: usize, stride: usize, patch: bool, sketch_row: usize) -> [Range<
         image * 4,                                     // code scale
         image * 4,                                     // residual norm ρ
         rows * sketch_row,                             // sketches (patches, or image rows)
+        if ids { rows * 8 } else { 0 },                // record ids
     ])
 }
 
@@ -757,18 +863,20 @@ fn layout(rows: usize, stride: usize, patch: bool, sketch_row: usize) -> [Range<
 pub fn write_snapshot(path: &Path, seg: &Segment, seq: u64, patch: bool) -> Result<()> {
     let rows = seg.len();
     let sketch_row = seg.sketch.len().checked_div(rows).unwrap_or(0);
-    let lay = layout(rows, seg.stride, patch, sketch_row);
+    let ids = !patch && rows > 0 && seg.ids.len() == rows;
+    let lay = layout(rows, seg.stride, patch, sketch_row, ids);
     let mut head = [0u8; HEADER];
     head[0..8].copy_from_slice(MAGIC);
     head[8..12].copy_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
     head[12] = u8::from(patch);
+    head[13] = u8::from(ids);
     head[16..24].copy_from_slice(&(rows as u64).to_le_bytes());
     head[24..32].copy_from_slice(&(seg.stride as u64).to_le_bytes());
     head[32..40].copy_from_slice(&seq.to_le_bytes());
     head[40..48].copy_from_slice(&(sketch_row as u64).to_le_bytes());
     // A patch segment's f32 and code columns and an image segment's grids are empty, and
     // empty sections are not written.
-    let cols: [&[u8]; 10] = [
+    let cols: [&[u8]; 11] = [
         bytemuck::cast_slice(&seg.keys),
         bytemuck::cast_slice(&seg.time),
         bytemuck::cast_slice(&seg.bbox),
@@ -779,6 +887,7 @@ pub fn write_snapshot(path: &Path, seg: &Segment, seq: u64, patch: bool) -> Resu
         bytemuck::cast_slice(&seg.qscale),
         bytemuck::cast_slice(&seg.qres),
         &seg.sketch,
+        if ids { bytemuck::cast_slice(&seg.ids) } else { &[] },
     ];
     let secs: Vec<(usize, &[u8])> = lay.iter().map(|r| r.start).zip(cols).collect();
     write_sections(path, &head, &secs)
@@ -814,12 +923,13 @@ pub fn read_snapshot(path: &Path, expect_stride: usize, patch: bool) -> Result<(
     if sketch_row.checked_mul(rows).is_none_or(|b| b > map.len()) {
         return Err(corrupt(&format!("sketch size {sketch_row} per row does not fit the file")));
     }
-    let lay = layout(rows, stride, patch, sketch_row);
+    let ids = version >= 6 && head.get(13).copied() == Some(1);
+    let lay = layout(rows, stride, patch, sketch_row, ids);
     let end = lay.iter().filter(|r| !r.is_empty()).map(|r| r.end).max().unwrap_or(HEADER);
     if map.len() < end {
         return Err(corrupt(&format!("truncated: {} bytes, expected {end}", map.len())));
     }
-    let [k, t, b, kd, f, by, c, qs, l1, sk] = lay;
+    let [k, t, b, kd, f, by, c, qs, l1, sk, id] = lay;
     let mut seg = Segment {
         keys: Col::mapped(&map, k, path)?,
         time: Col::mapped(&map, t, path)?,
@@ -831,6 +941,7 @@ pub fn read_snapshot(path: &Path, expect_stride: usize, patch: bool) -> Result<(
         qscale: Col::mapped(&map, qs, path)?,
         qres: Col::mapped(&map, l1, path)?,
         sketch: Col::mapped(&map, sk, path)?,
+        ids: Col::mapped(&map, id, path)?,
         stride,
         fences: Default::default(),
         summaries: Default::default(),
@@ -918,6 +1029,19 @@ mod tests {
                 assert_eq!(seg.rows_in(lo, hi), a..b, "n {n}, [{lo}, {hi}]");
                 assert_eq!(seg.rows_in(lo, lo), a..keys.partition_point(|&x| x <= lo).max(a), "n {n}, [{lo}, {lo}]");
             }
+            // Ascending disjoint ranges, as a cover gives them, some not ascending (searched
+            // from the start again), some empty.
+            for _ in 0..50 {
+                let mut bounds: Vec<u64> = (0..2 * rng.random_range(1..12)).map(|_| rng.random_range(0..110_000u64)).collect();
+                bounds.sort_unstable();
+                bounds.dedup();
+                let mut ranges: Vec<(u64, u64)> = bounds.chunks_exact(2).map(|c| (c[0], c[1])).collect();
+                if rng.random_bool(0.3) {
+                    ranges.push((rng.random_range(0..110_000u64), rng.random_range(0..110_000u64)));
+                }
+                let want: Vec<Range<usize>> = ranges.iter().map(|&(lo, hi)| seg.rows_in(lo, hi)).collect();
+                assert_eq!(seg.rows_in_sorted(&ranges), want, "n {n}, {ranges:?}");
+            }
             for (i, &k) in keys.iter().enumerate() {
                 assert_eq!(seg.find(k), Some(i), "n {n}, key {k}");
                 assert_eq!(seg.find(k + 1), None, "n {n}, key {}", k + 1);
@@ -949,7 +1073,7 @@ mod tests {
         drop(back);
         let mut bytes = std::fs::read(&p).unwrap();
         bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
-        let last = layout(5, 3, false, 0)[8].clone();
+        let last = layout(5, 3, false, 0, false)[8].clone();
         bytes[last].fill(0x7f);
         std::fs::write(&p, &bytes).unwrap();
         let (old, _, upgraded) = read_snapshot(&p, 3, false).unwrap();

@@ -10,7 +10,8 @@ pub fn index_files(db: &Path, ext: &str) -> Vec<PathBuf> {
 }
 
 /// Flip the bits `mask` of the byte `from_end` bytes before the end of the database's one
-/// arena snapshot (where its last section, the sketches, lies).
+/// arena snapshot (where its last sections lie: the sketches, then, at the image level, the
+/// record ids).
 #[allow(dead_code)]
 pub fn flip_arena_byte(db: &Path, from_end: usize, mask: u8) {
     let arena = index_files(db, "arena");
