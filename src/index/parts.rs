@@ -402,11 +402,15 @@ impl Parts {
         }
     }
 
-    /// Ask the CPU to start loading the i8 codes at a position (a hint; no effect elsewhere).
+    /// Ask the CPU to start loading the i8 codes at a position, and its code scale and
+    /// residual norm (in columns of their own: for a scattered row each is a cache miss of its
+    /// own, ~20 % of a 10 % query's scan stalled on the scale's); a hint, no effect elsewhere.
     #[inline]
     pub fn prefetch_codes(&self, j: usize) {
-        if let Some(c) = self.codes.get(j * self.dim..(j + 1) * self.dim) {
+        if let (Some(c), Some(s), Some(r)) = (self.codes.get(j * self.dim..(j + 1) * self.dim), self.qscale.get(j..j + 1), self.qres.get(j..j + 1)) {
             crate::index::scan::prefetch(c);
+            crate::index::scan::prefetch(s);
+            crate::index::scan::prefetch(r);
         }
     }
 
