@@ -786,7 +786,7 @@ impl Db {
     }
 
     /// Fill the record-id column of an image-level segment that lacks it, reading each row's
-    /// record in key order (about 1 s at 1M rows): a query's hits on those rows are then
+    /// record in key order (one read a row): a query's hits on those rows are then
     /// answered from the columns (`query::finish`). A record that is missing or does not
     /// decode gets `NO_ID`, so its hit reads it and reports what is wrong, as before.
     fn fill_ids(&self, h: &SpaceHandle, seg: &mut Segment) -> Result<()> {
