@@ -343,15 +343,17 @@ impl Segment {
         let mut fs = Vec::with_capacity(ranges.len());
         let (mut f, mut last) = (0usize, None::<u64>);
         for &(lo, hi) in ranges {
-            if last.is_some_and(|l| lo <= l) || hi < lo {
-                // Not ascending (or empty): searched from the start.
+            if last.is_some_and(|l| lo <= l) {
+                // Not ascending: searched from the start.
                 f = 0;
             }
             let fa = self.fence_from(f, |x| x < lo);
-            // An empty range's second bound is searched from the start too.
-            let fb = self.fence_from(if hi < lo { 0 } else { fa }, |x| x <= hi);
-            f = if hi < lo { 0 } else { fb };
-            last = (hi >= lo).then_some(hi).or(last);
+            // An empty range (hi < lo) ends where it starts: its rows are `a..a`, and the
+            // next range continues from where the one before it left.
+            let fb = if hi < lo { fa } else { self.fence_from(fa, |x| x <= hi) };
+            if hi >= lo {
+                (f, last) = (fb, Some(hi));
+            }
             for g in [fa, fb] {
                 crate::index::scan::prefetch(k.get(Self::block(g, k.len())).unwrap_or(&[]));
             }
@@ -1038,6 +1040,11 @@ mod tests {
                 let mut ranges: Vec<(u64, u64)> = bounds.chunks_exact(2).map(|c| (c[0], c[1])).collect();
                 if rng.random_bool(0.3) {
                     ranges.push((rng.random_range(0..110_000u64), rng.random_range(0..110_000u64)));
+                }
+                if rng.random_bool(0.3) {
+                    // An empty range (hi < lo) among the others.
+                    let lo = rng.random_range(1..110_000u64);
+                    ranges.insert(rng.random_range(0..=ranges.len()), (lo, lo - rng.random_range(1..=lo)));
                 }
                 let want: Vec<Range<usize>> = ranges.iter().map(|&(lo, hi)| seg.rows_in(lo, hi)).collect();
                 assert_eq!(seg.rows_in_sorted(&ranges), want, "n {n}, {ranges:?}");

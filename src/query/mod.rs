@@ -1871,10 +1871,10 @@ fn row_at(sn: u8, i: usize) -> u32 {
     }
 }
 
-/// The hit on row `at` of `segs` ([`row_at`]) with key `key`, from the columns alone, where
-/// the row's record is a photo whose id the id column holds ([`Segment::photo_id`]): the same
-/// fields its record gives, without reading it (a redb read, ~1.5 µs a hit from cold caches).
-fn hit_from_columns(segs: [&Segment; 2], at: u32, key: u64, score: f32, circle: Option<&Region>) -> Option<Hit> {
+/// The record id, position and time of the photo on row `at` of `segs` ([`row_at`]) with key
+/// `key`, from the columns alone, where the id column holds its id ([`Segment::photo_id`]):
+/// what its record gives, without reading it (a redb read, ~1.5 µs a hit from cold caches).
+fn photo_from_columns(segs: [&Segment; 2], at: u32, key: u64) -> Option<(i64, f64, f64, Option<i64>)> {
     if at == NO_ROW {
         return None;
     }
@@ -1882,20 +1882,7 @@ fn hit_from_columns(segs: [&Segment; 2], at: u32, key: u64, score: f32, circle: 
     let i = (at & !(1 << 31)) as usize;
     let id = seg.photo_id(i)?;
     let meta = seg.meta(i).filter(|m| m.kind == Kind::Photo && seg.keys.get(i) == Some(&key))?;
-    let (lon, lat) = (meta.bbox[0], meta.bbox[1]);
-    Some(Hit {
-        key,
-        id: RecordId::Int(id),
-        kind: Kind::Photo,
-        score,
-        lon,
-        lat,
-        geohash: hash::encode(lon, lat, 12),
-        distance_km: circle.and_then(|c| c.distance_km(lon, lat)),
-        time: meta.time,
-        footprint: None,
-        patch: None,
-    })
+    Some((id, meta.bbox[0], meta.bbox[1], meta.time))
 }
 
 fn finish(hits: Vec<(Scored<u32>, Option<PatchHit>)>, segs: [&Segment; 2], recs: &Records<'_>, filter: &Filter) -> Result<Vec<Hit>> {
@@ -1904,42 +1891,46 @@ fn finish(hits: Vec<(Scored<u32>, Option<PatchHit>)>, segs: [&Segment; 2], recs:
     // Patch hits often share a tile: each record is read and decoded once.
     let mut read: Vec<(u64, Record)> = Vec::with_capacity(hits.len());
     for (s, patch) in hits {
-        if let Some(hit) = hit_from_columns(segs, s.extra, s.key, s.score, circle).filter(|_| patch.is_none()) {
-            out.push(hit);
-            continue;
-        }
-        let at = match read.iter().position(|(k, _)| *k == s.key) {
-            Some(at) => at,
+        let from_columns = if patch.is_none() { photo_from_columns(segs, s.extra, s.key) } else { None };
+        let (id, kind, (lon, lat), time, footprint) = match from_columns {
+            Some((id, lon, lat, time)) => (RecordId::Int(id), Kind::Photo, (lon, lat), time, None),
             None => {
-                let v = recs.get(s.key)?.ok_or_else(|| Error::Storage(format!("index names key {} with no record", s.key)))?;
-                read.push((s.key, codec::decode_record(v.value())?));
-                read.len() - 1
+                let at = match read.iter().position(|(k, _)| *k == s.key) {
+                    Some(at) => at,
+                    None => {
+                        let v = recs.get(s.key)?.ok_or_else(|| Error::Storage(format!("index names key {} with no record", s.key)))?;
+                        read.push((s.key, codec::decode_record(v.value())?));
+                        read.len() - 1
+                    }
+                };
+                let rec = &read[at].1;
+                let point = match &patch {
+                    Some(p) => {
+                        let n = (p.footprint.len().max(2) - 1) as f64;
+                        let sx: f64 = p.footprint.iter().take(p.footprint.len().saturating_sub(1)).map(|c| c[0]).sum();
+                        let sy: f64 = p.footprint.iter().take(p.footprint.len().saturating_sub(1)).map(|c| c[1]).sum();
+                        (sx / n, sy / n)
+                    }
+                    None => rec.point(),
+                };
+                let footprint = match rec {
+                    Record::Tile(t) => Some(t.footprint.clone()),
+                    Record::Photo(_) => None,
+                };
+                (rec.id().clone(), rec.kind(), point, rec.time(), footprint)
             }
-        };
-        let rec = &read[at].1;
-        let (lon, lat) = match &patch {
-            Some(p) => {
-                let n = (p.footprint.len().max(2) - 1) as f64;
-                let sx: f64 = p.footprint.iter().take(p.footprint.len().saturating_sub(1)).map(|c| c[0]).sum();
-                let sy: f64 = p.footprint.iter().take(p.footprint.len().saturating_sub(1)).map(|c| c[1]).sum();
-                (sx / n, sy / n)
-            }
-            None => rec.point(),
         };
         out.push(Hit {
             key: s.key,
-            id: rec.id().clone(),
-            kind: rec.kind(),
+            id,
+            kind,
             score: s.score,
             lon,
             lat,
             geohash: hash::encode(lon, lat, 12),
             distance_km: circle.and_then(|c| c.distance_km(lon, lat)),
-            time: rec.time(),
-            footprint: match &rec {
-                Record::Tile(t) => Some(t.footprint.clone()),
-                Record::Photo(_) => None,
-            },
+            time,
+            footprint,
             patch,
         });
     }
