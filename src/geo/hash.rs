@@ -132,30 +132,41 @@ pub fn cover_bbox(b: [f64; 4], max_ranges: usize, max_bits: u32) -> Vec<(u64, u6
     let (lo, hi) = ((spread(x0) << 1) | spread(y0), (spread(x1) << 1) | spread(y1));
     let start = ((lo ^ hi).leading_zeros() & !1).min(max_bits & !1);
     let budget = max_ranges.max(4);
+    // Each cell carries its span: a child's is half of its parent's in each axis (cells
+    // start and step at an even number of bits: a longitude bit, then a latitude bit), so no
+    // cell's bits are squashed back into coordinates.
+    type Cell = (u64, u32, [u32; 4]);
     let mut done: Vec<(u64, u32)> = Vec::with_capacity(budget + 4);
-    let mut frontier: Vec<(u64, u32)> = Vec::with_capacity(budget + 4);
-    let (mut next, mut refinable) = (Vec::with_capacity(budget + 4), Vec::with_capacity(budget / 4 + 1));
-    frontier.push((prefix_range(lo, start).0, start));
+    let mut frontier: Vec<Cell> = Vec::with_capacity(budget + 4);
+    let (mut next, mut refinable): (Vec<Cell>, Vec<Cell>) = (Vec::with_capacity(budget + 4), Vec::with_capacity(budget / 4 + 1));
+    let z0 = prefix_range(lo, start).0;
+    frontier.push((z0, start, cell_span(z0, start)));
     while !frontier.is_empty() {
-        for &(z, bits) in &frontier {
-            let c = cell_span(z, bits);
+        for &(z, bits, c) in &frontier {
             if !inter(c) {
                 continue;
             }
             if inside(c) || bits >= max_bits {
                 done.push((z, bits));
             } else {
-                refinable.push((z, bits));
+                refinable.push((z, bits, c));
             }
         }
         // Refining turns each partial cell into up to 4 (two bits); stop when over budget.
         if done.len() + refinable.len() * 4 > budget {
-            done.append(&mut refinable);
+            done.extend(refinable.drain(..).map(|(z, bits, _)| (z, bits)));
             break;
         }
-        for (z, bits) in refinable.drain(..) {
+        for (z, bits, c) in refinable.drain(..) {
             let nb = bits + 2;
-            next.extend((0..4u64).map(|child| (z | (child << (64 - nb)), nb)));
+            // `bits` < `max_bits` ≤ 64 and even, so each axis has a bit left to split on.
+            let (hx, hy) = ((c[1] - c[0]) >> 1, (c[3] - c[2]) >> 1);
+            let xs = [[c[0], c[0] + hx], [c[0] + hx + 1, c[1]]];
+            let ys = [[c[2], c[2] + hy], [c[2] + hy + 1, c[3]]];
+            next.extend((0..4u64).map(|child| {
+                let (x, y) = (xs[(child >> 1) as usize], ys[(child & 1) as usize]);
+                (z | (child << (64 - nb)), nb, [x[0], x[1], y[0], y[1]])
+            }));
         }
         std::mem::swap(&mut frontier, &mut next);
         next.clear();
@@ -239,6 +250,51 @@ mod tests {
             let z = zorder(lon, lat);
             prop_assert!(ranges.iter().any(|&(lo, hi)| lo <= z && z <= hi), "{lon},{lat} not covered");
             prop_assert!(ranges.windows(2).all(|p| p[0].1 < p[1].0), "ranges sorted and disjoint");
+        }
+    }
+
+    /// The cover as first written: each cell's span recomputed from its bits.
+    fn cover_bbox_from_bits(b: [f64; 4], max_ranges: usize, max_bits: u32) -> Vec<(u64, u64)> {
+        let (x0, x1, y0, y1) = (q_lon(b[0]), q_lon(b[2]), q_lat(b[1]), q_lat(b[3]));
+        let inter = |c: [u32; 4]| c[0] <= x1 && c[1] >= x0 && c[2] <= y1 && c[3] >= y0;
+        let inside = |c: [u32; 4]| c[0] >= x0 && c[1] <= x1 && c[2] >= y0 && c[3] <= y1;
+        let (lo, hi) = ((spread(x0) << 1) | spread(y0), (spread(x1) << 1) | spread(y1));
+        let start = ((lo ^ hi).leading_zeros() & !1).min(max_bits & !1);
+        let budget = max_ranges.max(4);
+        let (mut done, mut frontier, mut refinable) = (Vec::new(), vec![(prefix_range(lo, start).0, start)], Vec::new());
+        while !frontier.is_empty() {
+            for &(z, bits) in &frontier {
+                let c = cell_span(z, bits);
+                if !inter(c) {
+                    continue;
+                }
+                if inside(c) || bits >= max_bits {
+                    done.push((z, bits));
+                } else {
+                    refinable.push((z, bits));
+                }
+            }
+            if done.len() + refinable.len() * 4 > budget {
+                done.append(&mut refinable);
+                break;
+            }
+            frontier = refinable.drain(..).flat_map(|(z, bits)| (0..4u64).map(move |child| (z | (child << (62 - bits)), bits + 2))).collect();
+        }
+        merge_ranges(done.into_iter().map(|(z, bits)| prefix_range(z, bits)).collect())
+    }
+
+    /// Halving a parent's span gives each child's span exactly as its bits do.
+    #[test]
+    fn cover_from_halved_spans_is_the_cover_from_bits() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        for _ in 0..2_000 {
+            let (w, s) = (rng.random_range(-180.0..180.0), rng.random_range(-90.0..90.0));
+            let size = 10f64.powf(rng.random_range(-5.0..1.5));
+            let b = [w, s, (w + size * rng.random_range(0.0..2.0)).min(180.0), (s + size).min(90.0)];
+            for (budget, bits) in [(64, 40), (16, 40), (128, 64), (64, 20)] {
+                assert_eq!(cover_bbox(b, budget, bits), cover_bbox_from_bits(b, budget, bits), "{b:?} {budget} {bits}");
+            }
         }
     }
 
