@@ -168,8 +168,9 @@ pub struct Segment {
     pub ids: Col<i64>,
     /// Payload elements per row (`dim` for f32, grid bytes for patches).
     pub stride: usize,
-    /// Every [`FENCE`]-th key, built on first use by [`Segment::rows_in`] (never stored).
-    pub(crate) fences: std::sync::OnceLock<Vec<u64>>,
+    /// Every [`FENCE`]-th key, and every `FENCE`-th of those, built on first use by
+    /// [`Segment::rows_in`] (never stored).
+    pub(crate) fences: std::sync::OnceLock<Fences>,
     /// Patch-level segments: every tile's summary (the end of its sketch row) side by side,
     /// and the summaries grouped by content, made on first use by [`Segment::summary`] or in
     /// the background ([`Segment::summaries_in_background`]); never stored.
@@ -280,10 +281,20 @@ fn gather_summaries(sketch: &[u8], rows: usize, per: usize, dim: usize) -> Vec<u
     all
 }
 
-/// Keys per fence. A key lookup searches the fences (1M rows: 125 KB, which stay cached)
-/// and then one block of `FENCE` keys (512 bytes), instead of binary-searching the whole key
-/// column: a cold search over 1M keys misses the cache at each of its last ~10 steps.
+/// Keys per fence. A key lookup searches the fences' own fences (1M rows: 2 KB), one block
+/// of `FENCE` fences and then one block of `FENCE` keys (512 bytes each, each asked for
+/// whole before it is searched), instead of binary-searching the whole key column: a cold
+/// search over 1M keys misses the cache at each of its last ~10 steps, and one over the
+/// 125 KB of fences at each of its last ~6 (measured at 1M rows, 0.01 %, each query after
+/// others: finding the rows took 2.2 µs with one level of fences, 0.6 µs hot).
 const FENCE: usize = 64;
+
+/// Every [`FENCE`]-th key of a segment (`keys`), and every `FENCE`-th of those (`top`).
+#[derive(Debug, Default)]
+pub(crate) struct Fences {
+    keys: Vec<u64>,
+    top: Vec<u64>,
+}
 
 impl Segment {
     /// The mapped files its columns are windows of (one for a snapshot; none when owned).
@@ -380,9 +391,18 @@ impl Segment {
     #[inline]
     fn fence_from(&self, from: usize, below: impl Fn(u64) -> bool) -> usize {
         let k: &[u64] = &self.keys;
-        let fences = self.fences.get_or_init(|| k.iter().step_by(FENCE).copied().collect());
+        let f = self.fences.get_or_init(|| {
+            let keys: Vec<u64> = k.iter().step_by(FENCE).copied().collect();
+            Fences { top: keys.iter().step_by(FENCE).copied().collect(), keys }
+        });
+        let fences = &f.keys;
         if from == 0 {
-            return fences.partition_point(|&x| below(x));
+            // The first failing fence lies in the block of fences before the first failing
+            // top fence (as a row lies in the block of keys before its fence: `block`).
+            let w = Self::block(f.top.partition_point(|&x| below(x)), fences.len());
+            let window = fences.get(w.clone()).unwrap_or(&[]);
+            crate::index::scan::prefetch(window);
+            return w.start + window.partition_point(|&x| below(x));
         }
         // fences[from - 1] passes; step to a fence that fails, then search between.
         let (mut lo, mut step) = (from.min(fences.len()), 1);
@@ -554,6 +574,12 @@ impl Segment {
     #[inline]
     pub fn photo_id(&self, i: usize) -> Option<i64> {
         self.ids.get(i).copied().filter(|&id| id != NO_ID)
+    }
+    /// Ask the CPU to start loading row `i`'s id (a hint): a row being re-scored is likely a
+    /// hit, and its id is read when the hits are made.
+    #[inline]
+    pub fn prefetch_id(&self, i: usize) {
+        crate::index::scan::prefetch(self.ids.get(i..i + 1).unwrap_or(&[]));
     }
     /// The sketch bytes of one row (0: the segment has none).
     #[inline]
@@ -1015,7 +1041,8 @@ mod tests {
     fn rows_in_through_fences_equals_a_plain_search() {
         use rand::{Rng, SeedableRng};
         let mut rng = rand::rngs::StdRng::seed_from_u64(11);
-        for n in [0, 1, 2, FENCE - 1, FENCE, FENCE + 1, 2 * FENCE, 3 * FENCE + 7, 1000] {
+        let top = FENCE * FENCE;
+        for n in [0, 1, 2, FENCE - 1, FENCE, FENCE + 1, 2 * FENCE, 3 * FENCE + 7, 1000, top - 1, top, top + 1, top + FENCE, 3 * top + 7] {
             let mut keys: Vec<u64> = (0..n).map(|_| rng.random_range(0..50_000u64) * 2 + 10).collect();
             keys.sort_unstable();
             keys.dedup();

@@ -349,7 +349,11 @@ struct Rows {
 
 impl Rows {
     fn new(st: &SpaceIndex, ranges: &[(u64, u64)]) -> Self {
-        let rows = |seg: &Segment| seg.rows_in_sorted(ranges).into_iter().filter(|r| !r.is_empty()).collect();
+        let rows = |seg: &Segment| {
+            let mut r = seg.rows_in_sorted(ranges);
+            r.retain(|r| !r.is_empty());
+            r
+        };
         Rows { base: rows(&st.base), delta: rows(&st.delta) }
     }
     /// Rows of the base inside the ranges.
@@ -387,9 +391,11 @@ struct Scorer<'a> {
 }
 
 impl<'a> Scorer<'a> {
-    fn new(def: &'a SpaceDef, q: &'a [f32], k: usize) -> Self {
+    /// A scorer of `q` keeping the best `k`, sized for about `rows` bounded rows (capped).
+    fn new(def: &'a SpaceDef, q: &'a [f32], k: usize, rows: u64) -> Self {
         let bound = matches!(def.metric, crate::Metric::Cos | crate::Metric::Ip).then(|| Bound::new(q));
-        Scorer { def, q, bound, cands: Vec::new(), top: TopK::new(k), rescored: 0 }
+        let cands = Vec::with_capacity(if bound.is_some() { rows.min(CANDS_PRESIZED) as usize } else { 0 });
+        Scorer { def, q, bound, cands, top: TopK::new(k), rescored: 0 }
     }
 
     /// Score row `i` of `seg` (segment number `sn`: 0 base, 1 delta), which passed the filter.
@@ -463,10 +469,15 @@ impl<'a> Scorer<'a> {
         let i = i as usize;
         if let Some(&key) = seg.keys.get(i) {
             self.rescored += 1;
+            seg.prefetch_id(i);
             score_row(self.def, self.q, seg.vector(i), key, row_at(sn, i), &mut self.top);
         }
     }
 }
+
+/// At most this many bounded rows are room made for before a scan (more grow the list): a
+/// small region's rows are all bounded without reallocating.
+const CANDS_PRESIZED: u64 = 4_096;
 
 /// How many candidates ahead [`Scorer::settle`] starts loading a row's f32 vector.
 const RESCORE_AHEAD: usize = 2;
@@ -861,26 +872,35 @@ fn scan_exact(segs: [&Segment; 2], sn: u8, rows: &[Range<usize>], m: &Matcher<'_
     let sketch = sketch_query(seg, sc, total);
     // Two passes per row range, as in `scan_parts`: the filter fields, then the passing rows'
     // codes, each prefetched a few passing rows ahead. With sketches the second pass waits
-    // for the rows of every range (`scan_sketched`).
-    let mut passing: Vec<u32> = Vec::new();
+    // for the rows of every range (`scan_sketched`), and so it does in a small region, whose
+    // short runs would each restart the prefetch: there a passing row's codes are asked for
+    // as soon as it passes.
+    let small = sketch.is_none() && total <= PREFETCH_ALL_ROWS;
+    let whole = small || sketch.is_some();
+    let mut passing: Vec<u32> = Vec::with_capacity(if whole { total } else { 0 });
     for r in rows {
-        if sketch.is_none() {
+        if !whole {
             passing.clear();
         }
         for i in r.clone() {
             let (Some(&key), Some(meta)) = (keys.get(i), metas.get(i)) else { continue };
             ex.tested += 1;
             if m.matches(key, &meta) {
+                if small {
+                    seg.prefetch_codes(i);
+                }
                 passing.push(i as u32);
                 ex.matched += 1;
             }
         }
-        if sketch.is_none() {
+        if !whole {
             offer_rows(seg, sn, &passing, sc);
         }
     }
-    if let Some(sq) = sketch {
-        scan_sketched(segs, sn, &passing, sc, &sq, ex);
+    match sketch {
+        Some(sq) => scan_sketched(segs, sn, &passing, sc, &sq, ex),
+        None if small => offer_rows(seg, sn, &passing, sc),
+        None => {}
     }
 }
 
@@ -891,6 +911,9 @@ const PREFETCH_ALL_ROWS: usize = 1_024;
 /// Offer rows `rows` of segment `sn` (`seg`), which passed the filter, prefetching each
 /// row's codes a few rows ahead.
 fn offer_rows(seg: &Segment, sn: u8, rows: &[u32], sc: &mut Scorer<'_>) {
+    for &i in rows.iter().take(PREFETCH_ROWS) {
+        seg.prefetch_codes(i as usize);
+    }
     for (n, &i) in rows.iter().enumerate() {
         if let Some(&ahead) = rows.get(n + PREFETCH_ROWS) {
             seg.prefetch_codes(ahead as usize);
@@ -1033,7 +1056,7 @@ pub(crate) fn run(def: &SpaceDef, st: &SpaceIndex, q: &Query, recs: &Records<'_>
         let hits = hits.into_iter().map(|(s, p)| (Scored { score: s.score, key: s.key, extra: NO_ROW }, p)).collect();
         return Ok(SearchResult { hits: finish(hits, [&st.base, &st.delta], recs, &q.filter)?, explain: ex });
     }
-    let mut sc = Scorer::new(def, &qv, q.k);
+    let mut sc = Scorer::new(def, &qv, q.k, est);
     // Graph hits asked for: enough to re-score and still fill k after the filter.
     let want = (q.k * 3).max(40);
     // Rows of the base known to pass `Matcher::quick`, when the planner counted them.
@@ -1889,7 +1912,7 @@ fn finish(hits: Vec<(Scored<u32>, Option<PatchHit>)>, segs: [&Segment; 2], recs:
     let circle = filter.regions.iter().find(|r| matches!(r, Region::Circle { .. }));
     let mut out = Vec::with_capacity(hits.len());
     // Patch hits often share a tile: each record is read and decoded once.
-    let mut read: Vec<(u64, Record)> = Vec::with_capacity(hits.len());
+    let mut read: Vec<(u64, Record)> = Vec::new();
     for (s, patch) in hits {
         let from_columns = if patch.is_none() { photo_from_columns(segs, s.extra, s.key) } else { None };
         let (id, kind, (lon, lat), time, footprint) = match from_columns {
