@@ -122,15 +122,8 @@ pub fn decode_bounds(hash: &str) -> Result<[f64; 4]> {
 /// the ranges. At most about `max_ranges` ranges are produced; cells are refined
 /// breadth-first while the budget allows, down to `max_bits`.
 pub fn cover_bbox(b: [f64; 4], max_ranges: usize, max_bits: u32) -> Vec<(u64, u64)> {
-    // Work on quantised coordinates, as keys are: a cell is a block of them, so the tests
-    // are integer compares (no cell bounds in degrees to compute per cell).
-    let (x0, x1, y0, y1) = (q_lon(b[0]), q_lon(b[2]), q_lat(b[1]), q_lat(b[3]));
-    let inter = |c: [u32; 4]| c[0] <= x1 && c[1] >= x0 && c[2] <= y1 && c[3] >= y0;
-    let inside = |c: [u32; 4]| c[0] >= x0 && c[1] <= x1 && c[2] >= y0 && c[3] <= y1;
-    // Start at the smallest cell holding both corners (z-order is monotone in each axis,
-    // so it holds the whole box): its ancestors would each refine to one cell anyway.
-    let (lo, hi) = ((spread(x0) << 1) | spread(y0), (spread(x1) << 1) | spread(y1));
-    let start = ((lo ^ hi).leading_zeros() & !1).min(max_bits & !1);
+    let qb = QBox::new(b);
+    let (z0, start) = qb.start(max_bits);
     let budget = max_ranges.max(4);
     // Each cell carries its span: a child's is half of its parent's in each axis (cells
     // start and step at an even number of bits: a longitude bit, then a latitude bit), so no
@@ -139,14 +132,13 @@ pub fn cover_bbox(b: [f64; 4], max_ranges: usize, max_bits: u32) -> Vec<(u64, u6
     let mut done: Vec<(u64, u32)> = Vec::with_capacity(budget + 4);
     let mut frontier: Vec<Cell> = Vec::with_capacity(budget + 4);
     let (mut next, mut refinable): (Vec<Cell>, Vec<Cell>) = (Vec::with_capacity(budget + 4), Vec::with_capacity(budget / 4 + 1));
-    let z0 = prefix_range(lo, start).0;
     frontier.push((z0, start, cell_span(z0, start)));
     while !frontier.is_empty() {
         for &(z, bits, c) in &frontier {
-            if !inter(c) {
+            if !qb.touches(c) {
                 continue;
             }
-            if inside(c) || bits >= max_bits {
+            if qb.holds(c) || bits >= max_bits {
                 done.push((z, bits));
             } else {
                 refinable.push((z, bits, c));
@@ -172,6 +164,37 @@ pub fn cover_bbox(b: [f64; 4], max_ranges: usize, max_bits: u32) -> Vec<(u64, u6
         next.clear();
     }
     merge_ranges(done.into_iter().map(|(z, bits)| prefix_range(z, bits)).collect())
+}
+
+/// A bbox in quantised coordinates, as keys are: a cell is a block of them, so the cover's
+/// tests are integer compares (no cell bounds in degrees to compute per cell).
+struct QBox {
+    x0: u32,
+    x1: u32,
+    y0: u32,
+    y1: u32,
+}
+
+impl QBox {
+    fn new(b: [f64; 4]) -> Self {
+        QBox { x0: q_lon(b[0]), x1: q_lon(b[2]), y0: q_lat(b[1]), y1: q_lat(b[3]) }
+    }
+    /// Whether cell span `c` ([`cell_span`]) overlaps the box.
+    fn touches(&self, c: [u32; 4]) -> bool {
+        c[0] <= self.x1 && c[1] >= self.x0 && c[2] <= self.y1 && c[3] >= self.y0
+    }
+    /// Whether cell span `c` lies inside the box.
+    fn holds(&self, c: [u32; 4]) -> bool {
+        c[0] >= self.x0 && c[1] <= self.x1 && c[2] >= self.y0 && c[3] <= self.y1
+    }
+    /// The cover's first cell `(z, bits)`: the smallest of an even number of bits (at most
+    /// `max_bits`) holding both corners. z-order is monotone in each axis, so it holds the
+    /// whole box, and its ancestors would each refine to one cell anyway.
+    fn start(&self, max_bits: u32) -> (u64, u32) {
+        let (lo, hi) = ((spread(self.x0) << 1) | spread(self.y0), (spread(self.x1) << 1) | spread(self.y1));
+        let bits = ((lo ^ hi).leading_zeros() & !1).min(max_bits & !1);
+        (prefix_range(lo, bits).0, bits)
+    }
 }
 
 /// The quantised coordinates a cell spans, inclusive: `[lon_lo, lon_hi, lat_lo, lat_hi]`.
@@ -255,20 +278,16 @@ mod tests {
 
     /// The cover as first written: each cell's span recomputed from its bits.
     fn cover_bbox_from_bits(b: [f64; 4], max_ranges: usize, max_bits: u32) -> Vec<(u64, u64)> {
-        let (x0, x1, y0, y1) = (q_lon(b[0]), q_lon(b[2]), q_lat(b[1]), q_lat(b[3]));
-        let inter = |c: [u32; 4]| c[0] <= x1 && c[1] >= x0 && c[2] <= y1 && c[3] >= y0;
-        let inside = |c: [u32; 4]| c[0] >= x0 && c[1] <= x1 && c[2] >= y0 && c[3] <= y1;
-        let (lo, hi) = ((spread(x0) << 1) | spread(y0), (spread(x1) << 1) | spread(y1));
-        let start = ((lo ^ hi).leading_zeros() & !1).min(max_bits & !1);
+        let qb = QBox::new(b);
         let budget = max_ranges.max(4);
-        let (mut done, mut frontier, mut refinable) = (Vec::new(), vec![(prefix_range(lo, start).0, start)], Vec::new());
+        let (mut done, mut frontier, mut refinable) = (Vec::new(), vec![qb.start(max_bits)], Vec::new());
         while !frontier.is_empty() {
             for &(z, bits) in &frontier {
                 let c = cell_span(z, bits);
-                if !inter(c) {
+                if !qb.touches(c) {
                     continue;
                 }
-                if inside(c) || bits >= max_bits {
+                if qb.holds(c) || bits >= max_bits {
                     done.push((z, bits));
                 } else {
                     refinable.push((z, bits));
