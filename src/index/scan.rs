@@ -183,12 +183,8 @@ unsafe fn dot_i16_i8_avx2(a: &[i16], b: &[i8]) -> i64 {
     let mut lanes = [0i32; 16];
     _mm256_storeu_si256(lanes.as_mut_ptr().cast(), acc0);
     _mm256_storeu_si256(lanes.as_mut_ptr().add(8).cast(), acc1);
-    let mut s: i64 = lanes.iter().map(|&x| i64::from(x)).sum();
-    while i < n {
-        s += i64::from(*pa.add(i)) * i64::from(*pb.add(i));
-        i += 1;
-    }
-    s
+    // The elements past the last full round, by the portable kernel.
+    lanes.iter().map(|&x| i64::from(x)).sum::<i64>() + dot_i16_i8_generic(&a[i..n], &b[i..n])
 }
 
 /// The most elements [`dot_i16_i8_avx512`] takes: as [`AVX2_I16_MAX`], 64 elements a round.
@@ -217,12 +213,8 @@ unsafe fn dot_i16_i8_avx512(a: &[i16], b: &[i8]) -> i64 {
     let mut lanes = [0i32; 32];
     _mm512_storeu_si512(lanes.as_mut_ptr().cast(), acc0);
     _mm512_storeu_si512(lanes.as_mut_ptr().add(16).cast(), acc1);
-    let mut s: i64 = lanes.iter().map(|&x| i64::from(x)).sum();
-    while i < n {
-        s += i64::from(*pa.add(i)) * i64::from(*pb.add(i));
-        i += 1;
-    }
-    s
+    // The elements past the last full round, by the portable kernel.
+    lanes.iter().map(|&x| i64::from(x)).sum::<i64>() + dot_i16_i8_generic(&a[i..n], &b[i..n])
 }
 
 /// Dot product of an i16 query code vector with a row's i8 codes, exact in i64.
