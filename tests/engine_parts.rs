@@ -90,7 +90,7 @@ fn partitions_answer_exactly_and_prune() {
     let stats = db.stats().unwrap();
     assert_eq!(stats.spaces[0].partitions, graftdb::index::parts::count_for(12_000) as u64, "stats names the loaded partitions");
     let mut rng = StdRng::seed_from_u64(2);
-    let (mut via_parts, mut scanned) = (0, 0);
+    let (mut via_parts, mut scanned, mut filtered_parts) = (0, 0, 0);
     for qi in 0..40 {
         let q = query_near(&d, &mut rng, 0.1);
         let (p, n) = same_as_exact(&db, Query::new("s", q.clone(), K), &format!("unfiltered query {qi}"));
@@ -98,10 +98,21 @@ fn partitions_answer_exactly_and_prune() {
             via_parts += 1;
             scanned += n;
         }
-        // A wide box keeps most rows, so the partitions stay worth trying.
-        let f = Filter { regions: vec![Region::bbox(-20.0, -20.0, 12.0, 20.0).unwrap()], ..Default::default() };
-        same_as_exact(&db, Query::new("s", q, K).filter(f), &format!("filtered query {qi}"));
+        // A wide box, circle or (concave) polygon keeps most rows, so the partitions stay
+        // worth trying; their photos are mostly decided by their keys' geohash cells, the
+        // rest (cells on the region's edge) by their positions.
+        let regions = [
+            Region::bbox(-20.0, -20.0, 12.0, 20.0).unwrap(),
+            Region::circle(-2.0, 1.0, 1_800.0).unwrap(),
+            Region::parse_polygon("q", "POLYGON((-20 -20, 15 -19, 3 0, 18 19, -19 18, -20 -20))").unwrap(),
+        ];
+        for (ri, r) in regions.into_iter().enumerate() {
+            let f = Filter { regions: vec![r], ..Default::default() };
+            let (p, _) = same_as_exact(&db, Query::new("s", q.clone(), K).filter(f), &format!("filtered query {qi}, region {ri}"));
+            filtered_parts += usize::from(p == PlanPath::Parts);
+        }
     }
+    assert!(filtered_parts >= 60, "only {filtered_parts} of 120 filtered queries took the partitions");
     let parts = graftdb::index::parts::count_for(12_000) as u64;
     assert!(via_parts >= 30, "only {via_parts} of 40 unfiltered queries took the partitions");
     // Clustered data: a query near one centre should scan a small share of the partitions.
@@ -116,6 +127,35 @@ fn partitions_answer_exactly_and_prune() {
     let res = db.search(&Query::new("s", q.clone(), K)).unwrap();
     assert_eq!(res.hits[0].id, RecordId::Int(1_000_000), "the delta row is missing (path {:?})", res.explain.path);
     same_as_exact(&db, Query::new("s", q, K), "with a delta");
+}
+
+#[test]
+fn rows_on_the_region_edge_are_tested_by_position() {
+    // Half the photos lie within a metre of lon 5 (either side): their keys' geohash cells
+    // (~38 m) straddle the edge of a region along it, so the partitions' filter pass must
+    // read their positions; answering them from the cell (either way) breaks exactness.
+    let mut d = data(12_000, 3);
+    let mut rng = StdRng::seed_from_u64(4);
+    for (i, (rec, _)) in d.rows.iter_mut().enumerate().filter(|(i, _)| i % 2 == 0) {
+        *rec = records::photo_at(i as i64, 5.0 + rng.random_range(-1e-5..1e-5), rng.random_range(-20.0..20.0));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = checkpointed(&d, &dir.path().join("db"), options());
+    let regions = [
+        Region::bbox(-20.0, -20.0, 5.0, 20.0).unwrap(),
+        Region::parse_polygon("q", "POLYGON((-20 -20, 5 -20, 5 20, -20 20, -20 -20))").unwrap(),
+        Region::parse_polygon("q", "POLYGON((5 -20, 20 -20, 20 20, 5 20, 5 -20))").unwrap(),
+    ];
+    let mut via_parts = 0;
+    for qi in 0..20 {
+        let q = query_near(&d, &mut rng, 0.1);
+        for (ri, r) in regions.iter().enumerate() {
+            let f = Filter { regions: vec![r.clone()], ..Default::default() };
+            let (p, _) = same_as_exact(&db, Query::new("s", q.clone(), K).filter(f), &format!("query {qi}, region {ri}"));
+            via_parts += usize::from(p == PlanPath::Parts);
+        }
+    }
+    assert!(via_parts >= 30, "only {via_parts} of 60 queries took the partitions");
 }
 
 #[test]

@@ -10,11 +10,11 @@ use crate::{Error, Result};
 const BASE32: &[u8; 32] = b"0123456789bcdefghjkmnpqrstuvwxyz";
 
 /// Quantise a longitude in [-180, 180] to 32 bits (180 maps to the top cell).
-fn q_lon(lon: f64) -> u32 {
+pub(crate) fn q_lon(lon: f64) -> u32 {
     quantise((lon + 180.0) / 360.0)
 }
 /// Quantise a latitude in [-90, 90] to 32 bits.
-fn q_lat(lat: f64) -> u32 {
+pub(crate) fn q_lat(lat: f64) -> u32 {
     quantise((lat + 90.0) / 180.0)
 }
 fn quantise(unit: f64) -> u32 {
@@ -46,6 +46,12 @@ fn squash(mut x: u64) -> u32 {
     x = (x | (x >> 8)) & 0x0000_FFFF_0000_FFFF;
     x = (x | (x >> 16)) & 0x0000_0000_FFFF_FFFF;
     x as u32
+}
+
+/// The quantised longitude and latitude (32 bits each) a z-order value interleaves.
+#[inline]
+pub(crate) fn split(z: u64) -> (u32, u32) {
+    (squash(z >> 1), squash(z))
 }
 
 /// The 64-bit z-order (integer geohash) of a position. Longitude bits come first.

@@ -4,6 +4,7 @@
 
 use geo::{Closest, Contains, Distance, Haversine, HaversineClosestPoint, Intersects};
 use geo::{Coord, LineString, MultiPolygon, Point, Polygon, Rect};
+use std::cell::{Cell, OnceCell};
 
 use super::hash;
 use crate::{Error, Kind, Result};
@@ -231,6 +232,101 @@ pub struct PointTest<'a> {
     /// point is walked against only the rings whose box holds it (geo's multipolygon test
     /// recomputes every box on every call).
     polys: Vec<([f64; 4], &'a Polygon<f64>)>,
+    /// A box region's boxes (two across the antimeridian), for [`PointTest::cell`].
+    boxes: Vec<[f64; 4]>,
+    /// [`PointTest::cell`]'s verdicts per block of cells, made on its first call.
+    raster: OnceCell<Option<Raster>>,
+}
+
+/// A grid of up to [`RASTER_SIDE`]² aligned blocks of key cells over a region's one box, each
+/// block's verdict found the first time a key falls in it: 0 not yet, 1 inside, 2 outside,
+/// 3 on the edge. A block on the edge gets a grid of its own, as fine again; a key in one of
+/// its blocks on the edge has its own cell tested. A block is a geohash cell of a coarser
+/// level, so a key's cell lies in exactly one block: a lookup or two decides most keys of a
+/// large region, where testing each key's cell costs a polygon walk or a haversine.
+struct Raster {
+    /// Block size in key cells, as shifts of the cell indices (longitude, latitude).
+    shift: (u32, u32),
+    /// The first block and the grid's size in blocks.
+    origin: (u32, u32),
+    size: (u32, u32),
+    verdicts: Vec<Cell<u8>>,
+    /// The finer grids of blocks on the edge (none at the finer level).
+    finer: Option<Vec<OnceCell<Box<Raster>>>>,
+}
+
+/// Blocks per side of a [`Raster`], at most.
+const RASTER_SIDE: u32 = 16;
+
+/// Bits of a key cell's longitude (and latitude) index.
+const CELL_INDEX_BITS: u32 = crate::store::KEY_GEO_BITS / 2;
+
+impl Raster {
+    /// A raster over `b` (`[w, s, e, n]`, `w <= e`), with finer grids on its edge.
+    fn over(b: &[f64; 4]) -> Raster {
+        let drop = 32 - CELL_INDEX_BITS;
+        let x = (hash::q_lon(b[0] - CELL_SLACK_DEG) >> drop, hash::q_lon(b[2] + CELL_SLACK_DEG) >> drop);
+        let y = (hash::q_lat(b[1] - CELL_SLACK_DEG) >> drop, hash::q_lat(b[3] + CELL_SLACK_DEG) >> drop);
+        Raster::cells(x, y, true)
+    }
+
+    /// A raster over the key cells `x.0..=x.1` × `y.0..=y.1`.
+    fn cells(x: (u32, u32), y: (u32, u32), finer: bool) -> Raster {
+        let shift_for = |(lo, hi): (u32, u32)| (0..32).find(|&s| (hi >> s) - (lo >> s) < RASTER_SIDE).unwrap_or(31);
+        let shift = (shift_for(x), shift_for(y));
+        let origin = (x.0 >> shift.0, y.0 >> shift.1);
+        let size = ((x.1 >> shift.0) - origin.0 + 1, (y.1 >> shift.1) - origin.1 + 1);
+        let n = (size.0 * size.1) as usize;
+        Raster { shift, origin, size, verdicts: (0..n).map(|_| Cell::new(0)).collect(), finer: finer.then(|| (0..n).map(|_| OnceCell::new()).collect()) }
+    }
+
+    /// The verdict for `key` ([`PointTest::cell`]), `test` deciding a block's box once.
+    fn verdict(&self, key: u64, test: &impl Fn(&[f64; 4]) -> Option<bool>) -> Option<bool> {
+        let Some(i) = self.block(key) else { return Some(false) };
+        let v = self.verdicts.get(i)?;
+        let mut code = v.get();
+        if code == 0 {
+            code = match test(&self.bounds(i)) {
+                Some(true) => 1,
+                Some(false) => 2,
+                None => 3,
+            };
+            v.set(code);
+        }
+        match code {
+            1 => Some(true),
+            2 => Some(false),
+            _ => {
+                let finer = self.finer.as_ref()?.get(i)?.get_or_init(|| {
+                    let (bx, by) = (i as u32 % self.size.0 + self.origin.0, i as u32 / self.size.0 + self.origin.1);
+                    let span = |b: u32, s: u32| (b << s, ((b + 1) << s) - 1);
+                    Box::new(Raster::cells(span(bx, self.shift.0), span(by, self.shift.1), false))
+                });
+                finer.verdict(key, test)
+            }
+        }
+    }
+
+    /// The block of `key`'s cell: its index, or `None` outside the grid (and so outside the
+    /// box).
+    #[inline]
+    fn block(&self, key: u64) -> Option<usize> {
+        let drop = 32 - CELL_INDEX_BITS;
+        let (x, y) = hash::split(key);
+        let bx = ((x >> drop) >> self.shift.0).checked_sub(self.origin.0).filter(|&v| v < self.size.0)?;
+        let by = ((y >> drop) >> self.shift.1).checked_sub(self.origin.1).filter(|&v| v < self.size.1)?;
+        Some((by * self.size.0 + bx) as usize)
+    }
+
+    /// Block `i`'s bounds in degrees, widened by [`CELL_SLACK_DEG`].
+    fn bounds(&self, i: usize) -> [f64; 4] {
+        let cells = f64::from(1u32 << CELL_INDEX_BITS);
+        let (bx, by) = (i as u32 % self.size.0, i as u32 / self.size.0);
+        let (x, y) = (u64::from(bx + self.origin.0) << self.shift.0, u64::from(by + self.origin.1) << self.shift.1);
+        let lon = |c: u64| -180.0 + c as f64 * 360.0 / cells;
+        let lat = |c: u64| -90.0 + c as f64 * 180.0 / cells;
+        [lon(x) - CELL_SLACK_DEG, lat(y) - CELL_SLACK_DEG, lon(x + (1 << self.shift.0)) + CELL_SLACK_DEG, lat(y + (1 << self.shift.1)) + CELL_SLACK_DEG]
+    }
 }
 
 /// Trigonometry-free bounds on a point's great-circle distance from a circle's centre, for
@@ -275,6 +371,36 @@ impl CircleBand {
             cmax2: (cmax * (1.0 + 1e-12)).min(1.0).powi(2),
             cmin2: (cmin * (1.0 - 1e-12)).max(0.0).powi(2),
         })
+    }
+
+    /// `Some(inside)` when the bounds decide for every point of the cell `[w, s, e, n]`
+    /// (which must lie inside the circle's boxes), `None` otherwise. The bounds grow with
+    /// |Δφ| and |Δλ|: the farthest corner decides inside, the nearest point outside.
+    fn decide_cell(&self, c: &[f64; 4]) -> Option<bool> {
+        use std::f64::consts::PI;
+        let dl = |lon: f64| {
+            let d = (lon.to_radians() - self.lon0).abs();
+            if d > PI { 2.0 * PI - d } else { d }
+        };
+        let (ps, pn) = (c[1].to_radians() - self.lat0, c[3].to_radians() - self.lat0);
+        let (lw, le) = (dl(c[0]), dl(c[2]));
+        // A cell holding the centre's meridian (or its antimeridian) has its nearest
+        // (farthest) longitude inside it, not at an edge.
+        let lon0 = self.lon0.to_degrees();
+        let anti = if lon0 > 0.0 { lon0 - 180.0 } else { lon0 + 180.0 };
+        if c[0] <= anti && anti <= c[2] {
+            return None;
+        }
+        let (p_far, l_far) = (ps.abs().max(pn.abs()), lw.max(le));
+        if p_far * p_far + self.cmax2 * l_far * l_far <= self.inside2 {
+            return Some(true);
+        }
+        let p_near = if ps <= 0.0 && pn >= 0.0 { 0.0 } else { ps.abs().min(pn.abs()) };
+        let l_near = if c[0] <= lon0 && lon0 <= c[2] { 0.0 } else { lw.min(le) };
+        if p_near * p_near + self.cmin2 * l_near * l_near >= self.outside2 {
+            return Some(false);
+        }
+        None
     }
 
     /// `Some(inside)` when the bounds decide, `None` in the band.
@@ -326,7 +452,11 @@ impl<'a> PointTest<'a> {
                 .collect(),
             _ => Vec::new(),
         };
-        PointTest { region, outer, inner, band, zrange, polys }
+        let boxes = match region {
+            Region::BBox(_) => region.bboxes(),
+            _ => Vec::new(),
+        };
+        PointTest { region, outer, inner, band, zrange, polys, boxes, raster: OnceCell::new() }
     }
 
     /// Whether a position is in the region, boundary included.
@@ -352,6 +482,141 @@ impl<'a> PointTest<'a> {
             return self.polys.iter().any(|(b, p)| inb(b) && p.coordinate_position(&c) != CoordPos::Outside);
         }
         self.region.contains_point(lon, lat)
+    }
+}
+
+/// How far (degrees) [`PointTest::cell`] widens a cell on every side: float rounding in the
+/// quantisation can put a point a few 1e-14° outside its cell's computed bounds.
+const CELL_SLACK_DEG: f64 = 1e-9;
+
+/// Whether the closed boxes `a` and `b` (`[w, s, e, n]`) meet.
+#[inline]
+fn boxes_meet(a: &[f64; 4], b: &[f64; 4]) -> bool {
+    a[0] <= b[2] && b[0] <= a[2] && a[1] <= b[3] && b[1] <= a[3]
+}
+
+/// Whether the segment `a`–`b` meets the closed box `c`, or may (rounding errs on yes): their
+/// boxes meet and the box's corners are not all strictly on one side of the segment's line.
+#[inline]
+fn segment_meets_box(a: Coord<f64>, b: Coord<f64>, c: &[f64; 4]) -> bool {
+    if !boxes_meet(&[a.x.min(b.x), a.y.min(b.y), a.x.max(b.x), a.y.max(b.y)], c) {
+        return false;
+    }
+    let (dx, dy) = (b.x - a.x, b.y - a.y);
+    let side = |x: f64, y: f64| dx * (y - a.y) - dy * (x - a.x);
+    let s = [side(c[0], c[1]), side(c[2], c[1]), side(c[0], c[3]), side(c[2], c[3])];
+    // A relative margin: corners within rounding of the line count as on it.
+    let eps = 1e-9 * (dx.abs() + dy.abs()) * (1.0 + c[0].abs().max(c[2].abs()) + c[1].abs().max(c[3].abs()));
+    !(s.iter().all(|&v| v > eps) || s.iter().all(|&v| v < -eps))
+}
+
+/// Whether box `inner` lies in box `outer`.
+#[inline]
+fn box_holds(outer: &[f64; 4], inner: &[f64; 4]) -> bool {
+    outer[0] <= inner[0] && inner[2] <= outer[2] && outer[1] <= inner[1] && inner[3] <= outer[3]
+}
+
+impl PointTest<'_> {
+    /// The answer of [`PointTest::contains`] for every position whose record key is `key`,
+    /// when one answer holds for the whole of the key's geohash cell (the top
+    /// [`crate::store::KEY_GEO_BITS`] bits: ~38 m × 19 m); `None` when the cell meets the
+    /// region's edge or the cheap tests cannot tell. Lets a scan decide most rows of a large
+    /// region from the key it already holds, without reading the row's position.
+    pub fn cell(&self, key: u64) -> Option<bool> {
+        if self.zrange.is_none() {
+            if let Some(r) = self.raster.get_or_init(|| self.raster_box().map(|b| Raster::over(&b))) {
+                if let Some(v) = r.verdict(key, &|b| self.cell_box(b)) {
+                    return Some(v);
+                }
+            }
+        }
+        self.key_cell(key)
+    }
+
+    /// The one box outside which no point of the region lies, where there is one (not across
+    /// the antimeridian), for a region whose cells cost more than a raster lookup: not a box
+    /// (its own cells cost four comparisons; a raster over it was slower at 1M rows).
+    fn raster_box(&self) -> Option<[f64; 4]> {
+        match self.region {
+            Region::BBox(_) => None,
+            Region::Circle { .. } | Region::Polygon(_) => match self.outer.as_slice() {
+                [b] => Some(*b),
+                _ => None,
+            },
+            Region::Geohash(_) => None,
+        }
+    }
+
+    /// [`PointTest::cell`] from the key's own cell alone.
+    fn key_cell(&self, key: u64) -> Option<bool> {
+        let bits = crate::store::KEY_GEO_BITS;
+        if let Some((lo, hi)) = self.zrange {
+            let low = u64::MAX >> bits;
+            let (a, b) = (key & !low, key | low);
+            return if lo <= a && b <= hi {
+                Some(true)
+            } else if b < lo || a > hi {
+                Some(false)
+            } else {
+                None
+            };
+        }
+        let [w, s, e, n] = hash::cell_bounds(key, bits);
+        self.cell_box(&[w - CELL_SLACK_DEG, s - CELL_SLACK_DEG, e + CELL_SLACK_DEG, n + CELL_SLACK_DEG])
+    }
+
+    /// `Some(inside)` when every point of the closed box `c` (`[w, s, e, n]`, `w <= e`) is
+    /// inside the region, or none is; `None` when the box may meet the region's edge.
+    fn cell_box(&self, c: &[f64; 4]) -> Option<bool> {
+        let c = *c;
+        match self.region {
+            Region::BBox(_) | Region::Geohash(_) => {
+                if self.boxes.iter().any(|b| box_holds(b, &c)) {
+                    Some(true)
+                } else if !self.boxes.iter().any(|b| boxes_meet(b, &c)) {
+                    Some(false)
+                } else {
+                    None
+                }
+            }
+            Region::Circle { lon, lat, km } => {
+                if self.inner.as_ref().is_some_and(|b| box_holds(b, &c)) {
+                    return Some(true);
+                }
+                if !self.outer.iter().any(|b| boxes_meet(b, &c)) {
+                    return Some(false);
+                }
+                if let Some(v) = self.band.as_ref().filter(|_| self.outer.iter().any(|b| box_holds(b, &c))).and_then(|b| b.decide_cell(&c)) {
+                    return Some(v);
+                }
+                // Every point of the cell is within `m` of its centre (a path along the
+                // parallel and the meridian is at most Δφ + Δλ radians long).
+                let m = ((c[3] - c[1]) / 2.0 + (c[2] - c[0]) / 2.0).to_radians() * EARTH_RADIUS_KM * 1.001;
+                let d = Haversine.distance(Point::new(*lon, *lat), Point::new((c[0] + c[2]) / 2.0, (c[1] + c[3]) / 2.0)) / 1000.0;
+                if d + m <= km * (1.0 - 1e-9) {
+                    Some(true)
+                } else if d - m > km * (1.0 + 1e-9) {
+                    Some(false)
+                } else {
+                    None
+                }
+            }
+            Region::Polygon(_) => {
+                // No ring edge meets the cell: the whole cell is on its centre's side.
+                let mut near = self.polys.iter().filter(|(b, _)| boxes_meet(b, &c)).peekable();
+                if near.peek().is_none() {
+                    return Some(false);
+                }
+                for (_, p) in near {
+                    for ring in std::iter::once(p.exterior()).chain(p.interiors()) {
+                        if ring.lines().any(|l| segment_meets_box(l.start, l.end, &c)) {
+                            return None;
+                        }
+                    }
+                }
+                Some(self.contains((c[0] + c[2]) / 2.0, (c[1] + c[3]) / 2.0))
+            }
+        }
     }
 }
 
@@ -629,6 +894,74 @@ mod tests {
             if km <= 100.0 && lat.abs() < 60.0 {
                 assert!(decided > 8_000, "{r:?}: the distance bounds decided only {decided} of 20,000 boundary points");
             }
+        }
+    }
+
+    #[test]
+    fn cell_verdicts_hold_for_every_point_of_the_cell() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let mut regions = vec![
+            Region::circle(2.35, 48.85, 50.0).unwrap(),
+            Region::circle(179.9, 0.0, 100.0).unwrap(),
+            Region::circle(0.0, 89.0, 300.0).unwrap(),
+            Region::circle(-70.0, -45.0, 4000.0).unwrap(),
+            Region::circle(10.0, 0.0, 0.05).unwrap(),
+            Region::bbox(170.0, -10.0, -170.0, 10.0).unwrap(),
+            Region::bbox(-3.0, 50.0, 1.5, 53.25).unwrap(),
+            Region::Geohash("u09".into()),
+            Region::Geohash("u09tvw0f6".into()),
+        ];
+        regions.push(Region::parse_polygon("--polygon", "MULTIPOLYGON(((0 0, 10 0, 10 10, 0 10, 0 0), (3 3, 6 3, 6 6, 3 6, 3 3)), ((20 20, 30 20, 25 28, 20 20)))").unwrap());
+        regions.push(Region::parse_polygon("--polygon", "POLYGON((-1 -1, 1 -1, 0.0001 0, 1 1, -1 1, -1 -1))").unwrap());
+        let low = u64::MAX >> crate::store::KEY_GEO_BITS;
+        for r in &regions {
+            let t = PointTest::new(r);
+            let b = r.bboxes()[0];
+            let (mut decided, mut undecided, mut far) = (0usize, 0usize, 0usize);
+            for i in 0..6_000 {
+                // Cells anywhere, near the region, and within a few cells of its edge (a
+                // point on the boundary nudged by up to ~100 m).
+                let (lon, lat) = match i % 3 {
+                    0 => (rng.random_range(-180.0..=180.0), rng.random_range(-90.0..=90.0)),
+                    1 => (rng.random_range((b[0] - 0.5).max(-180.0)..=(b[2] + 0.5).min(180.0)), rng.random_range((b[1] - 0.5).max(-90.0)..=(b[3] + 0.5).min(90.0))),
+                    _ => {
+                        let (lon, lat) = (rng.random_range(b[0]..=b[2]), rng.random_range(b[1]..=b[3]));
+                        let edge = if rng.random_bool(0.5) { lon } else { b[0] };
+                        (edge + rng.random_range(-1e-3..1e-3), lat)
+                    }
+                };
+                let z = hash::zorder(lon.clamp(-180.0, 180.0), lat.clamp(-90.0, 90.0));
+                let key = (z & !low) | (rng.random::<u64>() & low);
+                let Some(v) = t.cell(key) else {
+                    undecided += 1;
+                    continue;
+                };
+                decided += 1;
+                // Points of the cell: its corners (the smallest and largest quantised
+                // values) and random ones, each checked to quantise into the cell.
+                let cb = hash::cell_bounds(key, crate::store::KEY_GEO_BITS);
+                let mut pts = vec![(cb[0], cb[1]), (cb[2] - 1e-12, cb[3] - 1e-12), (cb[0], cb[3] - 1e-12), (cb[2] - 1e-12, cb[1])];
+                pts.extend((0..8).map(|_| (rng.random_range(cb[0]..cb[2]), rng.random_range(cb[1]..cb[3]))));
+                for (plon, plat) in pts {
+                    if hash::zorder(plon, plat) & !low != key & !low {
+                        continue;
+                    }
+                    assert_eq!(t.contains(plon, plat), v, "{r:?}: cell of key {key:#x} said {v} but {plon}, {plat} disagrees");
+                }
+                far += usize::from(i % 3 == 0);
+            }
+            // Cells anywhere are almost all far from the edge: the cheap tests must decide them.
+            assert!(far > 1_900, "{r:?}: only {far} of 2,000 cells anywhere decided ({decided} decided, {undecided} not)");
+        }
+        // Cells well inside a region (its centre; points between a polygon's diagonal edges,
+        // whose bounding boxes cover them) are decided inside, through the raster and alone.
+        let inside = [(0, 2.35, 48.85), (3, -70.0, -45.0), (3, -100.0, -30.0), (6, -0.75, 51.6), (9, 25.0, 22.0), (9, 1.5, 8.5), (9, 29.0, 20.5), (10, -0.5, 0.0)];
+        for (i, lon, lat) in inside {
+            let t = PointTest::new(&regions[i]);
+            let key = hash::zorder(lon, lat);
+            assert_eq!(t.key_cell(key), Some(true), "{:?} at {lon}, {lat}, its own cell", regions[i]);
+            assert_eq!(t.cell(key), Some(true), "{:?} at {lon}, {lat}", regions[i]);
         }
     }
 }

@@ -34,7 +34,7 @@ use memmap2::Mmap;
 use crate::index::arena::{sections, write_sections, BuiltOnce, Col, MetaView, Segment, BUILT_INLINE_MAX, HEADER};
 use crate::index::resid::Resid;
 use crate::index::scan;
-use crate::{Error, Result};
+use crate::{Error, Kind, Result};
 
 /// Magic bytes at the start of a partitions file.
 const MAGIC: &[u8; 8] = b"GDBPART1";
@@ -99,11 +99,16 @@ pub struct Parts {
 struct KeyOrder {
     keys: Vec<u64>,
     pos: Vec<u32>,
+    /// Per partition: every row is a photo (its record key then places the row itself, so a
+    /// region test can go by the key's geohash cell, [`crate::geo::region::PointTest::cell`]).
+    photos: Vec<bool>,
 }
 
 impl KeyOrder {
-    /// Sort each partition's positions (`offsets`) by their `keys`.
-    fn new(offsets: &[u32], keys: &[u64]) -> Self {
+    /// Sort each partition's positions (`offsets`) by their `keys`; note the partitions of
+    /// photos alone (`kind`).
+    fn new(offsets: &[u32], keys: &[u64], kind: &[u8]) -> Self {
+        let photos = offsets.windows(2).map(|w| kind.get(w[0] as usize..w[1] as usize).is_some_and(|k| k.iter().all(|&b| Kind::from_u8(b) == Some(Kind::Photo)))).collect();
         let mut pos: Vec<u32> = (0..keys.len() as u32).collect();
         for w in offsets.windows(2) {
             if let Some(seg) = pos.get_mut(w[0] as usize..w[1] as usize) {
@@ -111,7 +116,7 @@ impl KeyOrder {
             }
         }
         let keys = pos.iter().map(|&j| keys.get(j as usize).copied().unwrap_or(u64::MAX)).collect();
-        KeyOrder { keys, pos }
+        KeyOrder { keys, pos, photos }
     }
 }
 
@@ -315,7 +320,7 @@ impl Parts {
     /// keys, appended to `out` in key order. The first call orders every partition's
     /// positions by key (12 bytes a position, kept; ~70 ms at 1M rows).
     pub fn keyed_in(&self, p: usize, range: &Range<usize>, lo: u64, hi: u64, out: &mut Vec<(usize, u64)>) {
-        let ko = self.by_key.get_or_init(|| KeyOrder::new(&self.offsets, &self.keys));
+        let ko = self.key_order();
         let all = self.positions(p);
         let (Some(keys), Some(pos)) = (ko.keys.get(all.clone()), ko.pos.get(all)) else { return };
         let a = keys.partition_point(|&k| k < lo);
@@ -323,13 +328,22 @@ impl Parts {
         out.extend(keys[a..b].iter().zip(&pos[a..b]).filter(|(_, &j)| range.contains(&(j as usize))).map(|(&k, &j)| (j as usize, k)));
     }
 
+    fn key_order(&self) -> &KeyOrder {
+        self.by_key.get_or_init(|| KeyOrder::new(&self.offsets, &self.keys, &self.kind))
+    }
+
+    /// Whether every row of partition `p` is a photo (made with the key order).
+    pub fn photos_only(&self, p: usize) -> bool {
+        self.key_order().photos.get(p).copied().unwrap_or(false)
+    }
+
     /// Make the key order of [`Parts::keyed_in`] on a background thread (from a copy of the
     /// keys), so that the first filtered scan after open or checkpoint finds it ready; a scan
     /// that comes first makes it itself.
     pub fn key_order_in_background(&self) {
-        let (cell, offsets, keys) = (Arc::clone(&self.by_key), self.offsets.clone(), self.keys.to_vec());
+        let (cell, offsets, keys, kind) = (Arc::clone(&self.by_key), self.offsets.clone(), self.keys.to_vec(), self.kind.to_vec());
         let _ = std::thread::Builder::new().name("graftdb-keyorder".into()).spawn(move || {
-            let _ = cell.set(KeyOrder::new(&offsets, &keys));
+            let _ = cell.set(KeyOrder::new(&offsets, &keys, &kind));
         });
     }
 
@@ -819,7 +833,6 @@ fn nearest(centroids: &[f32], dim: usize, threads: usize, items: &[usize], src: 
 mod tests {
     use super::*;
     use crate::index::arena::{RowMeta, SegmentBuilder};
-    use crate::Kind;
     use rand::{Rng, SeedableRng};
 
     fn segment(n: usize, dim: usize, seed: u64) -> Segment {
