@@ -705,11 +705,11 @@ fn scan_parts(parts: &Parts, st: &SpaceIndex, rows: &Rows, cover: &[(u64, u64)],
 /// settle it. Rows whose bound is below the k-th score already held are not kept.
 fn offer_positions(parts: &Parts, st: &SpaceIndex, sc: &mut Scorer<'_>, rows: &[(usize, u32, u64)]) {
     let floor = if sc.top.len() >= sc.top.capacity() { sc.top.threshold() } else { f32::NEG_INFINITY };
-    for &(j, _, _) in rows.iter().take(PREFETCH_ROWS) {
+    for &(j, _, _) in rows.iter().take(PREFETCH_POSITIONS) {
         parts.prefetch_codes(j);
     }
     for (n, &(j, row, key)) in rows.iter().enumerate() {
-        if let Some(&(ahead, _, _)) = rows.get(n + PREFETCH_ROWS) {
+        if let Some(&(ahead, _, _)) = rows.get(n + PREFETCH_POSITIONS) {
             parts.prefetch_codes(ahead);
         }
         sc.offer_coded_above(parts.coded(j), floor, &st.base, 0, row as usize, key);
@@ -782,7 +782,7 @@ impl<'p> RowShortlist<'p> {
     /// ahead).
     fn estimate_rows(&mut self, parts: &Parts, p: usize, q: &[f32], pos: impl Iterator<Item = usize> + Clone) {
         let qc = parts.centroid_dot(p, q);
-        let mut ahead = pos.clone().skip(PREFETCH_ROWS);
+        let mut ahead = pos.clone().skip(PREFETCH_POSITIONS);
         let mut est = std::mem::take(&mut self.est);
         for j in pos {
             if let Some(a) = ahead.next() {
@@ -875,6 +875,10 @@ fn over_budget(parts: &Parts, rest: &[PartBound], q: &[f32], t: f32, left: u64) 
 
 /// How many passing rows ahead [`scan_parts`] prefetches a row's codes.
 const PREFETCH_ROWS: usize = 4;
+
+/// How many rows ahead [`offer_positions`] prefetches a row's codes, scale and residual norm
+/// (three cache misses a scattered row, more in flight than [`PREFETCH_ROWS`] allows).
+const PREFETCH_POSITIONS: usize = 8;
 
 /// Up to this many key ranges in a cover, [`scan_parts`] finds a partition's rows inside them
 /// by binary search over the partition's keys in key order ([`Parts::keyed_in`]), instead of
