@@ -375,8 +375,9 @@ fn capped_partition_scan_short_list_keeps_what_the_i8_scan_of_the_same_partition
     w.commit().unwrap();
     db.checkpoint().unwrap();
     let np = db.stats().unwrap().spaces[0].partitions as usize;
-    // Filtered, the short list serves partitions most of whose rows pass (elsewhere the
-    // passing rows' i8 codes are read directly): a box of ~7/8 of the rows, and one of half.
+    // Filtered, the short list serves partitions where at least 64 rows pass (fewer are read
+    // in i8 directly): a box of ~7/8 of the rows, and one of half (~55 of a partition's ~110
+    // rows: either way).
     let most = Filter { regions: vec![Region::bbox(-20.0, -20.0, 20.0, 15.0).unwrap()], ..Default::default() };
     let half = Filter { regions: vec![Region::bbox(-20.0, -20.0, 0.0, 20.0).unwrap()], ..Default::default() };
     let queries: Vec<(Vec<f32>, Filter)> = (0..30)

@@ -391,40 +391,22 @@ impl Parts {
         });
     }
 
-    /// `x·c` of the row at a position with its partition's centroid.
-    #[inline]
-    pub fn cos_c(&self, j: usize) -> Option<f32> {
-        self.cos_c.get(j).copied()
-    }
-
-    /// `x·c` of the rows at positions `range` (empty out of range).
-    #[inline]
-    pub fn cos_cs(&self, range: Range<usize>) -> &[f32] {
-        self.cos_c.get(range).unwrap_or(&[])
-    }
-
     /// `q·c` of partition `p`'s centroid.
     pub fn centroid_dot(&self, p: usize, q: &[f32]) -> f32 {
         self.centroids.get(p * self.dim..(p + 1) * self.dim).map_or(0.0, |c| scan::dot(q, c))
     }
 
-    /// Ask the CPU to start loading the item number at a position (a hint).
-    #[inline]
-    pub fn prefetch_row(&self, j: usize) {
-        if let Some(r) = self.rows.get(j..j + 1) {
-            crate::index::scan::prefetch(r);
-        }
-    }
-
-    /// Ask the CPU to start loading the i8 codes at a position, and its code scale and
-    /// residual norm (in columns of their own: for a scattered row each is a cache miss of its
-    /// own, ~20 % of a 10 % query's scan stalled on the scale's); a hint, no effect elsewhere.
+    /// Ask the CPU to start loading the i8 codes at a position, its code scale, residual norm
+    /// and item number (in columns of their own: for a scattered row each is a cache miss of
+    /// its own, ~20 % of a 10 % query's scan stalled on the scale's); a hint, no effect
+    /// elsewhere.
     #[inline]
     pub fn prefetch_codes(&self, j: usize) {
-        if let (Some(c), Some(s), Some(r)) = (self.codes.get(j * self.dim..(j + 1) * self.dim), self.qscale.get(j..j + 1), self.qres.get(j..j + 1)) {
+        if let (Some(c), Some(s), Some(r), Some(i)) = (self.codes.get(j * self.dim..(j + 1) * self.dim), self.qscale.get(j..j + 1), self.qres.get(j..j + 1), self.rows.get(j..j + 1)) {
             crate::index::scan::prefetch(c);
             crate::index::scan::prefetch(s);
             crate::index::scan::prefetch(r);
+            crate::index::scan::prefetch(i);
         }
     }
 
