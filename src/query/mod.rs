@@ -445,15 +445,16 @@ impl<'a> Scorer<'a> {
     }
 
     /// [`Scorer::offer_coded`] that drops a coded row at once when its bound is below
-    /// `floor` (a k-th score already reached: such a row cannot make the top k).
+    /// `floor` (a k-th score already reached: such a row cannot make the top k). The row's
+    /// key is read only where it is scored at once (no bound).
     #[inline]
-    fn offer_coded_above(&mut self, coded: Option<(&[i8], f32, f32)>, floor: f32, seg: &Segment, sn: u8, i: usize, key: u64) {
+    fn offer_coded_above(&mut self, coded: Option<(&[i8], f32, f32)>, floor: f32, seg: &Segment, sn: u8, i: usize) {
         if let (Some(b), Some((codes, scale, rho))) = (&self.bound, coded) {
             let upper = b.upper(codes, scale, rho);
             if upper >= floor {
                 self.cands.push((upper, sn, i as u32));
             }
-        } else {
+        } else if let Some(&key) = seg.keys.get(i) {
             self.offer_coded(coded, seg, sn, i, key);
         }
     }
@@ -560,9 +561,9 @@ fn scan_parts(parts: &Parts, st: &SpaceIndex, rows: &Rows, cover: &[(u64, u64)],
     let metas = parts.metas();
     let mut visited = 0u64;
     let mut scanned = 0u64;
-    // (position, key) of the rows that pass; their row numbers are read only for the rows
-    // whose codes are offered (a scattered read each, wasted on rows the short list drops).
-    let mut passing: Vec<(usize, u64)> = Vec::new();
+    // Positions of the rows that pass; their row numbers are read only for the rows whose
+    // codes are offered (a scattered read each, wasted on rows the short list drops).
+    let mut passing: Vec<usize> = Vec::new();
     let mut inside: Vec<(usize, u64)> = Vec::new();
     let mut path = PlanPath::Parts;
     // Under a cap, dense partitions' rows are ranked by their residual codes into a short
@@ -571,9 +572,18 @@ fn scan_parts(parts: &Parts, st: &SpaceIndex, rows: &Rows, cover: &[(u64, u64)],
         (Some(b), Some(c)) if use_shortlist && c < parts.len() => RowShortlist::new(parts, b, row_shortlist_len(sc.top.capacity())),
         _ => None,
     };
+    if filtered {
+        if let Some(b) = bounds.first() {
+            parts.prefetch_keyed(b.part as usize);
+        }
+    }
     for j in 0..bounds.len() {
         if j == sorted {
             sorted = j + sort_best(&mut bounds[j..], None);
+        }
+        // The next partition's keys in key order load while this one is scanned.
+        if filtered && j + 1 < sorted {
+            parts.prefetch_keyed(bounds[j + 1].part as usize);
         }
         if cap.is_some_and(|c| scanned as usize >= c) {
             if let Some(s) = short.as_mut() {
@@ -648,7 +658,7 @@ fn scan_parts(parts: &Parts, st: &SpaceIndex, rows: &Rows, cover: &[(u64, u64)],
             if m.keyed && parts.photos_only(pb.part as usize) {
                 inside.retain(|&(j, key)| match m.by_cell(key) {
                     Some(true) => {
-                        passing.push((j, key));
+                        passing.push(j);
                         false
                     }
                     Some(false) => false,
@@ -661,11 +671,11 @@ fn scan_parts(parts: &Parts, st: &SpaceIndex, rows: &Rows, cover: &[(u64, u64)],
                 }
                 let Some(meta) = metas.get(j) else { continue };
                 if m.matches(key, &meta) {
-                    passing.push((j, key));
+                    passing.push(j);
                 }
             }
         } else {
-            passing.extend(pos.filter_map(|j| Some((j, parts.key(j)?))));
+            passing.extend(pos);
         }
         matched += passing.len() as u64;
         // Filtered too, wherever enough rows pass: a scattered row's residual record is one
@@ -674,7 +684,7 @@ fn scan_parts(parts: &Parts, st: &SpaceIndex, rows: &Rows, cover: &[(u64, u64)],
         // row's estimate cost as much as its i8 codes and the short list lost at 1 % and 10 %;
         // with them, 1M rows, 10 %, cap 5: the scan's mean per query 259 -> 177 µs (box).
         if let Some(s) = short.as_mut().filter(|_| passing.len() >= ROW_SHORTLIST_MIN_ROWS && (filtered || passing.len() * 2 >= reach)) {
-            s.estimate_rows(parts, pb.part as usize, sc.q, passing.iter().map(|&(j, _)| j));
+            s.estimate_rows(parts, pb.part as usize, sc.q, passing.iter().copied());
             scanned += 1;
             continue;
         }
@@ -696,21 +706,20 @@ fn scan_parts(parts: &Parts, st: &SpaceIndex, rows: &Rows, cover: &[(u64, u64)],
     Some(path)
 }
 
-/// Offer the rows at partition positions `rows` (position, key; in the order their codes
-/// are read) to the scorer on their i8 codes, each row's codes and row number fetched a few
-/// rows ahead, and settle it. Rows whose bound is below the k-th score already held are not
-/// kept.
-fn offer_positions(parts: &Parts, st: &SpaceIndex, sc: &mut Scorer<'_>, rows: &[(usize, u64)]) {
+/// Offer the rows at partition positions `rows` (in the order their codes are read) to the
+/// scorer on their i8 codes, each row's codes and row number fetched a few rows ahead, and
+/// settle it. Rows whose bound is below the k-th score already held are not kept.
+fn offer_positions(parts: &Parts, st: &SpaceIndex, sc: &mut Scorer<'_>, rows: &[usize]) {
     let floor = if sc.top.len() >= sc.top.capacity() { sc.top.threshold() } else { f32::NEG_INFINITY };
-    for &(j, _) in rows.iter().take(PREFETCH_POSITIONS) {
+    for &j in rows.iter().take(PREFETCH_POSITIONS) {
         parts.prefetch_codes(j);
     }
-    for (n, &(j, key)) in rows.iter().enumerate() {
-        if let Some(&(ahead, _)) = rows.get(n + PREFETCH_POSITIONS) {
+    for (n, &j) in rows.iter().enumerate() {
+        if let Some(&ahead) = rows.get(n + PREFETCH_POSITIONS) {
             parts.prefetch_codes(ahead);
         }
         if let Some(row) = parts.row(j) {
-            sc.offer_coded_above(parts.coded(j), floor, &st.base, 0, row as usize, key);
+            sc.offer_coded_above(parts.coded(j), floor, &st.base, 0, row as usize);
         }
     }
     sc.settle([&st.base, &st.delta]);
@@ -805,8 +814,7 @@ impl<'p> RowShortlist<'p> {
         self.floor = f32::NEG_INFINITY;
         picked.sort_unstable();
         self.read += picked.len() as u64;
-        let rows: Vec<(usize, u64)> = picked.into_iter().filter_map(|j| Some((j, parts.key(j)?))).collect();
-        offer_positions(parts, st, sc, &rows);
+        offer_positions(parts, st, sc, &picked);
     }
 }
 
