@@ -66,8 +66,7 @@ pub fn cell_bounds(z: u64, bits: u32) -> [f64; 4] {
     let bits = bits.min(64);
     let lon_bits = bits.div_ceil(2);
     let lat_bits = bits / 2;
-    let lon_q = squash(z >> 1);
-    let lat_q = squash(z);
+    let (lon_q, lat_q) = split(z);
     let lon_cell = if lon_bits == 0 { 0 } else { u64::from(lon_q) >> (32 - lon_bits) };
     let lat_cell = if lat_bits == 0 { 0 } else { u64::from(lat_q) >> (32 - lat_bits) };
     let lon_w = 360.0 / f64::from(1u32 << lon_bits.min(31)) / if lon_bits == 32 { 2.0 } else { 1.0 };
@@ -209,7 +208,8 @@ fn cell_span(z: u64, bits: u32) -> [u32; 4] {
     // Longitude takes the odd bit when `bits` is odd (it comes first).
     let lon_mask = (u64::MAX << (32 - bits.div_ceil(2))) as u32;
     let lat_mask = (u64::MAX << (32 - bits / 2)) as u32;
-    let (x, y) = (squash(z >> 1) & lon_mask, squash(z) & lat_mask);
+    let (x, y) = split(z);
+    let (x, y) = (x & lon_mask, y & lat_mask);
     [x, x | !lon_mask, y, y | !lat_mask]
 }
 

@@ -171,26 +171,22 @@ impl ResidQuery {
     /// Push to `out` the estimate of `q·x` for each listed position of `res` (scattered:
     /// each record is fetched a few ahead), `qc` as for [`ResidQuery::estimates`]. Positions
     /// past the end estimate as `−∞`.
-    pub fn estimates_at(&self, res: &Resid, pos: &[u32], qc: f32, out: &mut Vec<f32>) {
-        let (start, n) = (out.len(), res.recs.len() / record_bytes(res.dim));
+    pub fn estimates_at(&self, res: &Resid, pos: &[usize], qc: f32, out: &mut Vec<f32>) {
+        let start = out.len();
         out.resize(start + pos.len(), f32::NEG_INFINITY);
         if res.dim != self.q.len() {
             return;
         }
-        // Out-of-range positions read record 0 here and are marked after.
-        self.fill(&res.recs, pos.len(), |i| pos.get(i).map_or(0, |&j| j as usize).min(n.saturating_sub(1)), qc, &mut out[start..]);
-        for (o, &j) in out[start..].iter_mut().zip(pos) {
-            if j as usize >= n {
-                *o = f32::NEG_INFINITY;
-            }
-        }
+        // A position past the end has no whole record in `recs`: its slot keeps −∞.
+        let past = res.recs.len() / record_bytes(res.dim);
+        self.fill(&res.recs, pos.len(), |i| pos.get(i).copied().unwrap_or(past), qc, &mut out[start..]);
     }
 
-    /// `out[i]` = the estimate of record `at(i)` of `recs`, for `i < count`.
+    /// `out[i]` = the estimate of record `at(i)` of `recs`, for `i < count`; a record that
+    /// does not lie wholly in `recs` leaves its slot as it is.
     #[inline(always)]
     fn fill(&self, recs: &[u8], count: usize, at: impl Fn(usize) -> usize, qc: f32, out: &mut [f32]) {
-        let rb = self.q.len() / 4;
-        let stride = rb + 8;
+        let (rb, stride) = (row_bytes(self.q.len()), record_bytes(self.q.len()));
         if recs.len() < stride {
             return;
         }
@@ -235,8 +231,7 @@ fn dot_generic(q: &[i8], c: &[u8]) -> i32 {
 #[target_feature(enable = "avx512f,avx512bw")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn estimates_avx512(q: &[i8], recs: &[u8], count: usize, at: &impl Fn(usize) -> usize, scale: f32, offset: f32, qc: f32, out: &mut [f32]) {
-    let rb = q.len() / 4;
-    let stride = rb + 8;
+    let (rb, stride) = (row_bytes(q.len()), record_bytes(q.len()));
     for i in 0..count.min(PREFETCH) {
         crate::index::scan::prefetch(recs.get(at(i) * stride..(at(i) + 1) * stride).unwrap_or(&[]));
     }
@@ -332,8 +327,8 @@ mod tests {
                 rq.estimates(recs, qc, &mut est);
                 assert_eq!(est.len(), per);
                 // The same positions scattered (backwards, one past the end) estimate the same.
-                let mut pos: Vec<u32> = range.clone().rev().map(|j| j as u32).collect();
-                pos.push((parts * per) as u32);
+                let mut pos: Vec<usize> = range.clone().rev().collect();
+                pos.push(parts * per);
                 let mut at = Vec::new();
                 rq.estimates_at(&res, &pos, qc, &mut at);
                 assert_eq!(at.len(), per + 1);

@@ -684,7 +684,7 @@ fn scan_parts(parts: &Parts, st: &SpaceIndex, rows: &Rows, cover: &[(u64, u64)],
         // row's estimate cost as much as its i8 codes and the short list lost at 1 % and 10 %;
         // with them, 1M rows, 10 %, cap 5: the scan's mean per query 259 -> 177 µs (box).
         if let Some(s) = short.as_mut().filter(|_| passing.len() >= ROW_SHORTLIST_MIN_ROWS && (filtered || passing.len() * 2 >= reach)) {
-            s.estimate_rows(parts, pb.part as usize, sc.q, passing.iter().copied());
+            s.estimate_rows(parts, pb.part as usize, sc.q, &passing);
             scanned += 1;
             continue;
         }
@@ -736,9 +736,8 @@ struct RowShortlist<'p> {
     floor: f32,
     query: ResidQuery,
     codes: &'p Resid,
-    /// The estimates of the partition at hand, and its positions (scattered rows).
+    /// The estimates of the partition at hand.
     est: Vec<f32>,
-    pos: Vec<u32>,
     /// Rows estimated, and those whose i8 codes the short lists sent to the scorer.
     estimated: u64,
     read: u64,
@@ -751,7 +750,7 @@ impl<'p> RowShortlist<'p> {
     fn new(parts: &'p Parts, bound: &Bound, len: usize) -> Option<Self> {
         let query = ResidQuery::new(&bound.codes, bound.code_scale).filter(ResidQuery::fast)?;
         let len = len.max(1);
-        Some(RowShortlist { len, cands: Vec::with_capacity(2 * len), floor: f32::NEG_INFINITY, query, codes: parts.residuals()?, est: Vec::new(), pos: Vec::new(), estimated: 0, read: 0 })
+        Some(RowShortlist { len, cands: Vec::with_capacity(2 * len), floor: f32::NEG_INFINITY, query, codes: parts.residuals()?, est: Vec::new(), estimated: 0, read: 0 })
     }
 
     #[inline]
@@ -789,18 +788,16 @@ impl<'p> RowShortlist<'p> {
 
     /// Short-list the listed positions of partition `p` (out of order, each record fetched
     /// a few ahead).
-    fn estimate_rows(&mut self, parts: &Parts, p: usize, q: &[f32], pos: impl Iterator<Item = usize>) {
+    fn estimate_rows(&mut self, parts: &Parts, p: usize, q: &[f32], pos: &[usize]) {
         let qc = parts.centroid_dot(p, q);
-        let (mut est, mut at) = (std::mem::take(&mut self.est), std::mem::take(&mut self.pos));
-        at.clear();
-        at.extend(pos.map(|j| j as u32));
+        let mut est = std::mem::take(&mut self.est);
         est.clear();
-        self.query.estimates_at(self.codes, &at, qc, &mut est);
+        self.query.estimates_at(self.codes, pos, qc, &mut est);
         self.estimated += est.len() as u64;
-        for (&j, &e) in at.iter().zip(&est) {
-            self.offer(e, j as usize);
+        for (&j, &e) in pos.iter().zip(&est) {
+            self.offer(e, j);
         }
-        (self.est, self.pos) = (est, at);
+        self.est = est;
     }
 
     /// Offer the short-listed rows to the scorer on their i8 codes (in position order,
@@ -876,11 +873,13 @@ fn over_budget(parts: &Parts, rest: &[PartBound], q: &[f32], t: f32, left: u64) 
     false
 }
 
-/// How many passing rows ahead [`scan_parts`] prefetches a row's codes.
+/// How many passing rows ahead [`offer_rows`] and [`scan_patch_parts`] prefetch a
+/// row's codes.
 const PREFETCH_ROWS: usize = 4;
 
-/// How many rows ahead [`offer_positions`] prefetches a row's codes, scale and residual norm
-/// (three cache misses a scattered row, more in flight than [`PREFETCH_ROWS`] allows).
+/// How many rows ahead [`offer_positions`] prefetches a row's codes, scale, residual norm
+/// and row number (four cache misses a scattered row, more in flight than [`PREFETCH_ROWS`]
+/// allows).
 const PREFETCH_POSITIONS: usize = 8;
 
 /// Up to this many key ranges in a cover, [`scan_parts`] finds a partition's rows inside them
